@@ -1,0 +1,31 @@
+"""`quantvla models`: the named configs with parameter counts and bf16 bytes."""
+
+from __future__ import annotations
+
+from ..models.build import param_count
+from ..models.config import REGISTRY
+from .output import human_bytes, print_json, print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the named model configs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    rows = []
+    for name, cfg in REGISTRY.items():
+        n = param_count(cfg)
+        rows.append({
+            "name": name, "variant": cfg.variant, "params": n, "bf16_bytes": 2 * n,
+            "cameras": len(cfg.cameras), "prefix_tokens": cfg.prefix_len,
+            "action_horizon": cfg.action_horizon, "action_dim": cfg.action_dim,
+        })
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([{**r, "params": f"{r['params'] / 1e6:.1f}M",
+                      "bf16_bytes": human_bytes(r["bf16_bytes"])} for r in rows],
+                    ["name", "variant", "params", "bf16_bytes", "cameras", "prefix_tokens"])
+    return 0

@@ -1,0 +1,209 @@
+"""Load and save pi0 / pi0.5 checkpoints in lerobot's folder format.
+
+A folder holds `config.json` and `model.safetensors` with lerobot parameter names, plus
+optional `*normalizer_processor.safetensors` statistics. Our module names differ from
+lerobot's by a prefix only (see `_PREFIXES`), so mapping is a rename in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .build import build_meta
+from .config import GEMMA_VARIANTS, GemmaConfig, PiConfig, VisionConfig
+from .normalization import Normalizer
+from .pi0 import PiModel
+
+WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "normalizer_processor.safetensors"
+_PWE = "model.paligemma_with_expert."
+_PREFIXES = [
+    (_PWE + "paligemma.model.vision_tower.", "vision."),
+    (_PWE + "paligemma.model.multi_modal_projector.linear.", "projector."),
+    (_PWE + "paligemma.model.language_model.", "backbone."),
+    (_PWE + "gemma_expert.model.", "expert."),
+    ("model.", ""),
+]
+_LM_HEAD = _PWE + "paligemma.lm_head.weight"
+# Saved by lerobot, unused at inference (the backbone's is tied to its embedding).
+_IGNORED = {_LM_HEAD, _PWE + "gemma_expert.lm_head.weight"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message says exactly why."""
+
+
+def to_lerobot_name(name: str) -> str:
+    for theirs, ours in _PREFIXES:
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    raise AssertionError(name)  # the last prefix ("") always matches
+
+
+def from_lerobot_name(key: str) -> str | None:
+    if not key.startswith("model."):
+        key = "model." + key  # openpi-converted files omit the leading "model."
+    for theirs, ours in _PREFIXES:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return None
+
+
+def _require(folder: Path) -> Path:
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: not a checkpoint folder (missing {name})")
+    return folder
+
+
+def read_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes under our names, read from the safetensors header (no data loaded)."""
+    with safe_open(str(Path(folder) / WEIGHTS), "pt") as f:
+        raw = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    shapes = {}
+    for key, shape in raw.items():
+        if key in _IGNORED or key.endswith("lm_head.weight"):
+            continue
+        ours = from_lerobot_name(key)
+        shapes[ours if ours is not None else key] = shape
+    if "backbone.embed_tokens.weight" not in shapes and _LM_HEAD in raw:
+        shapes["backbone.embed_tokens.weight"] = raw[_LM_HEAD]
+    return shapes
+
+
+def _count_layers(shapes, prefix: str) -> int:
+    idx = {int(k[len(prefix):].split(".")[0]) for k in shapes if k.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def _tower_from_shapes(shapes, prefix: str, base: GemmaConfig) -> GemmaConfig:
+    q = shapes.get(f"{prefix}layers.0.self_attn.q_proj.weight")
+    kv = shapes.get(f"{prefix}layers.0.self_attn.k_proj.weight")
+    mlp = shapes.get(f"{prefix}layers.0.mlp.gate_proj.weight")
+    if q is None or kv is None or mlp is None:
+        return base
+    head_dim = q[0] // base.num_heads
+    return GemmaConfig(
+        width=q[1], depth=_count_layers(shapes, f"{prefix}layers."), mlp_dim=mlp[0],
+        num_heads=base.num_heads, num_kv_heads=kv[0] // head_dim, head_dim=head_dim,
+    )
+
+
+def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
+    """lerobot's config.json names Gemma variants; dimensions are read off tensor shapes."""
+    variant = raw.get("type")
+    if variant not in ("pi0", "pi05"):
+        raise CheckpointError(f"config.json type {variant!r} is not 'pi0' or 'pi05'")
+    backbone = _tower_from_shapes(
+        shapes, "backbone.", GEMMA_VARIANTS[raw.get("paligemma_variant", "gemma_2b")]
+    )
+    expert = _tower_from_shapes(
+        shapes, "expert.", GEMMA_VARIANTS[raw.get("action_expert_variant", "gemma_300m")]
+    )
+    vision = VisionConfig()
+    patch = shapes.get("vision.vision_model.embeddings.patch_embedding.weight")
+    if patch is not None:
+        n_pos = shapes["vision.vision_model.embeddings.position_embedding.weight"][0]
+        vision = VisionConfig(
+            image_size=int(round(n_pos**0.5)) * patch[2], patch_size=patch[2], width=patch[0],
+            depth=_count_layers(shapes, "vision.vision_model.encoder.layers."),
+            mlp_dim=shapes["vision.vision_model.encoder.layers.0.mlp.fc1.weight"][0],
+            num_heads=16 if patch[0] == 1152 else max(1, patch[0] // 64),
+        )
+    cams = [k.split(".")[-1] for k, v in raw.get("input_features", {}).items()
+            if v.get("type") == "VISUAL"]
+    return PiConfig(
+        name=name, variant=variant, vision=vision, backbone=backbone, expert=expert,
+        vocab_size=shapes.get("backbone.embed_tokens.weight", (257_152,))[0],
+        cameras=tuple(cams) or PiConfig.cameras,
+        action_horizon=raw.get("chunk_size", 50), action_dim=raw.get("max_action_dim", 32),
+        state_dim=raw.get("max_state_dim", 32), num_steps=raw.get("num_inference_steps", 10),
+        max_token_len=raw.get("tokenizer_max_length", 200 if variant == "pi05" else 48),
+    )
+
+
+def read_config(folder) -> tuple[PiConfig, dict]:
+    """The checkpoint's PiConfig and its raw config.json."""
+    folder = _require(folder)
+    raw = json.loads((folder / CONFIG).read_text())
+    if "quantvla" in raw:
+        return PiConfig.from_dict(raw["quantvla"]), raw
+    return config_from_lerobot(raw, read_shapes(folder), name=folder.name), raw
+
+
+def read_stats(folder, variant: str) -> Normalizer:
+    stats = {}
+    for path in sorted(Path(folder).glob(f"*{STATS}")):
+        with safe_open(str(path), "np") as f:
+            stats.update({k: f.get_tensor(k) for k in f.keys()})
+    return Normalizer.from_stats(stats, variant)
+
+
+def _check_keys(model: PiModel, shapes: dict) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(k for k in expected if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in expected)
+    wrong = sorted(
+        f"{to_lerobot_name(k)}: file {shapes[k]} vs model {expected[k]}"
+        for k in expected if k in shapes and shapes[k] != expected[k]
+    )
+    missing = [to_lerobot_name(k) for k in missing]
+    unexpected = [to_lerobot_name(k) for k in unexpected]
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+        if items:
+            shown = "\n    ".join(items[:20])
+            more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+            problems.append(f"  {len(items)} {title} keys:\n    {shown}{more}")
+    if problems:
+        raise CheckpointError("checkpoint does not match the model:\n" + "\n".join(problems))
+
+
+def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
+    """Load (model, config, normalizer). Built on meta and assigned: one copy of the weights."""
+    folder = _require(folder)
+    cfg, _ = read_config(folder)
+    model = build_meta(cfg)
+    _check_keys(model, read_shapes(folder))
+    state = {}
+    with safe_open(str(folder / WEIGHTS), "pt", device="cpu") as f:
+        keys = {from_lerobot_name(k): k for k in f.keys()}
+        if "backbone.embed_tokens.weight" not in keys:
+            keys["backbone.embed_tokens.weight"] = _LM_HEAD
+        for ours in model.state_dict():
+            t = f.get_tensor(keys[ours])
+            state[ours] = t.to(device=device, dtype=dtype or t.dtype)
+    model.load_state_dict(state, assign=True)
+    return model.eval(), cfg, read_stats(folder, cfg.variant)
+
+
+def save_checkpoint(model: PiModel, folder, normalizer: Normalizer | None = None) -> Path:
+    """Write a lerobot-format folder; our full config rides along under "quantvla"."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    tensors = {to_lerobot_name(k): v.detach().contiguous().cpu()
+               for k, v in model.state_dict().items()}
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+    raw = {
+        "type": cfg.variant,
+        "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m",
+        "chunk_size": cfg.action_horizon, "n_action_steps": cfg.action_horizon,
+        "max_state_dim": cfg.state_dim, "max_action_dim": cfg.action_dim,
+        "num_inference_steps": cfg.num_steps, "tokenizer_max_length": cfg.max_token_len,
+        "input_features": {
+            f"observation.images.{c}": {"type": "VISUAL", "shape": [3, 224, 224]}
+            for c in cfg.cameras
+        },
+        "quantvla": cfg.to_dict(),
+    }
+    (folder / CONFIG).write_text(json.dumps(raw, indent=2))
+    if normalizer is not None and normalizer.mode != "identity":
+        save_file({k: torch.from_numpy(v) for k, v in normalizer.stats.items()},
+                  str(folder / f"policy_preprocessor_{STATS}"))
+    return folder

@@ -1,0 +1,133 @@
+"""Model configurations for pi0 / pi0.5 and the registry of named configs.
+
+Configs are frozen dataclasses: a config fully determines the module tree, so the same code
+path builds the 3B-parameter `pi05` and the few-layer `pi05-tiny` used in tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower (So400m/14 by default)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    eps: float = 1e-6
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    """One Gemma tower: the backbone (gemma_2b) or the action expert (gemma_300m)."""
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int = 8
+    num_kv_heads: int = 1
+    head_dim: int = 256
+    eps: float = 1e-6
+    rope_theta: float = 10_000.0
+
+
+GEMMA_VARIANTS = {
+    "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384),
+    "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096),
+}
+
+
+@dataclass(frozen=True)
+class PiConfig:
+    """A pi0 (`variant="pi0"`) or pi0.5 (`variant="pi05"`) policy."""
+
+    name: str
+    variant: str
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    backbone: GemmaConfig = GEMMA_VARIANTS["gemma_2b"]
+    expert: GemmaConfig = GEMMA_VARIANTS["gemma_300m"]
+    vocab_size: int = 257_152
+    cameras: tuple[str, ...] = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+    action_horizon: int = 50
+    action_dim: int = 32
+    state_dim: int = 32
+    num_steps: int = 10
+    max_token_len: int = 200
+    min_period: float = 4e-3
+    max_period: float = 4.0
+    tokenizer_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("pi0", "pi05"):
+            raise ValueError(f"unknown variant {self.variant!r}: expected 'pi0' or 'pi05'")
+        b, e = self.backbone, self.expert
+        if (b.depth, b.num_heads, b.num_kv_heads, b.head_dim) != (
+            e.depth, e.num_heads, e.num_kv_heads, e.head_dim
+        ):
+            raise ValueError(
+                "backbone and expert must share depth, heads, KV heads and head_dim "
+                f"(backbone {b}, expert {e})"
+            )
+        if not self.cameras:
+            raise ValueError("a config needs at least one camera slot")
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.cameras) * self.vision.num_tokens + self.max_token_len
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cameras"] = list(self.cameras)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PiConfig:
+        d = dict(d)
+        d["vision"] = VisionConfig(**d["vision"])
+        d["backbone"] = GemmaConfig(**d["backbone"])
+        d["expert"] = GemmaConfig(**d["expert"])
+        d["cameras"] = tuple(d["cameras"])
+        return cls(**d)
+
+    def with_(self, **changes) -> PiConfig:
+        return replace(self, **changes)
+
+
+# Tiny configs keep the real head layout (8 query heads, 1 KV head: lerobot hard-codes 8)
+# and widths that are multiples of 128, so int4 group-128 quantization applies as in full size.
+_TINY_VISION = VisionConfig(width=128, depth=2, mlp_dim=256, num_heads=2)
+_TINY_BACKBONE = GemmaConfig(width=256, depth=2, mlp_dim=512, head_dim=32)
+_TINY_EXPERT = GemmaConfig(width=128, depth=2, mlp_dim=256, head_dim=32)
+_TINY = dict(
+    vision=_TINY_VISION,
+    backbone=_TINY_BACKBONE,
+    expert=_TINY_EXPERT,
+    vocab_size=512,
+    cameras=("base_0_rgb", "left_wrist_0_rgb"),
+)
+
+REGISTRY: dict[str, PiConfig] = {
+    "pi05": PiConfig(name="pi05", variant="pi05"),
+    "pi0": PiConfig(name="pi0", variant="pi0", max_token_len=48),
+    "pi05-tiny": PiConfig(name="pi05-tiny", variant="pi05", **_TINY),
+    "pi0-tiny": PiConfig(name="pi0-tiny", variant="pi0", max_token_len=48, **_TINY),
+}
+
+
+def get_config(name: str) -> PiConfig:
+    """Return the named config; an unknown name raises KeyError suggesting close names."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(REGISTRY)}")

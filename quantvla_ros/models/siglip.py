@@ -1,0 +1,98 @@
+"""SigLIP vision tower (no pooling head), with Hugging Face parameter names.
+
+Written here rather than taken from transformers so it builds on the meta device with no
+buffers and runs SDPA in whatever dtype the policy runs in.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VisionConfig
+
+
+class SiglipAttention(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q_proj = nn.Linear(cfg.width, cfg.width)
+        self.k_proj = nn.Linear(cfg.width, cfg.width)
+        self.v_proj = nn.Linear(cfg.width, cfg.width)
+        self.out_proj = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, w = x.shape
+        h = self.num_heads
+
+        def heads(t):
+            return t.view(b, s, h, w // h).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, s, w))
+
+
+class SiglipMLP(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SiglipLayer(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.self_attn = SiglipAttention(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.mlp = SiglipMLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class SiglipEmbeddings(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
+        self.position_embedding = nn.Embedding(cfg.num_tokens, cfg.width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        return x + self.position_embedding.weight[None]
+
+
+class SiglipEncoder(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SiglipLayer(cfg) for _ in range(cfg.depth))
+
+
+class SiglipTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.embeddings = SiglipEmbeddings(cfg)
+        self.encoder = SiglipEncoder(cfg)
+        self.post_layernorm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+
+
+class SiglipVision(nn.Module):
+    """Pixels in [-1, 1], [N, 3, H, W] -> tokens [N, (H/14)*(W/14), width]."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.vision_model = SiglipTransformer(cfg)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        vm = self.vision_model
+        x = vm.embeddings(pixels)
+        for layer in vm.encoder.layers:
+            x = layer(x)
+        return vm.post_layernorm(x)

@@ -1,0 +1,71 @@
+"""Prompt building and tokenization for pi0 / pi0.5.
+
+Real checkpoints use the PaliGemma SentencePiece tokenizer, loaded from a local folder with
+transformers' AutoTokenizer. Named configs without one use `ByteTokenizer`: a small,
+deterministic, dependency-free stand-in (UTF-8 bytes, Gemma's special ids) that is good for
+random-weight models, tests and benchmarks, and not compatible with any trained checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+_BYTE_OFFSET = 3
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted past the special ids: pad 0, eos 1, bos 2, byte b -> b + 3."""
+
+    vocab_size = 256 + _BYTE_OFFSET
+
+    def encode(self, text: str) -> list[int]:
+        return [BOS_ID] + [b + _BYTE_OFFSET for b in text.encode("utf-8")]
+
+
+class HFTokenizer:
+    """Wraps a local Hugging Face tokenizer folder (never downloads)."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.vocab_size = len(self._tok)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False)
+        bos = self._tok.bos_token_id
+        return ([bos] if bos is not None else []) + list(ids)
+
+
+def load_tokenizer(path: str | None):
+    return ByteTokenizer() if path is None else HFTokenizer(path)
+
+
+def clean_task(task: str) -> str:
+    return task.strip().replace("_", " ").replace("\n", " ")
+
+
+def discretize_state(state_norm: np.ndarray, bins: int = 256) -> np.ndarray:
+    """pi0.5 state bins: [-1, 1] -> 0..bins-1; like lerobot, < -1 gives -1 and > 1 gives bins-1."""
+    edges = np.linspace(-1.0, 1.0, bins + 1)[:-1]
+    return np.digitize(state_norm, bins=edges) - 1
+
+
+def build_prompt(variant: str, task: str, state_norm: np.ndarray | None) -> str:
+    """pi0.5 writes the discretized state into the prompt; pi0 feeds it as a token instead."""
+    task = clean_task(task)
+    if variant == "pi05":
+        bins = " ".join(str(int(b)) for b in discretize_state(state_norm))
+        return f"Task: {task}, State: {bins};\nAction: "
+    return f"{task}\n"
+
+
+def tokenize(tokenizer, prompt: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ids [max_len] and validity mask; over-long prompts are truncated."""
+    ids = tokenizer.encode(prompt)[:max_len]
+    out = np.full(max_len, PAD_ID, dtype=np.int64)
+    out[: len(ids)] = ids
+    mask = np.zeros(max_len, dtype=bool)
+    mask[: len(ids)] = True
+    return out, mask

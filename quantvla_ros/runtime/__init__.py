@@ -1,0 +1,1 @@
+"""Runtime: observation dict -> action chunk, with no ROS dependency."""

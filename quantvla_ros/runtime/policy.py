@@ -1,0 +1,137 @@
+"""Policy: one observation dict in, one unnormalized action chunk out (no ROS)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.build import random_model
+from ..models.checkpoint import load_checkpoint
+from ..models.config import PiConfig, get_config
+from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
+from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
+from .preprocess import ObservationError, check_instruction, check_state, images_to_pixels
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision not in DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {list(DTYPES)}")
+    return DTYPES[precision]
+
+
+@dataclass
+class PolicyOutput:
+    actions: np.ndarray  # [horizon, robot action dim], unnormalized
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Policy:
+    """Wraps a PiModel with tokenization, normalization and image preprocessing."""
+
+    def __init__(self, model, normalizer: Normalizer, tokenizer, device="cpu", seed: int = 0,
+                 source: str = ""):
+        self.model, self.cfg = model, model.cfg
+        self.normalizer, self.tokenizer = normalizer, tokenizer
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+        self.source = source
+        self.state_dim = normalizer.dim(STATE_KEY) or self.cfg.state_dim
+        self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
+        self.reseed(seed)
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: PiConfig | str, seed: int = 0, device="cpu", precision="fp32"):
+        """A random-weight model of a named config (benchmarks, tests, demos)."""
+        cfg = get_config(cfg) if isinstance(cfg, str) else cfg
+        model = random_model(cfg, seed=seed, device=device, dtype=resolve_dtype(precision))
+        return cls(model, Normalizer.identity(), load_tokenizer(cfg.tokenizer_path), device,
+                   seed, source=f"{cfg.name} (random weights, seed {seed})")
+
+    @classmethod
+    def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
+                        tokenizer: str | None = None):
+        model, cfg, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
+        tok_path = tokenizer or cfg.tokenizer_path
+        local = Path(folder) / "tokenizer"
+        if tok_path is None and local.is_dir():
+            tok_path = str(local)
+        return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
+
+    @classmethod
+    def load(cls, source: str, **kwargs) -> Policy:
+        """A named config (random weights) or a checkpoint folder."""
+        if Path(source).is_dir():
+            return cls.from_checkpoint(source, **kwargs)
+        kwargs.pop("tokenizer", None)
+        return cls.from_config(source, **kwargs)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream: the same seed and observations give the same chunks."""
+        self._gen = torch.Generator().manual_seed(seed)
+
+    # ---- inference -------------------------------------------------------------------------
+    def draw_noise(self, batch: int = 1) -> torch.Tensor:
+        shape = (batch, self.cfg.action_horizon, self.cfg.action_dim)
+        return torch.randn(shape, generator=self._gen)
+
+    def prepare(self, obs: dict) -> dict[str, torch.Tensor]:
+        """Validate and convert one observation to batched model inputs."""
+        for key in ("images", "state", "instruction"):
+            if key not in obs:
+                raise ObservationError(f"observation lacks {key!r}")
+        cfg = self.cfg
+        pixels, present = images_to_pixels(
+            obs["images"], cfg.cameras, cfg.vision.image_size, self.device, self.dtype
+        )
+        state = self.normalizer.normalize_state(check_state(obs["state"], self.state_dim))
+        if state.shape[0] > cfg.state_dim:
+            raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
+        padded = np.zeros(cfg.state_dim, np.float32)
+        padded[: state.shape[0]] = state
+        prompt = build_prompt(cfg.variant, check_instruction(obs["instruction"]), padded)
+        ids, mask = tokenize(self.tokenizer, prompt, cfg.max_token_len)
+        dev = self.device
+        return {
+            "images": pixels, "image_masks": present,
+            "tokens": torch.from_numpy(ids)[None].to(dev),
+            "token_masks": torch.from_numpy(mask)[None].to(dev),
+            "state": torch.from_numpy(padded)[None].to(dev),
+        }
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def infer(self, obs: dict, noise: torch.Tensor | None = None) -> PolicyOutput:
+        """Action chunk [horizon, action dim] for one observation, with a timing breakdown."""
+        t0 = time.perf_counter()
+        inputs = self.prepare(obs)
+        noise = (self.draw_noise() if noise is None else noise).to(self.device)
+        self._sync()
+        t1 = time.perf_counter()
+        m = self.model
+        embs, valid = m.embed_prefix(
+            inputs["images"], inputs["image_masks"], inputs["tokens"], inputs["token_masks"]
+        )
+        cache = m.prefill(embs, valid)
+        self._sync()
+        t2 = time.perf_counter()
+        actions = m.denoise_loop(cache, valid, noise, inputs["state"], self.cfg.num_steps)
+        actions = actions[0].float().cpu().numpy()
+        t3 = time.perf_counter()
+        out = self.normalizer.unnormalize_actions(actions)[:, : self.action_dim]
+        ms = 1000.0
+        return PolicyOutput(out.astype(np.float32), {
+            "preprocess": (t1 - t0) * ms, "prefix": (t2 - t1) * ms, "denoise": (t3 - t2) * ms,
+            "total": (time.perf_counter() - t0) * ms,
+        })
