@@ -1,0 +1,1 @@
+"""QuantVLA method: quantizers, layouts, calibration buffer and calibration, artifacts."""
