@@ -47,6 +47,12 @@ class GemmaTower(nn.Module):
         self.norm = (AdaRMSNorm if adaptive else RMSNorm)(cfg.width, cfg.eps)
 
 
+def mask_rows_valid(mask: torch.Tensor, sizes, active, tower: int) -> torch.Tensor:
+    """[B, S_i] True for tower i's query rows that attend to anything (i.e. not padding)."""
+    start = sum(sizes[: active.index(tower)])
+    return mask[:, start:start + sizes[active.index(tower)]].any(-1)
+
+
 @dataclass
 class KVCache:
     """Post-RoPE keys and values of the prefix, per layer [B, KVH, P, D]."""
@@ -64,6 +70,7 @@ def joint_forward(
     past: KVCache | None = None,
     store: bool = False,
     final_outputs: bool = True,
+    observer=None,
 ):
     """Run all layers over the towers' tokens.
 
@@ -71,7 +78,8 @@ def joint_forward(
     are RoPE positions of the new tokens; mask [B, sum S_i, P + sum S_i] is boolean over
     [past keys, new keys]. Returns (outputs after the final norms, KVCache of the new keys if
     `store`). With `final_outputs=False` the last layer's o_proj / MLP are skipped: a prefill
-    only needs the keys and values.
+    only needs the keys and values. An `observer` (calibration) sees each tower's post-RoPE
+    queries with all keys and the mask rows, and each tower's o_proj output.
     """
     active = [i for i, h in enumerate(hiddens) if h is not None]
     hiddens = list(hiddens)
@@ -101,10 +109,17 @@ def joint_forward(
             v = torch.cat([past.values[li], v], 2)
         if li == depth - 1 and not final_outputs:
             break
+        if observer is not None:
+            rows = torch.tensor(sizes).cumsum(0).tolist()
+            for i, start, end in zip(active, [0] + rows[:-1], rows, strict=True):
+                observer.attention(li, i, q[:, :, start:end], k, mask[:, start:end])
         att = attend(q, k, v, mask).split(sizes, dim=1)
         for i, a in zip(active, att, strict=True):
             layer = layers[i]
-            h = gated_residual(hiddens[i], layer.self_attn.o_proj(a), gates[i])
+            out = layer.self_attn.o_proj(a)
+            if observer is not None:
+                observer.o_proj(li, i, out, mask_rows_valid(mask, sizes, active, i))
+            h = gated_residual(hiddens[i], out, gates[i])
             x, gate = layer.post_attention_layernorm(h, conds[i])
             hiddens[i] = gated_residual(h, layer.mlp(x), gate)
     outputs = [None] * len(hiddens)

@@ -49,6 +49,7 @@ class PiModel(nn.Module):
     def __init__(self, cfg: PiConfig):
         super().__init__()
         self.cfg = cfg
+        self.observer = None  # set by calibration to see attention logits and o_proj outputs
         e = cfg.expert.width
         self.vision = SiglipVision(cfg.vision)
         self.projector = nn.Linear(cfg.vision.width, cfg.backbone.width)
@@ -89,7 +90,7 @@ class PiModel(nn.Module):
         mask = prefix_valid[:, None, :] & prefix_valid[:, :, None]
         _, cache = joint_forward(
             self.towers, [prefix_embs, None], [None, None], positions, mask,
-            store=True, final_outputs=False,
+            store=True, final_outputs=False, observer=self.observer,
         )
         return cache
 
@@ -120,7 +121,8 @@ class PiModel(nn.Module):
             block_mask(ar, embs.device)[None].expand(b, s, s),
         ], 2)
         (_, out), _ = joint_forward(
-            self.towers, [None, embs], [None, cond], positions, mask, cache
+            self.towers, [None, embs], [None, cond], positions, mask, cache,
+            observer=self.observer,
         )
         return self.action_out_proj(out[:, -self.cfg.action_horizon:])
 
@@ -145,6 +147,8 @@ class PiModel(nn.Module):
         """Integrate the flow from noise at t=1 to t=0 with Euler steps -> actions [B, H, A]."""
         num_steps = num_steps or self.cfg.num_steps
         embs, valid = self.embed_prefix(images, image_masks, tokens, token_masks)
+        if self.observer is not None:
+            self.observer.step = None
         cache = self.prefill(embs, valid)
         return self.denoise_loop(cache, valid, noise, state, num_steps)
 
@@ -153,6 +157,8 @@ class PiModel(nn.Module):
         x = noise.float()
         times = torch.tensor(self.flow_times(num_steps), dtype=torch.float32, device=x.device)
         for k in range(num_steps):
+            if self.observer is not None:
+                self.observer.step = k
             t = times[k].expand(x.shape[0])
             x = x + dt * self.denoise_step(cache, prefix_valid, x, t, state).float()
         return x

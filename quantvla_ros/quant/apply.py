@@ -1,0 +1,82 @@
+"""One call that quantizes a model in place, torchao style: `quantize_(model, config)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layouts import Layout, select
+from .observe import LinearInputs
+from .qlinear import QuantLinear
+from .scheme import QuantScheme
+from .smoothing import absorb, fold_into_norm, norm_groups, smoothing_factors
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    scheme: QuantScheme
+    layout: Layout
+    smooth_alpha: float | None = None  # SmoothQuant migration strength; None = off
+
+    def needs_calibration(self) -> bool:
+        return self.scheme.clip_search or self.smooth_alpha is not None
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None = None,
+              progress=None) -> list[str]:
+    """Replace the layout's linears by QuantLinears; returns their names.
+
+    `inputs` (recorded on the float model) feeds smoothing and the clip search; it is
+    required when the config asks for either.
+    """
+    names = select(model, config.layout)
+    if config.needs_calibration() and inputs is None:
+        raise ValueError("smoothing / clip search need calibration inputs")
+    chosen = set(names)
+    divisor: dict[str, torch.Tensor] = {}  # what each chosen linear's input is divided by
+    folded: set[str] = set()
+    if config.smooth_alpha is not None:
+        for norm_name, consumers in norm_groups(model):
+            if not chosen.intersection(consumers):
+                continue
+            linears = [model.get_submodule(c) for c in consumers]
+            s = smoothing_factors(_absmax_of(inputs, consumers), [m.weight for m in linears],
+                                  config.smooth_alpha).to(linears[0].weight.device)
+            fold_into_norm(model.get_submodule(norm_name), s)
+            for c, m in zip(consumers, linears, strict=True):
+                absorb(m, s)
+                divisor[c] = s
+            folded.update(consumers)
+        # The kernel divides by a buffer factor after the Hadamard rotation, which would be
+        # the wrong basis: with rotation on, only norm-folded smoothing applies.
+        for name in names:
+            if name not in folded and not config.scheme.hadamard:
+                w = model.get_submodule(name).weight
+                divisor[name] = smoothing_factors(inputs.absmax[name], [w],
+                                                  config.smooth_alpha).to(w.device)
+    for name in (progress(names) if progress else names):
+        linear = model.get_submodule(name)
+        x = None
+        if config.scheme.clip_search:
+            x = inputs.rows[name].to(linear.weight.device)
+            if name in divisor:
+                x = x / divisor[name]
+        smooth = divisor.get(name) if name not in folded else None
+        _set_module(model, name, QuantLinear.from_float(linear, config.scheme, x_calib=x,
+                                                        smooth=smooth))
+    return names
+
+
+def _absmax_of(inputs: LinearInputs, names: list[str]) -> torch.Tensor:
+    for n in names:
+        if n in inputs.absmax:
+            return inputs.absmax[n]
+    raise ValueError(f"no calibration inputs recorded for {names}")

@@ -1,0 +1,55 @@
+"""Forward hooks that record what the quantizer needs from calibration runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class LinearInputs:
+    """Per linear: running absmax of each input channel and a bounded sample of input rows."""
+
+    def __init__(self, max_rows: int = 256, seed: int = 0):
+        self.max_rows = max_rows
+        self.absmax: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, torch.Tensor] = {}
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        amax = x.abs().amax(0)
+        self.absmax[name] = torch.maximum(self.absmax[name], amax) if name in self.absmax \
+            else amax
+        if self.max_rows <= 0:
+            return
+        pick = torch.randperm(x.shape[0], generator=self._gen)[: self.max_rows]
+        rows = torch.cat([self.rows[name], x[pick.to(x.device)]]) if name in self.rows \
+            else x[pick.to(x.device)]
+        if rows.shape[0] > self.max_rows:  # keep a uniform subsample, bounded in memory
+            keep = torch.randperm(rows.shape[0], generator=self._gen)[: self.max_rows]
+            rows = rows[keep.to(rows.device)]
+        self.rows[name] = rows
+
+
+@contextmanager
+def record_linear_inputs(model: nn.Module, names: list[str], store: LinearInputs):
+    modules = dict(model.named_modules())
+    handles = []
+    for name in names:
+        def hook(_mod, args, _name=name):
+            store.record(_name, args[0])
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_all(run_one: Callable[[int], None], n: int) -> None:
+    with torch.no_grad():
+        for i in range(n):
+            run_one(i)
