@@ -48,14 +48,19 @@ def clamp_band(ratio: torch.Tensor, cfg: BalanceConfig) -> torch.Tensor:
     return torch.where((r - 1).abs() < cfg.band, torch.ones_like(r), r)
 
 
-def run_batches(model, batches, observer) -> None:
-    """Sample every batch's chunk with the observer attached (same noise for every run)."""
+def run_batches(model, batches, observer) -> torch.Tensor:
+    """Sample every batch's chunk with the observer attached; actions [N, H, A] (model space).
+
+    Each batch carries its own noise, so teacher and student runs see the same draws.
+    """
     model.observer = observer
     try:
         with torch.no_grad():
-            for b in batches:
+            return torch.cat([
                 model.sample_actions(b["images"], b["image_masks"], b["tokens"],
-                                     b["token_masks"], b["noise"], b["state"])
+                                     b["token_masks"], b["noise"], b["state"]).float().cpu()
+                for b in batches
+            ])
     finally:
         model.observer = None
 
@@ -80,6 +85,16 @@ def fold_atm(attn, alpha: torch.Tensor) -> None:
 @torch.no_grad()
 def fold_ohb(attn, beta: float) -> None:
     _scale_rows(attn.o_proj, torch.full((attn.o_proj.out_features,), float(beta)))
+
+
+def unfold_balance(model, alpha: dict, beta: dict) -> None:
+    """Undo folded ATM / OHB factors (reports compare with and without them)."""
+    for key, a in alpha.items():
+        tower, layer = key.split(".")
+        fold_atm(_attn(model, tower, int(layer)), 1.0 / torch.tensor(a, dtype=torch.float64))
+    for key, b in beta.items():
+        tower, layer = key.split(".")
+        fold_ohb(_attn(model, tower, int(layer)), 1.0 / b)
 
 
 def _attn(model, tower: str, layer: int):

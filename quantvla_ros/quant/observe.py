@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -47,9 +46,3 @@ def record_linear_inputs(model: nn.Module, names: list[str], store: LinearInputs
     finally:
         for h in handles:
             h.remove()
-
-
-def run_all(run_one: Callable[[int], None], n: int) -> None:
-    with torch.no_grad():
-        for i in range(n):
-            run_one(i)

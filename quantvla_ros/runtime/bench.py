@@ -18,7 +18,7 @@ def synthetic_observation(policy: Policy, seed: int = 0) -> dict:
     size = policy.cfg.vision.image_size
     images = {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
               for c in policy.cfg.cameras}
-    state = rng.uniform(-1, 1, policy.state_dim).astype(np.float32)
+    state = rng.uniform(-1, 1, policy.state_dim or 8).astype(np.float32)
     return {"images": images, "state": state, "instruction": "pick up the red block"}
 
 

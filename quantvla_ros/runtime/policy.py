@@ -14,6 +14,7 @@ from ..models.checkpoint import load_checkpoint
 from ..models.config import PiConfig, get_config
 from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
+from ..quant.artifact import is_artifact, load_artifact
 from .preprocess import ObservationError, check_instruction, check_state, images_to_pixels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,7 +44,10 @@ class Policy:
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.source = source
-        self.state_dim = normalizer.dim(STATE_KEY) or self.cfg.state_dim
+        self.manifest: dict | None = None  # set for quantized artifacts
+        # Statistics fix the robot's state length; without them (random-weight models) any
+        # length up to the model's padded state_dim is accepted.
+        self.state_dim = normalizer.dim(STATE_KEY)
         self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
         self.reseed(seed)
 
@@ -67,8 +71,23 @@ class Policy:
         return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
 
     @classmethod
+    def from_artifact(cls, folder, device="cpu", precision="fp32", seed: int = 0,
+                      tokenizer: str | None = None):
+        """A quantized artifact written by `quantvla quantize`."""
+        model, cfg, normalizer, manifest = load_artifact(folder, device,
+                                                         resolve_dtype(precision))
+        local = Path(folder) / "tokenizer"
+        tok_path = tokenizer or (str(local) if local.is_dir() else cfg.tokenizer_path)
+        policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
+                     source=f"{folder} ({manifest['quantization']['bits']})")
+        policy.manifest = manifest
+        return policy
+
+    @classmethod
     def load(cls, source: str, **kwargs) -> Policy:
-        """A named config (random weights) or a checkpoint folder."""
+        """A named config (random weights), a checkpoint folder or a quantized artifact."""
+        if is_artifact(source):
+            return cls.from_artifact(source, **kwargs)
         if Path(source).is_dir():
             return cls.from_checkpoint(source, **kwargs)
         kwargs.pop("tokenizer", None)

@@ -1,0 +1,46 @@
+"""`quantvla inspect`: which linears a layout quantizes and what it saves (meta device)."""
+
+from __future__ import annotations
+
+from ..models.build import build_meta
+from ..models.checkpoint import read_config
+from ..models.config import get_config
+from ..quant.inspect import inspect_layout
+from ..quant.layouts import get_layout
+from ..quant.scheme import parse_bits
+from .output import human_bytes, print_json, print_table
+from .quantize_cmd import add_layout_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="dry-run a quantization layout (allocates nothing)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a named config")
+    src.add_argument("--checkpoint", help="a checkpoint folder (only its config is read)")
+    add_layout_args(p)
+    p.add_argument("--group-size", type=int, help="int4 weight group size (default 128)")
+    p.add_argument("--all", action="store_true", help="list float linears too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    cfg = get_config(args.model) if args.model else read_config(args.checkpoint)[0]
+    scheme = parse_bits(args.bits, group_size=args.group_size)
+    layout = get_layout(None if args.preset == "custom" else args.preset,
+                        args.include, args.exclude)
+    r = inspect_layout(build_meta(cfg), layout, scheme)
+    if args.json:
+        print_json(r)
+        return 0
+    rows = [{**m, "shape": "x".join(map(str, m["shape"])),
+             "bytes_bf16": human_bytes(m["bytes_bf16"]), "bytes": human_bytes(m["bytes"])}
+            for m in r["modules"] if m["quantized"] or args.all]
+    print_table(rows, ["name", "part", "shape", "quantized", "bytes_bf16", "bytes"])
+    print(f"\n{cfg.name} {r['layout']} {r['bits']}: {r['quantized_modules']} linears quantized")
+    print(f"  quantized components: {human_bytes(r['quantized_bytes_bf16'])} bf16 -> "
+          f"{human_bytes(r['quantized_bytes'])} ({100 * r['quantized_fraction']:.1f}%, "
+          f"saving {100 * r['saving']:.1f}%)")
+    print(f"  whole model: {human_bytes(r['total_bytes_bf16'])} bf16 -> "
+          f"{human_bytes(r['total_bytes'])} (saving {100 * r['total_saving']:.1f}%)")
+    return 0

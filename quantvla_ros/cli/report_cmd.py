@@ -1,0 +1,32 @@
+"""`quantvla report`: teacher vs quantized student on held-out calibration samples."""
+
+from __future__ import annotations
+
+from ..offline.report import build_report
+from ..offline.report_render import to_markdown, write_report
+from .output import print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="fidelity of a quantized artifact vs its float teacher")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--calib", required=True, help="buffer folder or synthetic:N (held-out part)")
+    p.add_argument("--checkpoint", help="where the source checkpoint lives now, if moved")
+    p.add_argument("--out", help="folder for report.md, report.json and PNG plots")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    r = build_report(args.artifact, args.calib, args.device, args.precision,
+                     checkpoint=args.checkpoint)
+    files = write_report(r, args.out) if args.out else []
+    if args.json:
+        print_json({**r, "files": files})
+    else:
+        print(to_markdown(r))
+        if files:
+            print(f"wrote {', '.join(files)} to {args.out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Offline workflows over the runtime and the method: quantize a policy, report on it."""

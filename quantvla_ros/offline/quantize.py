@@ -1,0 +1,114 @@
+"""From a float policy and an unlabeled buffer to a quantized, balanced artifact."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models.checkpoint import WEIGHTS as CKPT_WEIGHTS
+from ..quant.apply import QuantConfig, quantize_
+from ..quant.artifact import save_artifact, sha256_file
+from ..quant.balance import BalanceConfig, calibrate_balance, run_batches
+from ..quant.layouts import get_layout, select
+from ..quant.observe import LinearInputs, record_linear_inputs
+from ..quant.scheme import parse_bits
+from ..quant.synthetic import open_calibration
+from ..runtime.policy import Policy
+
+
+@dataclass
+class QuantizeRequest:
+    source: str  # a named config (random weights, `seed`) or a checkpoint folder
+    calib: str  # a buffer folder or synthetic:N
+    bits: str = "w4a8"
+    preset: str | None = "quantvla"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    clip_search: bool = False
+    smooth_alpha: float | None = None
+    group_size: int | None = None  # None: the default for the bit width
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 8
+    max_samples: int | None = None
+
+
+def holdout_count(n: int) -> int:
+    """Samples kept out of calibration for `quantvla report` (a quarter, at least one)."""
+    return max(1, n // 4) if n >= 2 else 0
+
+
+def open_buffer_for(policy: Policy, spec: str):
+    cams = {c: (policy.cfg.vision.image_size,) * 2 for c in policy.cfg.cameras}
+    return open_calibration(spec, cameras=cams, state_dim=policy.state_dim or 8)
+
+
+def prepare_batches(policy: Policy, observations, batch_size: int, noise_seed: int = 0):
+    """Batched model inputs plus seeded noise, so teacher and student see the same draws."""
+    gen = torch.Generator().manual_seed(noise_seed)
+    batches = []
+    for i in range(0, len(observations), batch_size):
+        inputs = [policy.prepare(o) for o in observations[i:i + batch_size]]
+        batch = {k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}
+        shape = (len(inputs), policy.cfg.action_horizon, policy.cfg.action_dim)
+        batch["noise"] = torch.randn(shape, generator=gen).to(policy.device)
+        batches.append(batch)
+    return batches
+
+
+def source_identity(source: str, seed: int) -> dict:
+    folder = Path(source)
+    if folder.is_dir():
+        return {"kind": "checkpoint", "path": str(folder.resolve()),
+                "sha256": sha256_file(folder / CKPT_WEIGHTS)}
+    return {"kind": "named", "model": source, "seed": seed, "sha256": f"seed:{seed}"}
+
+
+def quantize_policy(req: QuantizeRequest, out_dir, progress=None, log=print) -> dict:
+    """Quantize, calibrate ATM / OHB, write the artifact; returns its manifest."""
+    scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search)
+    qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude),
+                       req.smooth_alpha)
+    teacher = Policy.load(req.source, device=req.device, precision=req.precision, seed=req.seed)
+    buffer = open_buffer_for(teacher, req.calib)
+    calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
+    if req.max_samples:
+        calib_idx = calib_idx[: req.max_samples]
+    if not calib_idx:
+        raise ValueError(f"calibration buffer {req.calib!r} has too few samples")
+    log(f"calibrating on {len(calib_idx)} samples ({len(held_idx)} held out for the report)")
+    batches = prepare_batches(teacher, [buffer[i] for i in calib_idx], req.batch_size)
+    inputs = None
+    student = copy.deepcopy(teacher.model)
+    if qcfg.needs_calibration():
+        inputs = LinearInputs()
+        with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
+            run_batches(teacher.model, batches, None)
+    names = quantize_(student, qcfg, inputs, progress=progress)
+    log(f"quantized {len(names)} linears to {scheme.bits}")
+    balance = calibrate_balance(teacher.model, student, batches, req.balance,
+                                progress=progress)
+    manifest = {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model_config": student.cfg.to_dict(),
+        "source": source_identity(req.source, req.seed),
+        "quantization": {"bits": scheme.bits, "scheme": scheme.to_dict(),
+                         "preset": req.preset, "include": list(qcfg.layout.include),
+                         "exclude": list(qcfg.layout.exclude),
+                         "smooth_alpha": req.smooth_alpha},
+        "quantized_modules": names,
+        "balance": {"config": req.balance.to_dict(), **balance},
+        "calibration": {**buffer.summary(), "spec": req.calib,
+                        "calibration_samples": len(calib_idx), "held_out": len(held_idx),
+                        "noise_seed": 0},
+    }
+    tok = Path(req.source) / "tokenizer"
+    save_artifact(student, out_dir, manifest, teacher.normalizer,
+                  tok if tok.is_dir() else None)
+    return manifest

@@ -1,0 +1,101 @@
+"""Fidelity report: teacher vs quantized student on held-out buffer samples, same noise."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..models.checkpoint import WEIGHTS as CKPT_WEIGHTS
+from ..quant.artifact import ArtifactError, sha256_file
+from ..quant.balance import run_batches, unfold_balance
+from ..quant.stats import StatsCollector
+from ..runtime.policy import Policy
+from .quantize import holdout_count, open_buffer_for, prepare_batches
+
+REPORT_NOISE_SEED = 1234
+
+
+def load_teacher(manifest: dict, device="cpu", precision="fp32", checkpoint=None) -> Policy:
+    """The float policy the artifact was made from; a checkpoint must match its sha256."""
+    src = manifest["source"]
+    if src["kind"] == "named":
+        return Policy.from_config(src["model"], seed=src["seed"], device=device,
+                                  precision=precision)
+    folder = Path(checkpoint or src["path"])
+    if not (folder / CKPT_WEIGHTS).is_file():
+        raise ArtifactError(f"source checkpoint {folder} not found; pass its current folder")
+    digest = sha256_file(folder / CKPT_WEIGHTS)
+    if digest != src["sha256"]:
+        raise ArtifactError(
+            f"source hash mismatch: {folder / CKPT_WEIGHTS} has sha256 {digest[:12]}..., "
+            f"the artifact was made from {src['sha256'][:12]}...")
+    return Policy.from_checkpoint(folder, device=device, precision=precision)
+
+
+def action_error(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    """Relative L2, max-abs error and SQNR (dB) of action chunks [N, H, A]."""
+    err = (out.double() - ref.double())
+    ref_norm, err_norm = ref.double().norm(), err.norm()
+    return {
+        "rel_l2": float(err_norm / ref_norm.clamp(min=1e-30)),
+        "max_abs": float(err.abs().max()),
+        "sqnr_db": float(20 * torch.log10(ref_norm / err_norm.clamp(min=1e-30))),
+        "per_step_rel_l2": (err.norm(dim=(0, 2)) / ref.double().norm(dim=(0, 2))
+                            .clamp(min=1e-30)).tolist(),
+    }
+
+
+def _ratios(teacher: StatsCollector, student: StatsCollector) -> dict:
+    t_std, s_std = teacher.logit_std(), student.logit_std()
+    t_rms, s_rms = teacher.oproj_rms(), student.oproj_rms()
+    return {f"{t}.{li}": {
+        "logit_std": (t_std[(t, li)].double() / s_std[(t, li)].double()).tolist()
+        if (t, li) in s_std else None,
+        "oproj_rms": t_rms[(t, li)] / s_rms[(t, li)] if (t, li) in s_rms else None,
+    } for (t, li) in sorted(set(t_std) | set(t_rms))}
+
+
+def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
+                 checkpoint=None) -> dict:
+    student = Policy.from_artifact(artifact, device=device, precision=precision)
+    manifest = student.manifest
+    teacher = load_teacher(manifest, device, precision, checkpoint)
+    buffer = open_buffer_for(teacher, calib)
+    _, held = buffer.split(holdout_count(len(buffer)))
+    note = None
+    if not held:
+        held, note = list(range(len(buffer))), "buffer too small to hold samples out"
+    batches = prepare_batches(teacher, [buffer[i] for i in held], batch_size,
+                              REPORT_NOISE_SEED)
+    towers = tuple(manifest["balance"]["config"]["towers"])
+    runs = {}
+    unbalanced = copy.deepcopy(student.model)
+    unfold_balance(unbalanced, manifest["balance"]["alpha"], manifest["balance"]["beta"])
+    for name, model in (("teacher", teacher.model), ("student", student.model),
+                        ("unbalanced", unbalanced)):
+        stats = StatsCollector(towers)
+        runs[name] = (run_batches(model, batches, stats), stats)
+    (t_act, t_stats), (s_act, s_stats), (u_act, u_stats) = (
+        runs["teacher"], runs["student"], runs["unbalanced"])
+    before, after = _ratios(t_stats, u_stats), _ratios(t_stats, s_stats)
+    layers = [{"layer": key,
+               "alpha": manifest["balance"]["alpha"].get(key),
+               "beta": manifest["balance"]["beta"].get(key),
+               "logit_std_ratio_before": before[key]["logit_std"],
+               "logit_std_ratio_after": after[key]["logit_std"],
+               "oproj_rms_ratio_before": before[key]["oproj_rms"],
+               "oproj_rms_ratio_after": after[key]["oproj_rms"]} for key in after]
+    summary = buffer.summary()
+    return {
+        "artifact": str(artifact), "bits": manifest["quantization"]["bits"],
+        "preset": manifest["quantization"]["preset"],
+        "source": manifest["source"],
+        "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
+                        "source": summary.get("source"), "held_out_samples": len(held),
+                        "note": note},
+        "action_error": action_error(t_act, s_act),
+        "action_error_without_balance": action_error(t_act, u_act),
+        "layers": layers,
+    }

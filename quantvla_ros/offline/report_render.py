@@ -1,0 +1,91 @@
+"""Render a fidelity report as markdown, JSON and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _mean(values) -> float | None:
+    if values is None:
+        return None
+    values = values if isinstance(values, list) else [values]
+    return sum(values) / len(values)
+
+
+def _fmt(x, digits=3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def to_markdown(r: dict) -> str:
+    cal = r["calibration"]
+    e, u = r["action_error"], r["action_error_without_balance"]
+    lines = [
+        f"# QuantVLA fidelity report: {r['bits']} ({r['preset']})", "",
+        f"- artifact: `{r['artifact']}`",
+        f"- teacher: {r['source'].get('model') or r['source'].get('path')}",
+        f"- held-out samples: {cal['held_out_samples']} from `{cal['spec']}`"
+        + (" — **SYNTHETIC observations, not robot data**" if cal["synthetic"] else ""),
+    ]
+    if cal.get("note"):
+        lines.append(f"- note: {cal['note']}")
+    lines += [
+        "", "## Action chunk error vs the float teacher (same noise)", "",
+        "| student | rel. L2 | max abs | SQNR (dB) |", "|---|---|---|---|",
+        f"| quantized + ATM/OHB | {e['rel_l2']:.4g} | {e['max_abs']:.4g} | {e['sqnr_db']:.2f} |",
+        f"| quantized, no ATM/OHB | {u['rel_l2']:.4g} | {u['max_abs']:.4g} | "
+        f"{u['sqnr_db']:.2f} |",
+        "", "## Per layer: teacher / student ratios (1.0 = matched)", "",
+        "| layer | alpha (mean) | beta | logit std before | after | o_proj RMS before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["layers"]:
+        lines.append(
+            f"| {row['layer']} | {_fmt(_mean(row['alpha']))} | {_fmt(row['beta'])} | "
+            f"{_fmt(_mean(row['logit_std_ratio_before']))} | "
+            f"{_fmt(_mean(row['logit_std_ratio_after']))} | "
+            f"{_fmt(row['oproj_rms_ratio_before'])} | {_fmt(row['oproj_rms_ratio_after'])} |")
+    lines += ["", "Logit-std ratios are averaged over heads here; report.json has every head.",
+              "", "![ratios](ratios.png)", "", "![action error](action_error.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["layer"] for row in r["layers"]]
+    x = range(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, title in ((axes[0], "logit_std", "attention logit std (mean over heads)"),
+                           (axes[1], "oproj_rms", "o_proj output RMS")):
+        for when, style in (("before", "o--"), ("after", "s-")):
+            ys = [_mean(row[f"{key}_ratio_{when}"]) for row in r["layers"]]
+            ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=when)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks(list(x), names, rotation=90, fontsize=7)
+        ax.set_title(f"teacher / student: {title}", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ratios.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(r["action_error"]["per_step_rel_l2"], label="with ATM/OHB")
+    ax.plot(r["action_error_without_balance"]["per_step_rel_l2"], label="without")
+    ax.set_xlabel("action step in chunk")
+    ax.set_ylabel("relative L2 error")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "action_error.png", dpi=100)
+    plt.close(fig)
+    return ["ratios.png", "action_error.png"]
+
+
+def write_report(r: dict, out_dir) -> list[str]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(r, indent=2))
+    (out / "report.md").write_text(to_markdown(r))
+    return ["report.md", "report.json", *plot(r, out)]

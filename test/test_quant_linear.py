@@ -1,0 +1,132 @@
+"""Quantizers and QuantLinear: error bounds, fake-quant equality, exact accumulators."""
+
+import pytest
+import torch
+from torch import nn
+
+from quantvla_ros.kernels import reference
+from quantvla_ros.quant import hadamard
+from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.quantizers import dequantize_weight, quantize_weight, search_clip
+from quantvla_ros.quant.scheme import QuantScheme, parse_bits
+
+
+def linear(k=256, n=48, bias=True, seed=0):
+    torch.manual_seed(seed)
+    m = nn.Linear(k, n, bias=bias)
+    with torch.no_grad():
+        m.weight.mul_(torch.rand(n, 1) * 3)  # channels of different ranges
+        m.weight[:, 7] *= 3  # and a heavier input channel
+    return m
+
+
+@pytest.mark.parametrize("bits,group", [(8, None), (4, None), (4, 128), (4, 64)])
+def test_weight_round_trip_error_bound(bits, group):
+    w = linear().weight.detach()
+    q, s = quantize_weight(w, bits, group)
+    qmax = {8: 127, 4: 7}[bits]
+    assert q.dtype == torch.int8 and q.abs().max() <= qmax
+    assert s.shape == ((48,) if group is None else (48, 256 // group))
+    err = (dequantize_weight(q, s, group) - w).abs()
+    per_elem_scale = s[:, None] if group is None else s.repeat_interleave(group, 1)
+    assert torch.all(err <= per_elem_scale / 2 + 1e-7)  # round to nearest: half a step
+
+
+def test_int4_pack_unpack_exact():
+    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 4)
+    assert torch.equal(reference.unpack_int4(reference.pack_int4(q)), q)
+    packed = reference.pack_int4(torch.tensor([[-1, 7]], dtype=torch.int8))
+    assert packed.item() == 0x7F  # low nibble = even k (-1 -> 0xF), high nibble = odd k
+
+
+def test_clip_search_never_worse_than_no_clip():
+    m = linear()
+    x = torch.randn(64, 256)
+    w = m.weight.detach()
+    clip = search_clip(w, x, 4, 128)
+    assert clip.shape == (48,) and torch.all((clip > 0.6) & (clip <= 1.0))
+
+    def err(c):
+        q, s = quantize_weight(w, 4, 128, c)
+        return (x @ dequantize_weight(q, s, 128).t() - x @ w.t()).pow(2).sum(0)
+
+    assert torch.all(err(clip) <= err(None) + 1e-6)
+
+
+def fake_quant(ql: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """Float reference: dequantize activations and weights, then a plain matmul."""
+    xt = ql.transform_input(x).float()
+    if ql.smooth is not None:
+        xt = xt / ql.smooth
+    qx, sx = (reference.quantize_per_token_int8(xt) if ql.scheme.a_bits == 8
+              else reference.quantize_per_token_int4(xt))
+    y = (qx.double() * sx.double()) @ ql.dequantized_weight().double().t()
+    return (y + (ql.bias.double() if ql.bias is not None else 0)).float()
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8", "w4a4"])
+def test_quant_linear_matches_fake_quant(bits):
+    m = linear()
+    ql = QuantLinear.from_float(m, parse_bits(bits))
+    assert not any(t.is_floating_point() and t.shape == m.weight.shape for t in ql.buffers()), \
+        "a float copy of the weight is stored"
+    x = torch.randn(2, 37, 256)
+    y = ql(x)
+    assert y.shape == (2, 37, 48) and y.dtype == x.dtype
+    ref = fake_quant(ql, x.reshape(-1, 256)).reshape(2, 37, 48)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    # and it approximates the float layer: SQNR (dB) well above noise
+    f = m(x).detach()
+    sqnr = 20 * torch.log10(f.norm() / (y - f).norm())
+    assert sqnr > {"w8a8": 35, "w4a8": 17, "w4a4": 12}[bits], float(sqnr)
+
+
+def test_int32_accumulators_exact():
+    ql = QuantLinear.from_float(linear(bias=False), parse_bits("w4a8"))
+    x = torch.randn(16, 256) * 10
+    qx, _ = reference.quantize_per_token_int8(x)
+    w = ql.int_weight()
+    acc = reference.accumulate_grouped(qx, w, 128)  # [G, M, N] int32
+    exact = torch.stack([qx[:, g:g + 128].long() @ w[:, g:g + 128].long().t()
+                         for g in (0, 128)])
+    assert acc.dtype == torch.int32 and torch.equal(acc.long(), exact)
+
+
+def test_w8a8_beats_w4a8_beats_w4a4_on_outliers():
+    m = linear()
+    x = torch.randn(64, 256)
+    x[:, 3] *= 20  # an activation outlier channel
+    f = m(x).detach()
+    errs = {b: (QuantLinear.from_float(m, parse_bits(b))(x) - f).norm() / f.norm()
+            for b in ("w8a8", "w4a8", "w4a4")}
+    assert errs["w8a8"] < errs["w4a8"] < 0.2
+    plain = QuantLinear.from_float(m, parse_bits("w4a4", hadamard=False))
+    # the Hadamard rotation is what keeps int4 activations usable with outliers
+    assert errs["w4a4"] < (plain(x) - f).norm() / f.norm()
+
+
+def test_hadamard_is_orthonormal():
+    x = torch.randn(5, 256, dtype=torch.float64)
+    y = hadamard.rotate(x, 128)
+    torch.testing.assert_close(y.norm(dim=1), x.norm(dim=1))
+    # H is symmetric, so H H = I (rotate computes in float32)
+    torch.testing.assert_close(hadamard.rotate(y, 128), x, atol=1e-5, rtol=1e-5)
+
+
+def test_output_channel_scaling_folds_into_scales():
+    m = linear()
+    ql = QuantLinear.from_float(m, parse_bits("w4a8"))
+    x = torch.randn(4, 256)
+    before = ql(x)
+    f = torch.linspace(0.5, 1.5, 48)
+    ql.scale_output_channels(f)
+    torch.testing.assert_close(ql(x), before * f, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_schemes_rejected():
+    with pytest.raises(ValueError, match="unsupported bits 'w3a8'"):
+        parse_bits("w3a8")
+    with pytest.raises(ValueError, match="unsupported bits w8a4"):
+        QuantScheme(w_bits=8, a_bits=4)
+    with pytest.raises(ValueError, match="not a multiple of group_size"):
+        QuantLinear(100, 8, parse_bits("w4a8"))
