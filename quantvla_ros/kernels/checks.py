@@ -1,0 +1,105 @@
+"""Argument validation shared by the reference and Triton paths.
+
+Unsupported inputs raise ValueError with the offending shape or dtype, never compute wrongly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_float_vector(name: str, t: torch.Tensor | None, n: int, device) -> None:
+    if t is None:
+        return
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}], got {_shape(t)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+def check_act_quant(
+    x: torch.Tensor,
+    bits: int,
+    norm_weight: torch.Tensor | None,
+    smooth: torch.Tensor | None,
+) -> int:
+    """Validate activation-quantization inputs; return K."""
+    if bits not in (4, 8):
+        raise ValueError(f"activation bits must be 4 or 8, got {bits}")
+    if not x.is_floating_point():
+        raise ValueError(f"activations must be a float tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"activations need a non-empty last dimension, got {_shape(x)}")
+    k = x.shape[-1]
+    if bits == 4 and k % 2:
+        raise ValueError(f"int4 activations need an even K, got K={k}")
+    _check_float_vector("norm_weight", norm_weight, k, x.device)
+    _check_float_vector("smooth", smooth, k, x.device)
+    return k
+
+
+def check_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    group_size: int | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    *,
+    a_int4: bool,
+    w_int4: bool,
+) -> int:
+    """Validate a scaled integer GEMM's operands; return the effective group size.
+
+    ``a`` is int8 [M, K] (or packed uint8 [M, K // 2] when ``a_int4``), ``w`` is int8 [N, K]
+    (or packed uint8 [N, K // 2] when ``w_int4``). ``w_scale`` is float32 [N] / [N, 1]
+    (per channel, group size K) or [N, K // group_size].
+    """
+    a_dtype = torch.uint8 if a_int4 else torch.int8
+    w_dtype = torch.uint8 if w_int4 else torch.int8
+    if a.dtype != a_dtype or a.dim() != 2:
+        raise ValueError(f"activations must be 2-D {a_dtype}, got {a.dtype} {_shape(a)}")
+    if w.dtype != w_dtype or w.dim() != 2:
+        raise ValueError(f"weights must be 2-D {w_dtype}, got {w.dtype} {_shape(w)}")
+    m = a.shape[0]
+    k = a.shape[1] * (2 if a_int4 else 1)
+    n, kw = w.shape[0], w.shape[1] * (2 if w_int4 else 1)
+    if k != kw:
+        raise ValueError(f"K mismatch: activations {_shape(a)} give K={k}, weights "
+                         f"{_shape(w)} give K={kw}")
+    if k == 0 or n == 0:
+        raise ValueError(f"empty GEMM: K={k}, N={n}")
+    for name, t in (("activation scale", a_scale), ("weights", w), ("weight scale", w_scale)):
+        if t.device != a.device:
+            raise ValueError(f"{name} is on {t.device}, activations on {a.device}")
+    if a_scale.dtype != torch.float32 or a_scale.numel() != m or a_scale.dim() not in (1, 2):
+        raise ValueError(f"activation scale must be float32 [M] or [M, 1] with M={m}, got "
+                         f"{a_scale.dtype} {_shape(a_scale)}")
+    if w_scale.dtype != torch.float32 or w_scale.dim() not in (1, 2) or w_scale.shape[0] != n:
+        raise ValueError(f"weight scale must be float32 [N] or [N, G] with N={n}, got "
+                         f"{w_scale.dtype} {_shape(w_scale)}")
+    groups = 1 if w_scale.dim() == 1 else w_scale.shape[1]
+    if group_size is None:
+        if k % groups:
+            raise ValueError(f"K={k} does not split into {groups} weight-scale groups")
+        group_size = k // groups
+    if group_size <= 0 or k % group_size:
+        raise ValueError(f"K={k} is not a multiple of group_size={group_size}")
+    if k // group_size != groups:
+        raise ValueError(f"weight scale {_shape(w_scale)} has {groups} groups but K={k} with "
+                         f"group_size={group_size} needs {k // group_size}")
+    _check_float_vector("bias", bias, n, a.device)
+    if residual is not None:
+        if not residual.is_floating_point() or _shape(residual) != (m, n):
+            raise ValueError(f"residual must be a float [{m}, {n}] tensor, got "
+                             f"{residual.dtype} {_shape(residual)}")
+        if residual.device != a.device:
+            raise ValueError(f"residual is on {residual.device}, activations on {a.device}")
+    return group_size
