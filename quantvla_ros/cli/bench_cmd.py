@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
 from ..runtime.bench import bench_e2e
 from .output import print_json
 
@@ -11,19 +15,30 @@ def register(sub) -> None:
     kinds = p.add_subparsers(dest="kind", required=True)
     e2e = kinds.add_parser("e2e", help="end-to-end chunk latency")
     e2e.add_argument("--model", default="pi05-tiny")
-    e2e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    e2e.add_argument("--precision", default="fp32",
+                     choices=["fp32", "bf16", "fp16", "w8a8", "w4a8", "w4a4"],
+                     help="float dtype, or integer bits (random weights quantized in memory)")
+    e2e.add_argument("--artifact", help="benchmark a quantized artifact (its bits are used)")
     e2e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e2e.add_argument("--runs", type=int, default=10)
     e2e.add_argument("--warmup", type=int, default=2)
     e2e.add_argument("--seed", type=int, default=0)
     e2e.add_argument("--json", action="store_true")
     e2e.set_defaults(handler=run_e2e)
+    k = kinds.add_parser("kernels", help="integer GEMMs vs bf16 matmul and torch._int_mm")
+    k.add_argument("--check", action="store_true",
+                   help="verify every kernel against the integer reference first (on a CPU "
+                        "only the checks run, under Triton's interpreter)")
+    k.add_argument("--out", help="folder for kernels.md and kernels.png")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(handler=run_kernels)
 
 
 def run_e2e(args) -> int:
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
-    r = bench_e2e(args.model, args.precision, args.device, args.runs, args.warmup, args.seed)
+    r = bench_e2e(args.model, args.precision, args.device, args.runs, args.warmup, args.seed,
+                  artifact=args.artifact)
     if args.json:
         print_json(r)
         return 0
@@ -34,5 +49,53 @@ def run_e2e(args) -> int:
     print(f"  prefix {r['prefix_ms']:.1f} ms ({r['prefix_tokens']} tokens), denoise "
           f"{r['denoise_ms']:.1f} ms ({r['num_steps']} steps)")
     mem = r.get("peak_gpu_mem_mb", r.get("peak_rss_mb"))
-    print(f"  peak {'GPU memory' if 'peak_gpu_mem_mb' in r else 'RSS'}: {mem:.0f} MiB")
+    print(f"  peak {'GPU memory' if 'peak_gpu_mem_mb' in r else 'RSS'}: {mem:.0f} MiB, "
+          f"weights {r['weight_bytes'] / 2**20:.1f} MiB")
     return 0
+
+
+def run_kernels(args) -> int:
+    if not torch.cuda.is_available():
+        if not args.check:
+            raise ValueError("no CUDA GPU: nothing to time. Use --check to verify the kernels "
+                             "under Triton's CPU interpreter")
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are compiled
+    from ..kernels.bench import format_markdown, run_kernel_bench
+
+    rows = run_kernel_bench(check=args.check)
+    failed = [r for r in rows if r.get("check") not in (None, "ok")]
+    table = format_markdown(rows)
+    if args.out:
+        _write_kernel_report(rows, table, args.out)
+    if args.json:
+        print_json({"device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                    else "cpu (Triton interpreter: checks only, no timings)",
+                    "rows": rows, "checks_passed": not failed})
+    else:
+        print(table)
+    return 1 if failed else 0
+
+
+def _write_kernel_report(rows, table: str, out: str) -> None:
+    from pathlib import Path
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernels.md").write_text(table + "\n")
+    timed = [r for r in rows if r.get("speedup_vs_bf16")]
+    if not timed:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    labels = [f"{r['kernel']} {r['M']}x{r['K']}x{r['N']}" for r in timed]
+    ax.bar(range(len(timed)), [r["speedup_vs_bf16"] for r in timed])
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(range(len(timed)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("speed-up over bf16 matmul")
+    fig.tight_layout()
+    fig.savefig(folder / "kernels.png", dpi=100)
+    plt.close(fig)

@@ -10,9 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench_cmd, demo_cmd, inspect_cmd, models_cmd, quantize_cmd, report_cmd
+from . import (
+    bench_cmd,
+    calibrate_cmd,
+    demo_cmd,
+    inspect_cmd,
+    models_cmd,
+    quantize_cmd,
+    report_cmd,
+)
 
-COMMANDS = [models_cmd, inspect_cmd, quantize_cmd, report_cmd, bench_cmd, demo_cmd]
+COMMANDS = [
+    models_cmd, inspect_cmd, calibrate_cmd, quantize_cmd, report_cmd, bench_cmd, demo_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,20 +26,54 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def quantized_random_policy(model: str, bits: str, device: str, seed: int,
+                            preset: str = "quantvla") -> Policy:
+    """A random-weight policy quantized round-to-nearest (latency does not depend on the
+    calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime)."""
+    from ..quant.apply import QuantConfig, quantize_
+    from ..quant.layouts import get_layout
+    from ..quant.scheme import parse_bits
+
+    act = "bf16" if device == "cuda" else "fp32"
+    policy = Policy.from_config(model, seed=seed, device=device, precision=act)
+    quantize_(policy.model, QuantConfig(parse_bits(bits), get_layout(preset)))
+    policy.source += f", {bits} {preset} round-to-nearest"
+    return policy
+
+
 def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: int = 10,
-              warmup: int = 2, seed: int = 0, allow_full_on_cpu: bool = False) -> dict:
-    """Median / p90 chunk latency after warm-up, prefix vs denoise split and peak memory."""
-    get_config(model)  # an unknown name fails here, with suggestions
-    if device == "cpu" and not model.endswith("-tiny") and not allow_full_on_cpu:
+              warmup: int = 2, seed: int = 0, allow_full_on_cpu: bool = False,
+              artifact: str | None = None) -> dict:
+    """Median / p90 chunk latency after warm-up, prefix vs denoise split and peak memory.
+
+    `precision` is a float dtype (fp32 / bf16 / fp16) or integer bits (w8a8 / w4a8 / w4a4,
+    quantized from random weights); `artifact` benchmarks a quantized artifact instead.
+    """
+    if artifact is None:
+        get_config(model)  # an unknown name fails here, with suggestions
+    if device == "cpu" and artifact is None and not model.endswith("-tiny") \
+            and not allow_full_on_cpu:
         raise ValueError(
             f"{model!r} is full size: on a CPU one chunk takes minutes. Use pi05-tiny or "
             "pi0-tiny, or run on --device cuda"
         )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available")
+    if artifact is not None:
+        act = precision if precision in FLOAT_PRECISIONS else "fp32"
+        policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed)
+        model = policy.cfg.name
+        precision = policy.manifest["quantization"]["bits"]
+    elif precision in FLOAT_PRECISIONS:
+        policy = Policy.from_config(model, seed=seed, device=device, precision=precision)
+    else:
+        policy = quantized_random_policy(model, precision, device, seed)
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but no CUDA GPU is available")
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    policy = Policy.from_config(model, seed=seed, device=device, precision=precision)
     obs = synthetic_observation(policy, seed)
     for _ in range(warmup):
         policy.infer(obs)
@@ -55,7 +89,8 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
         "preprocess_ms": statistics.median(t["preprocess"] for t in timings),
         "prefix_tokens": policy.cfg.prefix_len, "num_steps": policy.cfg.num_steps,
         "chunk_shape": list(out.actions.shape),
-        "weight_bytes": sum(p.numel() * p.element_size() for p in policy.model.parameters()),
+        "weight_bytes": sum(t.numel() * t.element_size() for t in
+                            [*policy.model.parameters(), *policy.model.buffers()]),
     }
     if device == "cuda":
         result["device_name"] = torch.cuda.get_device_name()
