@@ -130,3 +130,26 @@ def test_bad_schemes_rejected():
         QuantScheme(w_bits=8, a_bits=4)
     with pytest.raises(ValueError, match="not a multiple of group_size"):
         QuantLinear(100, 8, parse_bits("w4a8"))
+
+
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
+def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
+    from quantvla_ros.kernels import dispatch
+    from quantvla_ros.models.layers import GeGLU
+    from quantvla_ros.quant.fused import FusedGeGLU, fusable
+
+    torch.manual_seed(0)
+    mlp = GeGLU(256, 384)
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        setattr(mlp, name, QuantLinear.from_float(getattr(mlp, name), parse_bits(bits)))
+    assert fusable(mlp)
+    fused = FusedGeGLU(mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    x = torch.randn(3, 50, 256)
+    y_sep = mlp(x)
+    calls = []
+    real = dispatch.gate_up
+    monkeypatch.setattr(dispatch, "gate_up", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y_fused = fused(x)
+    torch.testing.assert_close(y_fused, y_sep, rtol=1e-5, atol=1e-5)
+    assert calls == [1]  # one fused GEMM for gate and up
+    assert fused.weight_q.shape[0] == 2 * 384

@@ -15,6 +15,7 @@ from ..models.config import PiConfig, get_config
 from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
 from ..quant.artifact import is_artifact, load_artifact
+from ..quant.fused import fuse_gate_up
 from .preprocess import ObservationError, check_instruction, check_state, images_to_pixels
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,6 +77,7 @@ class Policy:
         """A quantized artifact written by `quantvla quantize`."""
         model, cfg, normalizer, manifest = load_artifact(folder, device,
                                                          resolve_dtype(precision))
+        fuse_gate_up(model)  # one activation quantization and one GEMM for gate + up
         local = Path(folder) / "tokenizer"
         tok_path = tokenizer or (str(local) if local.is_dir() else cfg.tokenizer_path)
         policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
