@@ -108,3 +108,19 @@ def test_pi05_prompt_and_tokens():
     assert ids[0] == 2 and mask.sum() == 1 + len(prompt.encode()) and ids[mask.sum()] == 0
     ids, mask = tokenize(ByteTokenizer(), "x" * 500, 200)
     assert mask.all()  # over-long prompts are truncated to the model's length
+
+
+@pytest.mark.gpu
+def test_cuda_graph_chunk_matches_eager():
+    """GPU only: the two-graph replay gives the eager chunk (bf16 tolerance)."""
+    eager = Policy.from_config("pi05-tiny", seed=0, device="cuda", precision="bf16")
+    eager.use_cuda_graphs = False
+    graphed = Policy.from_config("pi05-tiny", seed=0, device="cuda", precision="bf16")
+    assert graphed.use_cuda_graphs
+    obs = observation()
+    for _ in range(3):  # capture on the first call, replay afterwards
+        noise = eager.draw_noise()
+        a = eager.infer(obs, noise=noise).actions
+        out = graphed.infer(obs, noise=noise)
+        np.testing.assert_allclose(out.actions, a, rtol=2e-2, atol=2e-2)
+        assert out.timing_ms["prefix"] > 0 and out.timing_ms["denoise"] > 0

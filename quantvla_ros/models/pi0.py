@@ -6,6 +6,7 @@ Top-level module names are what the quantizer selects on: `vision`, `projector`,
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,10 +18,23 @@ from .gemma import GemmaTower, KVCache, joint_forward
 from .siglip import SiglipVision
 
 
+@functools.lru_cache(maxsize=32)
+def _block_mask_cached(ar: tuple[int, ...], device: str) -> torch.Tensor:
+    blocks = torch.tensor(ar).cumsum(0)
+    return (blocks[None, :] <= blocks[:, None]).to(device)
+
+
 def block_mask(ar: list[int], device) -> torch.Tensor:
-    """Pattern from openpi's autoregressive markers: i sees j iff block(j) <= block(i)."""
-    blocks = torch.tensor(ar, device=device).cumsum(0)
-    return blocks[None, :] <= blocks[:, None]
+    """Pattern from openpi's autoregressive markers: i sees j iff block(j) <= block(i).
+
+    Cached per device so a CUDA-graph capture performs no host-to-device copy.
+    """
+    return _block_mask_cached(tuple(ar), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=8)
+def _flow_times_cached(times: tuple[float, ...], device: str) -> torch.Tensor:
+    return torch.tensor(times, dtype=torch.float32).to(device)
 
 
 def joint_mask(prefix_valid: torch.Tensor, suffix_ar: list[int]):
@@ -155,7 +169,7 @@ class PiModel(nn.Module):
     def denoise_loop(self, cache, prefix_valid, noise, state, num_steps):
         dt = -1.0 / num_steps
         x = noise.float()
-        times = torch.tensor(self.flow_times(num_steps), dtype=torch.float32, device=x.device)
+        times = _flow_times_cached(tuple(self.flow_times(num_steps)), str(x.device))
         for k in range(num_steps):
             if self.observer is not None:
                 self.observer.step = k
