@@ -297,11 +297,9 @@ def test_bench_checks_pass_on_small_shapes():
 
 GPU_SHAPES = [(50, 1024, 4096), (64, 4096, 1024), (968, 2048, 16384), (968, 16384, 2048),
               (1, 2048, 2048), (16, 2048, 2048)]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.mark.gpu
-@needs_cuda
 @pytest.mark.parametrize(("m", "k", "n"), GPU_SHAPES)
 @pytest.mark.parametrize("op", list(GEMMS))
 def test_gpu_model_shapes_match_reference(op, m, k, n):
@@ -314,7 +312,6 @@ def test_gpu_model_shapes_match_reference(op, m, k, n):
 
 
 @pytest.mark.gpu
-@needs_cuda
 @pytest.mark.parametrize(("m", "k"), [(50, 1024), (968, 2048), (968, 16384)])
 def test_gpu_activation_quantization_and_gate_up(m, k):
     x = _rand(m, k).bfloat16()
@@ -329,7 +326,6 @@ def test_gpu_activation_quantization_and_gate_up(m, k):
 
 
 @pytest.mark.gpu
-@needs_cuda
 def test_gpu_bench_runs_and_checks():
     from quantvla_ros.kernels.bench import run_kernel_bench
 
