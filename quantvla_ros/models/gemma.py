@@ -20,6 +20,7 @@ from .layers import (
     RMSNorm,
     apply_rope,
     attend,
+    attention_bias,
     gated_residual,
     rope_cos_sin,
 )
@@ -86,6 +87,7 @@ def joint_forward(
     ref = towers[active[0]].cfg
     dtype = hiddens[active[0]].dtype
     cos, sin = rope_cos_sin(positions, ref.head_dim, ref.rope_theta, dtype)
+    bias = attention_bias(mask, dtype)  # once for all layers
     sizes = [hiddens[i].shape[1] for i in active]
     stored = KVCache([], [])
     depth = len(towers[active[0]].layers)
@@ -113,7 +115,7 @@ def joint_forward(
             rows = torch.tensor(sizes).cumsum(0).tolist()
             for i, start, end in zip(active, [0] + rows[:-1], rows, strict=True):
                 observer.attention(li, i, q[:, :, start:end], k, mask[:, start:end])
-        att = attend(q, k, v, mask).split(sizes, dim=1)
+        att = attend(q, k, v, bias).split(sizes, dim=1)
         for i, a in zip(active, att, strict=True):
             layer = layers[i]
             out = layer.self_attn.o_proj(a)

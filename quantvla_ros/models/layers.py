@@ -85,13 +85,17 @@ class Attention(nn.Module):
         return q, k, v
 
 
-def attend(q, k, v, mask: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention over [B, H, S, D] with a boolean [B, S, T] mask.
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean [B, S, T] mask -> additive [B, 1, S, T] bias with a finite negative."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill(~mask, MASK_VALUE)[:, None]
 
-    Returns [B, S, H*D]. The mask becomes additive with a finite negative (see MASK_VALUE).
+
+def attend(q, k, v, bias: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention over [B, H, S, D] with an additive [B, 1, S, T] bias.
+
+    Returns [B, S, H*D]. Build the bias once per forward with `attention_bias`.
     """
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-    bias = bias.masked_fill(~mask, MASK_VALUE)[:, None]
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, enable_gqa=k.shape[1] != q.shape[1]
     )
