@@ -12,7 +12,7 @@ WS := $(CURDIR)/ws
 
 # Only this exact CPU build: a bare `torch` requirement makes pip pull a multi-GB CUDA build.
 TORCH_VERSION := 2.13.0
-PIP_PACKAGES := triton==3.7.1 transformers safetensors numpy pyyaml matplotlib tqdm \
+PIP_PACKAGES := triton==3.7.1 transformers safetensors numpy pyyaml matplotlib tqdm pillow \
 	"ros-rclpy[fastrtps]" ros-sensor-msgs ros-std-msgs ros-trajectory-msgs \
 	ros-lifecycle-msgs ros-diagnostic-msgs rosbags \
 	colcon-common-extensions colcon-ros pytest ruff

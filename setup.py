@@ -30,6 +30,8 @@ setup(
     entry_points={
         'console_scripts': [
             'quantvla = quantvla_ros.cli.main:main',
+            'quantvla_node = quantvla_ros.ros.inference_node:main',
+            'calibration_node = quantvla_ros.ros.calibration_node:main',
         ],
     },
 )

@@ -8,6 +8,7 @@ from .output import print_json
 
 
 def register(sub) -> None:
+    """Add the `calibrate` subcommand to ``sub``."""
     p = sub.add_parser("calibrate", help="record a calibration buffer from rosbags")
     p.add_argument("--bag", action="append", required=True, metavar="PATH",
                    help="rosbag2 directory (sqlite3 or MCAP); repeat for several bags")
@@ -28,6 +29,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Write the buffer; return the exit code (errors raise ValueError, see cli.main)."""
     # Imported here: rosbags is only needed by this subcommand.
     from ..ros.bag_reader import calibrate_from_bags
 

@@ -1,0 +1,228 @@
+"""Input side shared by both nodes: subscriptions, bounded buffers, observation assembly.
+
+Callbacks only validate cheap metadata and buffer messages; pixels are decoded when an
+observation is assembled (a few times per second, not at camera rate). Every problem goes to
+``report(key, level, message, category)`` and the data is dropped: nothing raises out of a
+callback. Categories: ``bad`` (invalid data, level ERROR) and ``stale`` (missing, late or
+unpaired data, level WARN).
+
+An invalid instruction invalidates the current one: the operator meant to change the task,
+so the node waits for a valid instruction instead of going on with the old one (or with
+``default_instruction``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+
+from ..runtime.preprocess import ObservationError, check_instruction
+from .convert import (
+    ImageError,
+    JointStateError,
+    check_image_header,
+    compressed_format,
+    joint_positions,
+    stamp_to_ns,
+    to_rgb,
+)
+from .diagnostics import ERROR, WARN
+from .pairing import TimedBuffer
+from .settings import InputSettings
+
+Report = Callable[[str, int, str, str], None]
+
+# Late starters get the last instruction published before they subscribed.
+INSTRUCTION_QOS = QoSProfile(
+    depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+_FRAMES_KEPT = 16  # per camera: covers the sync tolerance at any usual frame rate
+_JOINTS_KEPT = 256  # joint states come faster (up to ~1 kHz): keep ~0.25 s or more
+
+
+@dataclass
+class Assembled:
+    """One paired observation: the Policy's dict (no timestamp) and its anchor stamp (ns)."""
+
+    stamp_ns: int
+    obs: dict
+
+
+class InputHub:
+    """Subscribes to one InputSettings' topics and assembles paired observations."""
+
+    def __init__(self, node, settings: InputSettings, report: Report) -> None:
+        """Create the subscriptions on ``node`` (any rclpy Node)."""
+        self.node, self.settings, self._report = node, settings, report
+        self._tol = int(settings.sync_tolerance_s * 1e9)
+        self.frames = {c.slot: TimedBuffer(_FRAMES_KEPT) for c in settings.cameras}
+        self.joints = TimedBuffer(_JOINTS_KEPT)
+        self.instruction: str | None = None
+        self._instruction_problem: str | None = None
+        self._last_stamp: int | None = None
+        self.subscriptions = []
+        for cam in settings.cameras:
+            msg_type = CompressedImage if cam.compressed else Image
+            self.subscriptions.append(node.create_subscription(
+                msg_type, cam.topic, self._camera_callback(cam.slot, cam.topic),
+                qos_profile_sensor_data))
+        self.subscriptions.append(node.create_subscription(
+            JointState, settings.joint_state_topic, self._on_joints, qos_profile_sensor_data))
+        self.subscriptions.append(node.create_subscription(
+            String, settings.instruction_topic, self._on_instruction, INSTRUCTION_QOS))
+
+    def destroy(self) -> None:
+        """Destroy the subscriptions and forget buffered data."""
+        for sub in self.subscriptions:
+            self.node.destroy_subscription(sub)
+        self.subscriptions = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget buffered frames and joint states (not the instruction)."""
+        for buf in self.frames.values():
+            buf.clear()
+        self.joints.clear()
+        self._last_stamp = None
+
+    # ---- callbacks (executor thread) -------------------------------------------------------
+    def _now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _stamp(self, msg) -> int:
+        """The header stamp, or the receipt time when the publisher left it zero."""
+        ns = stamp_to_ns(msg.header.stamp)
+        return ns if ns > 0 else self._now_ns()
+
+    def _camera_callback(self, slot: str, topic: str):
+        def callback(msg) -> None:
+            try:
+                if hasattr(msg, "format"):
+                    compressed_format(msg)
+                else:
+                    check_image_header(msg)
+                self.frames[slot].add(self._stamp(msg), msg)
+            except ImageError as exc:
+                self._report(f"camera_{slot}", ERROR, f"camera {slot} ({topic}): {exc}", "bad")
+            except Exception as exc:  # never let a callback raise into the executor
+                self._report(f"camera_{slot}", ERROR,
+                             f"camera {slot} ({topic}): unexpected error {exc!r}", "bad")
+        return callback
+
+    def _on_joints(self, msg) -> None:
+        try:
+            positions = joint_positions(msg, self.settings.joint_names)
+            self.joints.add(self._stamp(msg), positions)
+        except JointStateError as exc:
+            self._report("joint_states", ERROR,
+                         f"joint states ({self.settings.joint_state_topic}): {exc}", "bad")
+        except Exception as exc:
+            self._report("joint_states", ERROR, f"joint states: unexpected error {exc!r}", "bad")
+
+    def _on_instruction(self, msg) -> None:
+        try:
+            self.instruction = check_instruction(msg.data)
+            self._instruction_problem = None
+        except ObservationError as exc:
+            self.instruction, self._instruction_problem = None, str(exc)
+            self._report("instruction", ERROR, f"instruction rejected: {exc}", "bad")
+        except Exception as exc:
+            self.instruction, self._instruction_problem = None, repr(exc)
+            self._report("instruction", ERROR, f"instruction: unexpected error {exc!r}", "bad")
+
+    # ---- assembly (executor thread, from a timer) -------------------------------------------
+    def camera_ages(self, now_ns: int | None = None) -> dict[str, float | None]:
+        """Age in seconds of each camera's newest frame (None before the first one)."""
+        now_ns = self._now_ns() if now_ns is None else now_ns
+        out = {}
+        for slot, buf in self.frames.items():
+            latest = buf.latest()
+            out[slot] = None if latest is None else (now_ns - latest[0]) / 1e9
+        return out
+
+    def current_instruction(self) -> str | None:
+        """The instruction to use now, or None (after reporting why there is none)."""
+        if self.instruction is not None:
+            return self.instruction
+        s = self.settings
+        if self._instruction_problem is not None:
+            self._report("instruction", WARN, "no valid instruction: the last one was rejected "
+                         f"({self._instruction_problem}); waiting for a new one", "stale")
+            return None
+        if s.default_instruction.strip():
+            return s.default_instruction
+        self._report("instruction", WARN, f"no instruction yet on {s.instruction_topic} and "
+                     "default_instruction is empty", "stale")
+        return None
+
+    def assemble(self, now_ns: int | None = None) -> Assembled | None:
+        """Pair the newest unused anchor frame with the other inputs, or report why not.
+
+        Returns None when nothing new arrived, or when the observation is stale, unpaired or
+        invalid (reported). A frame is retried on the next call if only its partners were
+        missing: a joint state may still be in flight.
+        """
+        now_ns = self._now_ns() if now_ns is None else now_ns
+        s = self.settings
+        anchor = s.cameras[0]
+        latest = self.frames[anchor.slot].latest()
+        if latest is None:
+            self._report(f"camera_{anchor.slot}", WARN,
+                         f"no frame yet from camera {anchor.slot} ({anchor.topic})", "stale")
+            return None
+        stamp, anchor_msg = latest
+        age = (now_ns - stamp) / 1e9
+        if age > s.max_observation_age_s:
+            self._report(f"camera_{anchor.slot}", WARN,
+                         f"camera {anchor.slot} ({anchor.topic}): newest frame is {age:.2f} s "
+                         f"old (max_observation_age_s {s.max_observation_age_s:g})", "stale")
+            return None
+        if stamp == self._last_stamp:
+            return None  # no new frame since the last observation: not a problem
+        msgs = {anchor.slot: anchor_msg}
+        for cam in s.cameras[1:]:
+            hit = self.frames[cam.slot].nearest(stamp, self._tol)
+            if hit is None:
+                newest = self.frames[cam.slot].latest()
+                when = "no frame yet" if newest is None else (
+                    f"newest frame is {(now_ns - newest[0]) / 1e9:.2f} s old")
+                self._report(f"camera_{cam.slot}", WARN,
+                             f"camera {cam.slot} ({cam.topic}): no frame within "
+                             f"{s.sync_tolerance_s:g} s of the anchor frame ({when})", "stale")
+                return None
+            msgs[cam.slot] = hit[1]
+        joint = self.joints.nearest(stamp, self._tol)
+        if joint is None:
+            newest = self.joints.latest()
+            when = "none yet" if newest is None else (
+                f"newest valid one is {(now_ns - newest[0]) / 1e9:.2f} s old")
+            self._report("joint_states", WARN,
+                         f"joint states ({s.joint_state_topic}): none within "
+                         f"{s.sync_tolerance_s:g} s of the anchor frame ({when})", "stale")
+            return None
+        instruction = self.current_instruction()
+        if instruction is None:
+            return None
+        self._last_stamp = stamp  # decoding is deterministic: a bad frame is not retried
+        images = {}
+        for cam in s.cameras:
+            try:
+                images[cam.slot] = to_rgb(msgs[cam.slot])
+            except ImageError as exc:
+                self._report(f"camera_{cam.slot}", ERROR,
+                             f"camera {cam.slot} ({cam.topic}): {exc}", "bad")
+                return None
+        state = np.asarray(joint[1], dtype=np.float32)
+        return Assembled(stamp, {"images": images, "state": state, "instruction": instruction})

@@ -1,0 +1,140 @@
+"""quantvla_node in this process: lifecycle fast paths through trigger_*() and one exact
+end-to-end check of the published chunk against the policy run directly."""
+
+import threading
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
+
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage  # noqa: E402
+
+from quantvla_ros.ros.convert import compressed_to_rgb  # noqa: E402
+from quantvla_ros.ros.harness import Driver  # noqa: E402
+from quantvla_ros.ros.inference_node import QuantVLANode  # noqa: E402
+from quantvla_ros.ros.node_process import pick_domain_id  # noqa: E402
+from quantvla_ros.ros.noise import policy_noise  # noqa: E402
+from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
+from quantvla_ros.runtime.policy import Policy  # noqa: E402
+
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+CAMERAS = [("/cam/base", "base_0_rgb"), ("/cam/wrist/compressed", "left_wrist_0_rgb")]
+JOINTS = [f"j{i}" for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    return str(write_micro_checkpoint(tmp_path_factory.mktemp("micro") / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=pick_domain_id(salt=23))
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def make_node(context, micro, **overrides):
+    values = {"policy": micro, "camera_topics": [t for t, _ in CAMERAS],
+              "camera_slots": [s for _, s in CAMERAS], "joint_names": JOINTS,
+              "control_rate_hz": 20.0, "actions_per_chunk": 4, "warmup_runs": 1,
+              "max_observation_age_s": 1.0, **overrides}
+    return QuantVLANode(context=context,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"policy": "/no/such/folder"}, "does not exist"),
+    ({"policy": "pi05-tiy"}, "unknown model 'pi05-tiy'"),
+    ({"camera_slots": ["base_0_rgb"]}, "parallel lists"),
+    ({"camera_slots": ["base_0_rgb", "top_cam"]}, "not slots of this policy"),
+    ({"joint_names": [f"j{i}" for i in range(9)]}, "action dims"),
+    ({"control_rate_hz": 0.0}, "control_rate_hz must be positive"),
+    ({"actions_per_chunk": 11}, "exceeds the policy's action horizon"),
+    ({"precision": "int3"}, "precision must be"),
+    ({"device": "cuda"}, "CUDA"),
+])
+def test_configure_failure_returns_failure_with_reason(context, micro, overrides, reason):
+    if overrides.get("device") == "cuda":
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    node = make_node(context, micro, **overrides)
+    try:
+        assert node.trigger_configure() == FAILURE
+        assert reason in node.last_error
+        assert node.policy is None
+    finally:
+        node.destroy_node()
+
+
+def test_bad_artifact_folder_fails_configure(context, tmp_path):
+    broken = tmp_path / "artifact"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    node = make_node(context, str(broken))
+    try:
+        assert node.trigger_configure() == FAILURE
+        assert "cannot load policy" in node.last_error
+    finally:
+        node.destroy_node()
+
+
+def test_missing_joint_names_fails_configure(context, micro):
+    node = QuantVLANode(context=context, parameter_overrides=[Parameter("policy", value=micro)])
+    try:
+        assert node.trigger_configure() == FAILURE
+        assert "joint_names is required" in node.last_error
+    finally:
+        node.destroy_node()
+
+
+def test_lifecycle_in_process(context, micro):
+    node = make_node(context, micro)
+    try:
+        assert node.trigger_configure() == SUCCESS and node.policy is not None
+        assert node.trigger_activate() == SUCCESS
+        assert node.trigger_deactivate() == SUCCESS
+        assert node.trigger_cleanup() == SUCCESS and node.policy is None
+        assert node.trigger_configure() == SUCCESS  # configure again after cleanup
+        assert node.trigger_shutdown() == SUCCESS
+        assert node.finalized and node.policy is None
+    finally:
+        node.destroy_node()
+
+
+def test_published_chunk_equals_the_policy_on_the_same_observation(context, micro):
+    node = make_node(context, micro, seed=3)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    driver = Driver(context, CAMERAS, JOINTS, name="inprocess_driver")
+    try:
+        driver.publish_instruction("open the drawer")
+        assert node.trigger_configure() == SUCCESS
+        assert node.trigger_activate() == SUCCESS
+        driver.start_stream(10.0)
+        assert driver.wait_for(lambda: len(driver.trajectories) >= 2, 20.0)
+        driver.stop_stream()
+        msg, _ = driver.trajectories[-1]
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        policy = Policy.load(micro, seed=3)
+        wrist = compressed_to_rgb(CompressedImage(format="jpeg", data=driver.jpeg))
+        obs = {"images": {"base_0_rgb": driver.rgb, "left_wrist_0_rgb": wrist},
+               "state": np.array([0.1 * i for i in range(7)], np.float32),
+               "instruction": "open the drawer"}
+        expected = policy.infer(obs, noise=policy_noise(policy, 3, stamp)).actions[:4, :7]
+        got = np.array([p.positions for p in msg.points])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert node.trigger_deactivate() == SUCCESS
+    finally:
+        driver.close()
+        executor.shutdown()
+        node.destroy_node()
+        spinner.join(5.0)
