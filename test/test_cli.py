@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from quantvla_ros.cli.main import main
 
 
@@ -36,6 +38,13 @@ def test_full_size_on_cpu_refused(capsys):
     assert "full size" in capsys.readouterr().err
 
 
-def test_demo_json(capsys):
-    r = run_json(capsys, "demo", "--json")
-    assert r["chunk_shape"] == [50, 32] and r["timing_ms"]["total"] > 0
+@pytest.mark.slow
+def test_demo_json_quantized_chain(capsys, tmp_path):
+    """`make demo`'s job: bag -> buffer -> w4a8 artifact -> node process -> trajectories."""
+    r = run_json(capsys, "demo", "--json", "--workdir", str(tmp_path / "demo"))
+    assert r["quantized"] and r["trajectories"] >= 1
+    assert all(t["success"] for t in r["lifecycle"]), r["lifecycle"]
+    assert set(r["latency_ms"]) >= {"p50", "p90", "max"}
+    # chunks from the quantized node vs the float policy on the same observations and noise
+    assert 0 < r["action_rel_error"] < 0.1
+    assert (tmp_path / "demo" / "artifact" / "manifest.yaml").is_file()

@@ -15,6 +15,7 @@ from quantvla_ros.ros.calibration_node import CalibrationNode  # noqa: E402
 from quantvla_ros.ros.harness import Driver  # noqa: E402
 from quantvla_ros.ros.node_process import NodeProcess, pick_domain_id  # noqa: E402
 from quantvla_ros.ros.settings import SettingsError  # noqa: E402
+from quantvla_ros.runtime.policy import Policy  # noqa: E402
 
 CAMERAS = [("/cal/base", "base_0_rgb"), ("/cal/wrist/compressed", "left_wrist_0_rgb")]
 JOINTS = ["a", "b", "c"]
@@ -84,10 +85,18 @@ def test_quantize_hook(driver, tmp_path):
                   quantize_out=str(tmp_path / "q"))
     assert node.exit_code == 0 and calls == [(tmp_path / "b1", tmp_path / "q")]
     assert node.artifact == tmp_path / "q" / "artifact"
-    # Without a wired quantizer, quantize:=true is an error (exit code 1), not a silent no-op.
-    node = record(driver, tmp_path / "b2", 1, quantize=True, quantize_out=str(tmp_path / "q2"))
-    assert node.exit_code == 1 and node.artifact is None
-    assert len(CalibrationBuffer.open(tmp_path / "b2")) == 1
+    # The default hook quantizes `quantize_source` on the recorded buffer for real.
+    node = record(driver, tmp_path / "b2", 2, quantize=True, quantize_out=str(tmp_path / "q2"),
+                  quantize_bits="w8a8", quantize_preset="expert_mlp")
+    assert node.exit_code == 0 and node.artifact == tmp_path / "q2"
+    assert len(CalibrationBuffer.open(tmp_path / "b2")) == 2
+    policy = Policy.load(str(node.artifact))
+    assert policy.manifest["quantization"]["bits"] == "w8a8"
+    assert policy.manifest["calibration"]["synthetic"] is False
+    # A bad format is refused at start-up, before anything is recorded.
+    with pytest.raises(ValueError, match="unsupported bits 'w5a8'"):
+        record(driver, tmp_path / "b3", 1, quantize=True, quantize_out=str(tmp_path / "q3"),
+               quantize_bits="w5a8")
 
 
 def test_invalid_parameters_raise(driver, tmp_path):

@@ -112,3 +112,18 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None, log=print) -> 
     save_artifact(student, out_dir, manifest, teacher.normalizer,
                   tok if tok.is_dir() else None)
     return manifest
+
+
+def quantize_hook(source: str = "pi05-tiny", bits: str = "w4a8", preset: str = "quantvla",
+                  seed: int = 0, device: str = "cpu", log=print):
+    """A `(buffer_path, out_dir) -> artifact path` callable for the calibration node / demo."""
+    parse_bits(bits)  # fail at start-up, not after a recording
+    get_layout(preset)
+
+    def run(buffer_path: Path, out_dir: Path) -> Path:
+        req = QuantizeRequest(source=source, calib=str(buffer_path), bits=bits, preset=preset,
+                              seed=seed, device=device)
+        quantize_policy(req, out_dir, log=log)
+        return Path(out_dir)
+
+    return run

@@ -18,16 +18,18 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from ..offline.quantize import quantize_hook
 from ..quant.calib_buffer import CalibrationBuffer, CalibrationBufferError
 from . import diagnostics as diag
 from . import params
 from .inputs import InputHub
-from .settings import CALIBRATION_PARAMS, CalibrationSettings, parse_calibration
+from .settings import CALIBRATION_PARAMS, CalibrationSettings, SettingsError, parse_calibration
 
 NODE_NAME = "calibration_node"
 LOG_THROTTLE_S = 2.0
 
-# quantize_fn(buffer_path, out_dir) -> artifact path. None until the quantizer is wired in.
+# quantize_fn(buffer_path, out_dir) -> artifact path; by default built from the quantize_*
+# parameters (offline.quantize.quantize_hook), injectable for tests.
 QuantizeFn = Callable[[Path, Path], Path]
 
 
@@ -45,6 +47,12 @@ class CalibrationNode(Node):
         params.declare(self, CALIBRATION_PARAMS)
         self.settings: CalibrationSettings = parse_calibration(
             params.read(self, CALIBRATION_PARAMS))
+        s = self.settings
+        if quantize_fn is None and s.quantize:
+            if not s.quantize_out:
+                raise SettingsError("quantize is true but quantize_out is empty")
+            quantize_fn = quantize_hook(s.quantize_source, s.quantize_bits, s.quantize_preset,
+                                        s.seed, s.quantize_device, log=self.get_logger().info)
         self.quantize_fn = quantize_fn
         self.done = False
         self.exit_code = 0
@@ -132,12 +140,6 @@ class CalibrationNode(Node):
 
     def _quantize(self) -> None:
         s = self.settings
-        if self.quantize_fn is None:
-            self.get_logger().error(
-                "quantize is true but no quantizer is wired into calibration_node yet; run "
-                f"`quantvla quantize --calib {s.buffer_path} --out {s.quantize_out} ...` instead")
-            self.exit_code = 1
-            return
         try:
             self.artifact = Path(self.quantize_fn(Path(s.buffer_path), Path(s.quantize_out)))
             self.get_logger().info(f"quantized artifact: {self.artifact}")
@@ -155,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     """Record until the buffer is full (or Ctrl-C); exit code 1 on a failure."""
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
-        # TODO(lead): pass quantize_fn=<quantizer entry point>(buffer_path, out_dir) -> artifact
-        # once quant/ exposes one; until then quantize:=true reports an error and exits 1.
-        node = CalibrationNode(quantize_fn=None)
+        node = CalibrationNode()
     except ValueError as exc:  # SettingsError, CalibrationBufferError
         print(f"calibration_node: {exc}", file=sys.stderr)
         rclpy.shutdown()

@@ -88,8 +88,15 @@ CALIBRATION_PARAMS = (
           "Observations recorded per second at most (consecutive frames are near duplicates)."),
     Param("shard_size", "int", 32, "Observations per buffer shard file."),
     Param("quantize", "bool", False,
-          "After recording, run the quantization hook on the buffer (needs a wired quantizer)."),
+          "After recording, quantize `quantize_source` on the buffer and write an artifact."),
     Param("quantize_out", "str", "", "Output folder of the quantized artifact."),
+    Param("quantize_source", "str", "pi05-tiny",
+          "Float policy to quantize: a checkpoint folder or a named model (random weights)."),
+    Param("quantize_bits", "str", "w4a8", "Integer format: w8a8, w4a8 or w4a4."),
+    Param("quantize_preset", "str", "quantvla",
+          "Layout: quantvla, backbone, expert_mlp, backbone_expert or none."),
+    Param("quantize_device", "str", "cpu", "Torch device for calibration: cpu or cuda."),
+    Param("seed", "int", 0, "Weights seed of a named quantize_source."),
 )
 
 TOPICS_FILE_KEYS = tuple(p.name for p in INPUT_PARAMS)
@@ -153,6 +160,11 @@ class CalibrationSettings:
     shard_size: int
     quantize: bool
     quantize_out: str
+    quantize_source: str = "pi05-tiny"
+    quantize_bits: str = "w4a8"
+    quantize_preset: str = "quantvla"
+    quantize_device: str = "cpu"
+    seed: int = 0
 
 
 def defaults(params: tuple[Param, ...]) -> dict[str, Any]:
@@ -269,6 +281,9 @@ def parse_calibration(values: dict[str, Any]) -> CalibrationSettings:
         inputs=inputs, buffer_path=v["buffer_path"], samples=v["samples"],
         record_rate_hz=v["record_rate_hz"], shard_size=v["shard_size"],
         quantize=v["quantize"], quantize_out=v["quantize_out"],
+        quantize_source=v["quantize_source"], quantize_bits=v["quantize_bits"],
+        quantize_preset=v["quantize_preset"], quantize_device=v["quantize_device"],
+        seed=v["seed"],
     )
 
 
