@@ -142,7 +142,7 @@ def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
     mlp = GeGLU(256, 384)
     for name in ("gate_proj", "up_proj", "down_proj"):
         setattr(mlp, name, QuantLinear.from_float(getattr(mlp, name), parse_bits(bits)))
-    assert fusable(mlp)
+    assert fusable([mlp.gate_proj, mlp.up_proj])
     fused = FusedGeGLU(mlp.gate_proj, mlp.up_proj, mlp.down_proj)
     x = torch.randn(3, 50, 256)
     y_sep = mlp(x)
@@ -153,3 +153,36 @@ def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
     torch.testing.assert_close(y_fused, y_sep, rtol=1e-5, atol=1e-5)
     assert calls == [1]  # one fused GEMM for gate and up
     assert fused.weight_q.shape[0] == 2 * 384
+
+
+@pytest.mark.parametrize("name,bits,expected", [
+    ("pi05-tiny", "w8a8", {"norm_qkv": 2, "norm_gate_up": 2, "gate_up": 2}),
+    ("pi05-tiny", "w4a8", {"norm_qkv": 2, "norm_gate_up": 2, "gate_up": 2}),
+    ("pi0-tiny", "w4a8", {"norm_qkv": 2, "norm_gate_up": 4, "gate_up": 0}),
+    ("pi05-tiny", "w4a4", {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}),
+])
+def test_fused_model_equals_unfused(name, bits, expected):
+    """Norm + quantization + one GEMM per input gives the unfused model's chunk."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_models import make_inputs
+
+    from quantvla_ros.models.build import random_model
+    from quantvla_ros.models.config import get_config
+    from quantvla_ros.quant.apply import QuantConfig, quantize_
+    from quantvla_ros.quant.fused import fuse_projections
+    from quantvla_ros.quant.layouts import get_layout
+
+    model = random_model(get_config(name), seed=0)
+    quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))
+    fused = copy.deepcopy(model)
+    assert fuse_projections(fused) == expected
+    if expected["norm_qkv"]:
+        assert fused.backbone.layers[0].self_attn.q_proj is None  # no second copy kept
+    images, im, tok, tm, noise, state = make_inputs(model.cfg)
+    ref = model.sample_actions(images, im, tok, tm, noise, state)
+    out = fused.sample_actions(images, im, tok, tm, noise, state)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -34,6 +34,24 @@ class GemmaLayer(nn.Module):
         self.self_attn = Attention(cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self.post_attention_layernorm = norm(cfg.width, cfg.eps)
         self.mlp = GeGLU(cfg.width, cfg.mlp_dim)
+        # Inference-time fusions (quant/fused.py) may set these: norm + int8 quantization in
+        # one kernel feeding one GEMM over the concatenated q/k/v or gate/up weights.
+        self.fused_qkv: nn.Module | None = None
+        self.fused_gate_up: nn.Module | None = None
+
+    def attention_inputs(self, h: torch.Tensor, cond):
+        """q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and the residual gate."""
+        if self.fused_qkv is not None:
+            return (*self.self_attn.split_heads(*self.fused_qkv(h)), None)
+        x, gate = self.input_layernorm(h, cond)
+        return (*self.self_attn.qkv(x), gate)
+
+    def mlp_block(self, h: torch.Tensor, cond) -> torch.Tensor:
+        """h + MLP(norm(h)), gated for the adaptive norm."""
+        if self.fused_gate_up is not None:
+            return h + self.mlp.down_proj(self.fused_gate_up(h))
+        x, gate = self.post_attention_layernorm(h, cond)
+        return gated_residual(h, self.mlp(x), gate)
 
 
 class GemmaTower(nn.Module):
@@ -95,8 +113,7 @@ def joint_forward(
         layers = {i: towers[i].layers[li] for i in active}
         qs, ks, vs, gates = [], [], [], {}
         for i in active:
-            x, gates[i] = layers[i].input_layernorm(hiddens[i], conds[i])
-            q, k, v = layers[i].self_attn.qkv(x)
+            q, k, v, gates[i] = layers[i].attention_inputs(hiddens[i], conds[i])
             qs.append(q)
             ks.append(k)
             vs.append(v)
@@ -122,8 +139,7 @@ def joint_forward(
             if observer is not None:
                 observer.o_proj(li, i, out, mask_rows_valid(mask, sizes, active, i))
             h = gated_residual(hiddens[i], out, gates[i])
-            x, gate = layer.post_attention_layernorm(h, conds[i])
-            hiddens[i] = gated_residual(h, layer.mlp(x), gate)
+            hiddens[i] = layer.mlp_block(h, conds[i])
     outputs = [None] * len(hiddens)
     if final_outputs:
         for i in active:

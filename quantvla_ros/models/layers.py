@@ -78,10 +78,14 @@ class Attention(nn.Module):
 
     def qkv(self, x: torch.Tensor):
         """Project to q [B, H, S, D] and k, v [B, KVH, S, D] (before RoPE)."""
-        b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return self.split_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x))
+
+    def split_heads(self, q, k, v):
+        """[B, S, H*D] projections -> [B, heads, S, D]."""
+        b, s, _ = q.shape
+        q = q.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
 

@@ -59,7 +59,7 @@ def _ratios(teacher: StatsCollector, student: StatsCollector) -> dict:
 
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
                  checkpoint=None) -> dict:
-    student = Policy.from_artifact(artifact, device=device, precision=precision)
+    student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False)
     manifest = student.manifest
     teacher = load_teacher(manifest, device, precision, checkpoint)
     buffer = open_buffer_for(teacher, calib)

@@ -15,7 +15,7 @@ from ..models.config import PiConfig, get_config
 from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
 from ..quant.artifact import is_artifact, load_artifact
-from ..quant.fused import fuse_gate_up
+from ..quant.fused import fuse_projections
 from .cuda_graph import GraphedChunk
 from .preprocess import ObservationError, check_instruction, check_state, images_to_pixels
 
@@ -77,11 +77,16 @@ class Policy:
 
     @classmethod
     def from_artifact(cls, folder, device="cpu", precision="fp32", seed: int = 0,
-                      tokenizer: str | None = None):
-        """A quantized artifact written by `quantvla quantize`."""
+                      tokenizer: str | None = None, fuse: bool = True):
+        """A quantized artifact written by `quantvla quantize`.
+
+        `fuse` merges projections that share an input (norm + q/k/v, norm + gate/up) into
+        one activation quantization and one GEMM; reports keep them apart to unfold ATM/OHB.
+        """
         model, cfg, normalizer, manifest = load_artifact(folder, device,
                                                          resolve_dtype(precision))
-        fuse_gate_up(model)  # one activation quantization and one GEMM for gate + up
+        if fuse:
+            fuse_projections(model)
         local = Path(folder) / "tokenizer"
         tok_path = tokenizer or (str(local) if local.is_dir() else cfg.tokenizer_path)
         policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
