@@ -34,13 +34,15 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
     """A random-weight policy quantized round-to-nearest (latency does not depend on the
     calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime)."""
     from ..quant.apply import QuantConfig, quantize_
+    from ..quant.fused import fuse_projections
     from ..quant.layouts import get_layout
     from ..quant.scheme import parse_bits
 
     act = "bf16" if device == "cuda" else "fp32"
     policy = Policy.from_config(model, seed=seed, device=device, precision=act)
     quantize_(policy.model, QuantConfig(parse_bits(bits), get_layout(preset)))
-    policy.source += f", {bits} {preset} round-to-nearest"
+    fused = fuse_projections(policy.model)  # as Policy.from_artifact serves it
+    policy.source += f", {bits} {preset} round-to-nearest, fused {fused}"
     return policy
 
 
