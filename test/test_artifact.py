@@ -140,6 +140,9 @@ def test_report_fields_and_w8a8_beats_w4a8(artifacts, tmp_path):
     layers = {row["layer"]: row for row in r["layers"]}
     assert set(layers) == {"expert.0", "expert.1"}
     assert len(layers["expert.0"]["logit_std_ratio_after"]) == 8
+    steps = r["per_step_after"]["expert.1"]  # ratios per denoising step as well as pooled
+    assert len(steps) == 10 and all(0.5 < s["logit_std"] < 2 and 0.5 < s["oproj_rms"] < 2
+                                    for s in steps)
     assert reports["w8a8"]["action_error"]["rel_l2"] < r["action_error"]["rel_l2"]
     assert 0 < r["action_error"]["rel_l2"] < 0.1  # a random tiny model quantizes gently
     from quantvla_ros.offline.report_render import write_report
@@ -174,6 +177,14 @@ def test_bad_quantize_arguments_rejected(capsys, tmp_path, argv, message):
                  "--out", str(tmp_path / "x"), *argv])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_per_channel_int4_and_plain_w4a4():
+    from quantvla_ros.quant.scheme import parse_bits
+
+    assert parse_bits("w4a8", group_size=0).group_size is None
+    assert parse_bits("w4a8").group_size == 128 and parse_bits("w8a8").group_size is None
+    assert parse_bits("w4a4").hadamard and not parse_bits("w4a4", hadamard=False).hadamard
 
 
 def test_bad_calib_spec_rejected(capsys, tmp_path):

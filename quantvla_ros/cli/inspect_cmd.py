@@ -18,7 +18,8 @@ def register(sub) -> None:
     src.add_argument("--model", help="a named config")
     src.add_argument("--checkpoint", help="a checkpoint folder (only its config is read)")
     add_layout_args(p)
-    p.add_argument("--group-size", type=int, help="int4 weight group size (default 128)")
+    p.add_argument("--group-size", type=int,
+                   help="weight group size along K (int4 default 128; 0 = per output channel)")
     p.add_argument("--all", action="store_true", help="list float linears too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)

@@ -37,7 +37,10 @@ def register(sub) -> None:
                    help="apply ATM / OHB to the backbone's attention too")
     p.add_argument("--clamp", type=float, nargs=2, default=(0.8, 1.25), metavar=("LO", "HI"))
     p.add_argument("--band", type=float, default=0.05, help="neutral band around 1")
-    p.add_argument("--group-size", type=int, help="int4 weight group size (default 128)")
+    p.add_argument("--group-size", type=int,
+                   help="weight group size along K (int4 default 128; 0 = per output channel)")
+    p.add_argument("--no-hadamard", action="store_true",
+                   help="w4a4 without the Hadamard rotation of activations")
     p.add_argument("--clip-search", action="store_true", help="per-channel clip-ratio search")
     p.add_argument("--smooth", type=float, metavar="ALPHA", help="SmoothQuant strength")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -56,6 +59,7 @@ def run(args) -> int:
         balance=BalanceConfig(atm=not args.no_atm, ohb=not args.no_ohb, towers=towers,
                               clamp=tuple(args.clamp), band=args.band),
         clip_search=args.clip_search, smooth_alpha=args.smooth, group_size=args.group_size,
+        hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
         batch_size=args.batch_size,
     )

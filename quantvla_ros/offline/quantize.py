@@ -31,7 +31,8 @@ class QuantizeRequest:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     clip_search: bool = False
     smooth_alpha: float | None = None
-    group_size: int | None = None  # None: the default for the bit width
+    group_size: int | None = None  # None: the default for the bit width; 0: per channel
+    hadamard: bool | None = None  # None: on for w4a4 only
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"
@@ -72,7 +73,8 @@ def source_identity(source: str, seed: int) -> dict:
 
 def quantize_policy(req: QuantizeRequest, out_dir, progress=None, log=print) -> dict:
     """Quantize, calibrate ATM / OHB, write the artifact; returns its manifest."""
-    scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search)
+    scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search,
+                        hadamard=req.hadamard)
     qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude),
                        req.smooth_alpha)
     teacher = Policy.load(req.source, device=req.device, precision=req.precision, seed=req.seed)

@@ -57,6 +57,24 @@ def _ratios(teacher: StatsCollector, student: StatsCollector) -> dict:
     } for (t, li) in sorted(set(t_std) | set(t_rms))}
 
 
+def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
+    """Per layer and denoising step: head-averaged logit-std ratio and o_proj RMS ratio."""
+    out = {}
+    for (tower, li, step), m in sorted(student.logits_by_step.items(), key=str):
+        if step is None or (tower, li, step) not in teacher.logits_by_step:
+            continue
+        t = teacher.logits_by_step[(tower, li, step)]
+        ratio = float((t.std().double() / m.std().double().clamp(min=1e-30)).mean())
+        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["logit_std"] = ratio
+    for (tower, li, step), m in student.oproj_by_step.items():
+        if step is None or (tower, li, step) not in teacher.oproj_by_step:
+            continue
+        t = teacher.oproj_by_step[(tower, li, step)]
+        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["oproj_rms"] = \
+            float(t.rms() / m.rms())
+    return {k: [v[s] for s in sorted(v)] for k, v in out.items()}
+
+
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
                  checkpoint=None) -> dict:
     student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False)
@@ -98,4 +116,5 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
         "action_error": action_error(t_act, s_act),
         "action_error_without_balance": action_error(t_act, u_act),
         "layers": layers,
+        "per_step_after": _per_step(t_stats, s_stats),
     }

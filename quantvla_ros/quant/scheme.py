@@ -50,4 +50,6 @@ def parse_bits(bits: str, **options) -> QuantScheme:
     w, a = int(m.group(1)), int(m.group(2))
     defaults = {"group_size": None if w == 8 else 128, "hadamard": a == 4}
     defaults.update({k: v for k, v in options.items() if v is not None})
+    if defaults["group_size"] == 0:  # explicit request for one scale per output channel
+        defaults["group_size"] = None
     return QuantScheme(w_bits=w, a_bits=a, **defaults)
