@@ -124,3 +124,14 @@ def test_cuda_graph_chunk_matches_eager():
         out = graphed.infer(obs, noise=noise)
         np.testing.assert_allclose(out.actions, a, rtol=2e-2, atol=2e-2)
         assert out.timing_ms["prefix"] > 0 and out.timing_ms["denoise"] > 0
+
+
+def test_lerobot_checkpoint_needs_a_tokenizer(tmp_path):
+    import json
+
+    save_checkpoint(random_model(get_config("pi05-tiny")), tmp_path / "ck")
+    raw = json.loads((tmp_path / "ck" / "config.json").read_text())
+    del raw["quantvla"]  # as lerobot writes it
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="without a tokenizer"):
+        Policy.from_checkpoint(tmp_path / "ck")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..models.build import random_model
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint, read_config
 from ..models.config import PiConfig, get_config
 from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
@@ -68,11 +68,15 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
                         tokenizer: str | None = None):
-        model, cfg, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
-        tok_path = tokenizer or cfg.tokenizer_path
+        tok_path = tokenizer or read_config(folder)[0].tokenizer_path
         local = Path(folder) / "tokenizer"
         if tok_path is None and local.is_dir():
             tok_path = str(local)
+        if tok_path is None and "quantvla" not in read_config(folder)[1]:
+            # A trained lerobot checkpoint fed byte tokens would output confident garbage.
+            raise ValueError(f"{folder} is a lerobot checkpoint without a tokenizer: put the "
+                             "PaliGemma tokenizer in its tokenizer/ folder or pass tokenizer=")
+        model, cfg, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
         return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
 
     @classmethod
