@@ -15,6 +15,11 @@ from torch import nn
 MASK_VALUE = -2.3819763e38
 
 
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """Gemma RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)`, computed in float32."""
 
@@ -24,8 +29,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Rounded to x's dtype before the weight, as lerobot does (identical in fp32).
+        y = _rms(x, self.eps)
         return (y * (1.0 + self.weight.float())).to(x.dtype), None
 
 
@@ -39,10 +44,8 @@ class AdaRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
         scale, shift, gate = self.dense(cond).unsqueeze(1).chunk(3, dim=-1)
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = y * (1.0 + scale.float()) + shift.float()
-        return y.to(x.dtype), gate
+        y = _rms(x, self.eps) * (1.0 + scale.float()) + shift.float()
+        return y.to(x.dtype), gate.to(x.dtype)
 
 
 def gated_residual(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None):
