@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("rosbags", reason="the rosbags library is not installed")
 
 from quantvla_ros.cli.main import main  # noqa: E402
+from quantvla_ros.offline.quantize import QuantizeRequest, quantize_policy  # noqa: E402
 from quantvla_ros.quant.calib_buffer import CalibrationBuffer  # noqa: E402
 from quantvla_ros.ros.bag_reader import BagError, calibrate_from_bags  # noqa: E402
 from quantvla_ros.ros.synthetic_bag import (  # noqa: E402
@@ -61,9 +62,13 @@ def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topi
     assert stamps == sorted(stamps) and len(set(stamps)) == 6
     obs = buf[0]
     assert obs["instruction"].startswith("pick up the red block")
-    # What a node would load: a policy consumes the buffer's observations as they are.
-    # (Once the quantizer is wired, the artifact made from this buffer belongs here.)
-    policy = Policy.load(str(write_micro_checkpoint(tmp_path / "micro")))
+    # The buffer calibrates a real artifact, which loads the way the node loads a policy.
+    micro = write_micro_checkpoint(tmp_path / "micro")
+    artifact = tmp_path / "artifact"
+    quantize_policy(QuantizeRequest(source=str(micro), calib=str(out), bits="w8a8"), artifact,
+                    log=lambda *_: None)
+    policy = Policy.load(str(artifact))
+    assert policy.manifest["calibration"]["samples"] == 6
     del obs["timestamp"]
     actions = policy.infer(obs).actions
     assert actions.shape == (10, 8) and np.isfinite(actions).all()

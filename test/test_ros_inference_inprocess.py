@@ -85,6 +85,21 @@ def test_bad_artifact_folder_fails_configure(context, tmp_path):
         node.destroy_node()
 
 
+def test_configures_on_a_quantized_artifact(context, micro, tmp_path):
+    from quantvla_ros.offline.quantize import QuantizeRequest, quantize_policy
+
+    artifact = tmp_path / "artifact"
+    quantize_policy(QuantizeRequest(source=micro, calib="synthetic:4", bits="w8a8"), artifact,
+                    log=lambda *_: None)
+    node = make_node(context, str(artifact))
+    try:
+        assert node.trigger_configure() == SUCCESS
+        assert node.policy.manifest["quantization"]["bits"] == "w8a8"
+        assert node.trigger_cleanup() == SUCCESS and node.policy is None
+    finally:
+        node.destroy_node()
+
+
 def test_missing_joint_names_fails_configure(context, micro):
     node = QuantVLANode(context=context, parameter_overrides=[Parameter("policy", value=micro)])
     try:
