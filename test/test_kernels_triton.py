@@ -19,9 +19,7 @@ from quantvla_ros.kernels import reference as ref  # noqa: E402
 from quantvla_ros.kernels.configs import GemmConfig  # noqa: E402
 from quantvla_ros.kernels.triton_act_quant import quantize_activations  # noqa: E402
 from quantvla_ros.kernels.triton_gate_up import gate_up_gemm  # noqa: E402
-from quantvla_ros.kernels.triton_w4a4 import w4a4_gemm  # noqa: E402
-from quantvla_ros.kernels.triton_w4a8 import w4a8_gemm  # noqa: E402
-from quantvla_ros.kernels.triton_w8a8 import w8a8_gemm  # noqa: E402
+from quantvla_ros.kernels.triton_gemm import w4a4_gemm, w4a8_gemm, w8a8_gemm  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 if DEV == "cpu" and not dispatch.triton_interpreted():

@@ -33,14 +33,12 @@ _OPS = {"w8a8": ("*i8", "*i8"), "w4a8": ("*i8", "*u8"), "w4a4": ("*u8", "*u8")}
 def _kernels():
     from quantvla_ros.kernels import (
         triton_act_quant,
+        triton_common,
         triton_gate_up,
-        triton_w4a4,
-        triton_w4a8,
-        triton_w8a8,
     )
 
-    return {"w8a8": triton_w8a8._w8a8_kernel, "w4a8": triton_w4a8._w4a8_kernel,
-            "w4a4": triton_w4a4._w4a4_kernel, "gate_up": triton_gate_up._gate_up_kernel,
+    gemm = triton_common.scaled_gemm_kernel  # one kernel, specialized per op below
+    return {"w8a8": gemm, "w4a8": gemm, "w4a4": gemm, "gate_up": triton_gate_up._gate_up_kernel,
             "act_quant": triton_act_quant._act_quant_kernel}
 
 
@@ -52,7 +50,7 @@ def _gemm_variants(full: bool) -> list[dict]:
             cfg = gemm_config(m, n, k, gs, interpret=False)
             consts = dict(HAS_BIAS=True, HAS_RES=True, PER_CHANNEL=gs == k,
                           BLOCKS_PER_GROUP=1 if gs == k else gs // cfg.block_k,
-                          ATOMIC_OUT=cfg.split_k > 1,
+                          ATOMIC_OUT=cfg.split_k > 1, A_INT4=op == "w4a4", W_INT4=op != "w8a8",
                           BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m)
             key = (op, tuple(consts.items()) if full else consts["ATOMIC_OUT"])
             if key in seen:

@@ -51,18 +51,18 @@ def _problem(m: int, k: int, n: int, device, group_size: int) -> dict:
 
 def _ops(p: dict, out_dtype: torch.dtype) -> dict:
     """name -> (run our kernel, run the reference) on the same quantized operands."""
-    from quantvla_ros.kernels import triton_act_quant, triton_w4a4, triton_w4a8, triton_w8a8
+    from quantvla_ros.kernels import triton_act_quant, triton_gemm
 
     gs = p["gs"]
     return {
-        "w8a8": (lambda: triton_w8a8.w8a8_gemm(p["a8"], p["xs8"], p["w8"], p["s8"],
+        "w8a8": (lambda: triton_gemm.w8a8_gemm(p["a8"], p["xs8"], p["w8"], p["s8"],
                                                out_dtype=out_dtype),
                  lambda: reference.matmul_w8a8(p["a8"], p["xs8"], p["w8"], p["s8"])),
-        "w4a8": (lambda: triton_w4a8.w4a8_gemm(p["a8"], p["xs8"], p["w4"], p["s4"],
+        "w4a8": (lambda: triton_gemm.w4a8_gemm(p["a8"], p["xs8"], p["w4"], p["s4"],
                                                group_size=gs, out_dtype=out_dtype),
                  lambda: reference.matmul_w4a8(p["a8"], p["xs8"], p["w4"], p["s4"],
                                                group_size=gs)),
-        "w4a4": (lambda: triton_w4a4.w4a4_gemm(p["a4"], p["xs4"], p["w4"], p["s4"],
+        "w4a4": (lambda: triton_gemm.w4a4_gemm(p["a4"], p["xs4"], p["w4"], p["s4"],
                                                group_size=gs, out_dtype=out_dtype),
                  lambda: reference.matmul_w4a4(p["a4"], p["xs4"], p["w4"], p["s4"],
                                                group_size=gs)),

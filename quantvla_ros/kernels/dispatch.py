@@ -36,9 +36,9 @@ def _record(backend: str, op: str) -> None:
 def triton_interpreted() -> bool:
     """Whether the Triton kernels were built for the CPU interpreter (TRITON_INTERPRET=1)."""
     from quantvla_ros.kernels.configs import is_interpreted
-    from quantvla_ros.kernels.triton_w8a8 import _w8a8_kernel
+    from quantvla_ros.kernels.triton_common import scaled_gemm_kernel
 
-    return is_interpreted(_w8a8_kernel)
+    return is_interpreted(scaled_gemm_kernel)
 
 
 def _triton_importable() -> bool:
@@ -109,10 +109,10 @@ def _matmul(op, a, a_scale, w, w_scale, group_size, bias, residual, out_dtype, b
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     if chosen == "triton":
-        from quantvla_ros.kernels import triton_w4a4, triton_w4a8, triton_w8a8
+        from quantvla_ros.kernels import triton_gemm
 
-        fn = {"w8a8": triton_w8a8.w8a8_gemm, "w4a8": triton_w4a8.w4a8_gemm,
-              "w4a4": triton_w4a4.w4a4_gemm}[op]
+        fn = {"w8a8": triton_gemm.w8a8_gemm, "w4a8": triton_gemm.w4a8_gemm,
+              "w4a4": triton_gemm.w4a4_gemm}[op]
     else:
         fn = getattr(reference, f"matmul_{op}")
     out = fn(a, a_scale, w, w_scale, group_size=group_size, bias=bias, residual=residual,

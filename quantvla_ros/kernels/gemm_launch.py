@@ -7,6 +7,7 @@ import triton
 
 from quantvla_ros.kernels import checks
 from quantvla_ros.kernels.configs import MIN_BLOCK_K, GemmConfig, gemm_config, is_interpreted
+from quantvla_ros.kernels.triton_common import scaled_gemm_kernel
 
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Kernels index with int32 offsets.
@@ -53,7 +54,6 @@ def resolve_config(
 
 
 def launch_scaled_gemm(
-    kernel,
     a: torch.Tensor,
     a_scale: torch.Tensor,
     w: torch.Tensor,
@@ -67,7 +67,8 @@ def launch_scaled_gemm(
     a_int4: bool,
     w_int4: bool,
 ) -> torch.Tensor:
-    """Validate, pick tiles and launch ``kernel`` (a wrapper of ``scaled_gemm_body``)."""
+    """Validate, pick tiles and launch ``scaled_gemm_kernel`` for these operand widths."""
+    kernel = scaled_gemm_kernel
     gs = checks.check_gemm(a, a_scale, w, w_scale, group_size, bias, residual,
                            a_int4=a_int4, w_int4=w_int4)
     check_out_dtype(out_dtype)
@@ -101,7 +102,7 @@ def launch_scaled_gemm(
         res.stride(0) if res is not None else 0, out.stride(0),
         HAS_BIAS=bias is not None, HAS_RES=res is not None,
         PER_CHANNEL=per_channel, BLOCKS_PER_GROUP=1 if per_channel else gs // cfg.block_k,
-        ATOMIC_OUT=split > 1,
+        ATOMIC_OUT=split > 1, A_INT4=a_int4, W_INT4=w_int4,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -143,15 +143,18 @@ def scaled_epilogue(acc, xs_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, 
 
 
 @triton.jit
-def scaled_gemm_body(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
-                     M, N, K, group_size, units_per_split, num_units,
-                     stride_am, stride_wn, stride_wsn, stride_wsg, stride_rm, stride_om,
-                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                     PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
-                     ATOMIC_OUT: tl.constexpr, A_INT4: tl.constexpr, W_INT4: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                     GROUP_M: tl.constexpr):
-    """One output tile and one K split (grid axis 1); split-K atomically adds into fp32."""
+def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
+                       M, N, K, group_size, units_per_split, num_units,
+                       stride_am, stride_wn, stride_wsn, stride_wsg, stride_rm, stride_om,
+                       HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                       PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
+                       ATOMIC_OUT: tl.constexpr, A_INT4: tl.constexpr, W_INT4: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       GROUP_M: tl.constexpr):
+    """One output tile and one K split (grid axis 1); split-K atomically adds into fp32.
+
+    W8A8, W4A8 and W4A4 are this one kernel, specialized by the A_INT4 / W_INT4 constexprs.
+    """
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
     pid_k = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
