@@ -9,7 +9,7 @@ import torch
 
 from ..models.checkpoint import WEIGHTS as CKPT_WEIGHTS
 from ..quant.artifact import ArtifactError, sha256_file
-from ..quant.balance import run_batches, unfold_balance
+from ..quant.balance import ratio_table, run_batches, unfold_balance
 from ..quant.stats import StatsCollector
 from ..runtime.policy import Policy
 from .quantize import holdout_count, open_buffer_for, prepare_batches
@@ -45,16 +45,6 @@ def action_error(ref: torch.Tensor, out: torch.Tensor) -> dict:
         "per_step_rel_l2": (err.norm(dim=(0, 2)) / ref.double().norm(dim=(0, 2))
                             .clamp(min=1e-30)).tolist(),
     }
-
-
-def _ratios(teacher: StatsCollector, student: StatsCollector) -> dict:
-    t_std, s_std = teacher.logit_std(), student.logit_std()
-    t_rms, s_rms = teacher.oproj_rms(), student.oproj_rms()
-    return {f"{t}.{li}": {
-        "logit_std": (t_std[(t, li)].double() / s_std[(t, li)].double()).tolist()
-        if (t, li) in s_std else None,
-        "oproj_rms": t_rms[(t, li)] / s_rms[(t, li)] if (t, li) in s_rms else None,
-    } for (t, li) in sorted(set(t_std) | set(t_rms))}
 
 
 def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
@@ -97,14 +87,16 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
         runs[name] = (run_batches(model, batches, stats), stats)
     (t_act, t_stats), (s_act, s_stats), (u_act, u_stats) = (
         runs["teacher"], runs["student"], runs["unbalanced"])
-    before, after = _ratios(t_stats, u_stats), _ratios(t_stats, s_stats)
+    before, after = ratio_table(t_stats, u_stats), ratio_table(t_stats, s_stats)
+    keys = sorted({*after["logit_std"], *after["oproj_rms"]},
+                  key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
     layers = [{"layer": key,
                "alpha": manifest["balance"]["alpha"].get(key),
                "beta": manifest["balance"]["beta"].get(key),
-               "logit_std_ratio_before": before[key]["logit_std"],
-               "logit_std_ratio_after": after[key]["logit_std"],
-               "oproj_rms_ratio_before": before[key]["oproj_rms"],
-               "oproj_rms_ratio_after": after[key]["oproj_rms"]} for key in after]
+               **{f"{stat}_ratio_{when}": table[stat].get(key)
+                  for stat in ("logit_std", "oproj_rms")
+                  for when, table in (("before", before), ("after", after))}}
+              for key in keys]
     summary = buffer.summary()
     return {
         "artifact": str(artifact), "bits": manifest["quantization"]["bits"],
