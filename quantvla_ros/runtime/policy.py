@@ -68,15 +68,16 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
                         tokenizer: str | None = None):
-        tok_path = tokenizer or read_config(folder)[0].tokenizer_path
+        cfg, raw = read_config(folder)
+        tok_path = tokenizer or cfg.tokenizer_path
         local = Path(folder) / "tokenizer"
         if tok_path is None and local.is_dir():
             tok_path = str(local)
-        if tok_path is None and "quantvla" not in read_config(folder)[1]:
+        if tok_path is None and "quantvla" not in raw:
             # A trained lerobot checkpoint fed byte tokens would output confident garbage.
             raise ValueError(f"{folder} is a lerobot checkpoint without a tokenizer: put the "
                              "PaliGemma tokenizer in its tokenizer/ folder or pass tokenizer=")
-        model, cfg, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
+        model, _, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
         return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
 
     @classmethod
@@ -151,8 +152,17 @@ class Policy:
         t0 = time.perf_counter()
         inputs = self.prepare(obs)
         noise = (self.draw_noise() if noise is None else noise).to(self.device)
-        if self.use_cuda_graphs:
-            return self._infer_graphed(inputs, noise, t0)
+        run = self._run_graphed if self.use_cuda_graphs else self._run_eager
+        actions, t1, prefix_ms, denoise_ms = run(inputs, noise)
+        actions = actions[0].float().cpu().numpy()
+        out = self.normalizer.unnormalize_actions(actions)[:, : self.action_dim]
+        return PolicyOutput(out.astype(np.float32), {
+            "preprocess": (t1 - t0) * 1000.0, "prefix": prefix_ms, "denoise": denoise_ms,
+            "total": (time.perf_counter() - t0) * 1000.0,
+        })
+
+    def _run_eager(self, inputs, noise):
+        """(actions [1, H, A], start time, prefix ms, denoise ms); syncs only to time."""
         self._sync()
         t1 = time.perf_counter()
         m = self.model
@@ -163,26 +173,16 @@ class Policy:
         self._sync()
         t2 = time.perf_counter()
         actions = m.denoise_loop(cache, valid, noise, inputs["state"], self.cfg.num_steps)
-        actions = actions[0].float().cpu().numpy()
-        t3 = time.perf_counter()
-        out = self.normalizer.unnormalize_actions(actions)[:, : self.action_dim]
-        ms = 1000.0
-        return PolicyOutput(out.astype(np.float32), {
-            "preprocess": (t1 - t0) * ms, "prefix": (t2 - t1) * ms, "denoise": (t3 - t2) * ms,
-            "total": (time.perf_counter() - t0) * ms,
-        })
+        self._sync()
+        return actions, t1, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
 
-    def _infer_graphed(self, inputs, noise, t0) -> PolicyOutput:
+    def _run_graphed(self, inputs, noise):
+        """The same from two CUDA-graph replays (captured on first use or a shape change)."""
         if self._graphed is None or not self._graphed.matches(inputs, noise):
             self._graphed = GraphedChunk(self.model, inputs, noise, self.cfg.num_steps)
         t1 = time.perf_counter()
         actions, (prefix_ms, denoise_ms) = self._graphed.run(inputs, noise, timed=True)
-        actions = actions[0].float().cpu().numpy()
-        out = self.normalizer.unnormalize_actions(actions)[:, : self.action_dim]
-        return PolicyOutput(out.astype(np.float32), {
-            "preprocess": (t1 - t0) * 1000.0, "prefix": prefix_ms, "denoise": denoise_ms,
-            "total": (time.perf_counter() - t0) * 1000.0,
-        })
+        return actions, t1, prefix_ms, denoise_ms
 
     def release(self) -> None:
         """Drop the model and captured graphs (the ROS node's cleanup)."""
