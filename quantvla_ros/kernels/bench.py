@@ -26,14 +26,14 @@ CHECK_RTOL = 1e-3
 
 
 def _quantize_weight(w: torch.Tensor, bits: int, group_size: int):
-    """Symmetric round-to-nearest weight quantization (per channel or per group)."""
-    qmax = 127 if bits == 8 else 7
+    """Symmetric round-to-nearest weights: each group of K is a row of the token quantizer."""
     n, k = w.shape
-    g = w.float().reshape(n, k // group_size, group_size)
-    scale = (g.abs().amax(-1, keepdim=True) / qmax).clamp(min=1e-12)
-    q = torch.round(g / scale).clamp(-qmax, qmax).to(torch.int8).reshape(n, k)
-    scale = scale.squeeze(-1)
-    return (q if bits == 8 else reference.pack_int4(q)), scale
+    rows = w.float().reshape(n * (k // group_size), group_size)
+    quantize = reference.quantize_per_token_int8 if bits == 8 else \
+        reference.quantize_per_token_int4
+    q, scale = quantize(rows)
+    q = q.reshape(n, k)
+    return (q if bits == 8 else reference.pack_int4(q)), scale.reshape(n, k // group_size)
 
 
 def _problem(m: int, k: int, n: int, device, group_size: int) -> dict:
