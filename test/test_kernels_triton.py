@@ -5,6 +5,7 @@ scaled outputs to 1e-3 relative. Tiles are GPU-legal (>= 16 x 16 x 32) so the sa
 compile on a GPU. Tests marked ``gpu`` repeat the checks at model shapes on CUDA.
 """
 
+import functools
 import os
 
 import pytest
@@ -16,10 +17,10 @@ if not torch.cuda.is_available():
 
 from quantvla_ros.kernels import dispatch  # noqa: E402
 from quantvla_ros.kernels import reference as ref  # noqa: E402
+from quantvla_ros.kernels.act_quant import quantize_activations  # noqa: E402
 from quantvla_ros.kernels.configs import GemmConfig  # noqa: E402
-from quantvla_ros.kernels.triton_act_quant import quantize_activations  # noqa: E402
-from quantvla_ros.kernels.triton_gate_up import gate_up_gemm  # noqa: E402
-from quantvla_ros.kernels.triton_gemm import w4a4_gemm, w4a8_gemm, w8a8_gemm  # noqa: E402
+from quantvla_ros.kernels.gate_up_gemm import gate_up_gemm  # noqa: E402
+from quantvla_ros.kernels.scaled_gemm import scaled_gemm  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 if DEV == "cpu" and not dispatch.triton_interpreted():
@@ -28,6 +29,10 @@ if DEV == "cpu" and not dispatch.triton_interpreted():
 
 M_VALUES = (1, 16, 37, 64)
 RTOL = 1e-3
+
+w8a8_gemm = functools.partial(scaled_gemm, a_int4=False, w_int4=False)
+w4a8_gemm = functools.partial(scaled_gemm, a_int4=False, w_int4=True)
+w4a4_gemm = functools.partial(scaled_gemm, a_int4=True, w_int4=True)
 
 
 def _int(shape, lo, hi, seed):
@@ -241,9 +246,9 @@ def test_gemm_rejects_unsupported_shapes():
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
-    from quantvla_ros.kernels import gemm_launch
+    from quantvla_ros.kernels import triton_helpers
 
-    monkeypatch.setattr(gemm_launch, "is_interpreted", lambda kernel: False)
+    monkeypatch.setattr(triton_helpers, "is_interpreted", lambda kernel: False)
     _, _, a, w = _operands(4, 64, 16, 8, 8)
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         w8a8_gemm(a.cpu(), torch.ones(4, 1), w.cpu(), torch.ones(16))

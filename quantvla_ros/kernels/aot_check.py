@@ -31,15 +31,13 @@ _OPS = {"w8a8": ("*i8", "*i8"), "w4a8": ("*i8", "*u8"), "w4a4": ("*u8", "*u8")}
 
 
 def _kernels():
-    from quantvla_ros.kernels import (
-        triton_act_quant,
-        triton_common,
-        triton_gate_up,
-    )
+    from quantvla_ros.kernels.act_quant import act_quant_kernel
+    from quantvla_ros.kernels.gate_up_gemm import gate_up_kernel
+    from quantvla_ros.kernels.scaled_gemm import scaled_gemm_kernel
 
-    gemm = triton_common.scaled_gemm_kernel  # one kernel, specialized per op below
-    return {"w8a8": gemm, "w4a8": gemm, "w4a4": gemm, "gate_up": triton_gate_up._gate_up_kernel,
-            "act_quant": triton_act_quant._act_quant_kernel}
+    gemm = scaled_gemm_kernel  # one kernel, specialized per op below
+    return {"w8a8": gemm, "w4a8": gemm, "w4a4": gemm, "gate_up": gate_up_kernel,
+            "act_quant": act_quant_kernel}
 
 
 def _gemm_variants(full: bool) -> list[dict]:

@@ -50,23 +50,24 @@ def _problem(m: int, k: int, n: int, device, group_size: int) -> dict:
 
 
 def _ops(p: dict, out_dtype: torch.dtype) -> dict:
-    """name -> (run our kernel, run the reference) on the same quantized operands."""
-    from quantvla_ros.kernels import triton_act_quant, triton_gemm
+    """Map each kernel name to (run ours, run the reference) on the same quantized operands."""
+    from quantvla_ros.kernels import act_quant
+    from quantvla_ros.kernels.scaled_gemm import scaled_gemm
 
     gs = p["gs"]
     return {
-        "w8a8": (lambda: triton_gemm.w8a8_gemm(p["a8"], p["xs8"], p["w8"], p["s8"],
-                                               out_dtype=out_dtype),
+        "w8a8": (lambda: scaled_gemm(p["a8"], p["xs8"], p["w8"], p["s8"], a_int4=False,
+                                     w_int4=False, out_dtype=out_dtype),
                  lambda: reference.matmul_w8a8(p["a8"], p["xs8"], p["w8"], p["s8"])),
-        "w4a8": (lambda: triton_gemm.w4a8_gemm(p["a8"], p["xs8"], p["w4"], p["s4"],
-                                               group_size=gs, out_dtype=out_dtype),
+        "w4a8": (lambda: scaled_gemm(p["a8"], p["xs8"], p["w4"], p["s4"], a_int4=False,
+                                     w_int4=True, group_size=gs, out_dtype=out_dtype),
                  lambda: reference.matmul_w4a8(p["a8"], p["xs8"], p["w4"], p["s4"],
                                                group_size=gs)),
-        "w4a4": (lambda: triton_gemm.w4a4_gemm(p["a4"], p["xs4"], p["w4"], p["s4"],
-                                               group_size=gs, out_dtype=out_dtype),
+        "w4a4": (lambda: scaled_gemm(p["a4"], p["xs4"], p["w4"], p["s4"], a_int4=True,
+                                     w_int4=True, group_size=gs, out_dtype=out_dtype),
                  lambda: reference.matmul_w4a4(p["a4"], p["xs4"], p["w4"], p["s4"],
                                                group_size=gs)),
-        "act_quant8": (lambda: triton_act_quant.quantize_activations(p["x"], 8),
+        "act_quant8": (lambda: act_quant.quantize_activations(p["x"], 8),
                        lambda: reference.quantize_activations(p["x"], 8)),
     }
 

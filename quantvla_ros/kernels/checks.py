@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
@@ -21,6 +23,13 @@ def _check_float_vector(name: str, t: torch.Tensor | None, n: int, device) -> No
         raise ValueError(f"{name} must have shape [{n}], got {_shape(t)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+def check_out_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """Require a float32, float16 or bfloat16 output dtype; return it."""
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    return out_dtype
 
 
 def check_act_quant(

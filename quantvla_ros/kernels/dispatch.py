@@ -15,17 +15,16 @@ import threading
 import torch
 
 from quantvla_ros.kernels import reference
-from quantvla_ros.kernels.checks import check_act_quant
+from quantvla_ros.kernels.checks import check_act_quant, check_out_dtype
 
 BACKENDS = ("auto", "reference", "triton")
 ENV_VAR = "QUANTVLA_KERNELS"
-OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _last = threading.local()
 
 
 def last_kernel() -> str | None:
-    """Name of the last kernel run in this thread, e.g. ``"triton.w4a8"``, or None."""
+    """Return the name of the last kernel run in this thread, e.g. ``"triton.w4a8"``, or None."""
     return getattr(_last, "name", None)
 
 
@@ -34,9 +33,9 @@ def _record(backend: str, op: str) -> None:
 
 
 def triton_interpreted() -> bool:
-    """Whether the Triton kernels were built for the CPU interpreter (TRITON_INTERPRET=1)."""
+    """Tell whether the Triton kernels were built for the CPU interpreter (TRITON_INTERPRET=1)."""
     from quantvla_ros.kernels.configs import is_interpreted
-    from quantvla_ros.kernels.triton_common import scaled_gemm_kernel
+    from quantvla_ros.kernels.scaled_gemm import scaled_gemm_kernel
 
     return is_interpreted(scaled_gemm_kernel)
 
@@ -71,13 +70,6 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def _out_dtype(out_dtype: torch.dtype | None, x: torch.Tensor) -> torch.dtype:
-    out_dtype = out_dtype or x.dtype
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
-    return out_dtype
-
-
 def quantize_activations(
     x: torch.Tensor,
     bits: int = 8,
@@ -88,7 +80,7 @@ def quantize_activations(
     smooth: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token int8 / int4 quantization of ``x`` [..., K], optionally fused with RMSNorm.
+    """Quantize ``x`` [..., K] per token to int8 / int4, optionally fused with RMSNorm.
 
     Returns ``(q, scale)``: int8 [M, K] for 8 bits or packed uint8 [M, K // 2] for 4 bits,
     and float32 [M, 1], with M the product of the leading dims.
@@ -96,7 +88,7 @@ def quantize_activations(
     check_act_quant(x, bits, norm_weight, smooth)
     chosen = resolve_backend(backend, x.device)
     if chosen == "triton":
-        from quantvla_ros.kernels.triton_act_quant import quantize_activations as fn
+        from quantvla_ros.kernels.act_quant import quantize_activations as fn
     else:
         fn = reference.quantize_activations
     out = fn(x, bits, norm_weight=norm_weight, eps=eps, gemma_style=gemma_style, smooth=smooth)
@@ -106,17 +98,15 @@ def quantize_activations(
 
 def _matmul(op, a, a_scale, w, w_scale, group_size, bias, residual, out_dtype, backend):
     chosen = resolve_backend(backend, a.device)
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    check_out_dtype(out_dtype)
+    options = dict(group_size=group_size, bias=bias, residual=residual, out_dtype=out_dtype)
     if chosen == "triton":
-        from quantvla_ros.kernels import triton_gemm
+        from quantvla_ros.kernels.scaled_gemm import INT4_OPERANDS, scaled_gemm
 
-        fn = {"w8a8": triton_gemm.w8a8_gemm, "w4a8": triton_gemm.w4a8_gemm,
-              "w4a4": triton_gemm.w4a4_gemm}[op]
+        a_int4, w_int4 = INT4_OPERANDS[op]
+        out = scaled_gemm(a, a_scale, w, w_scale, a_int4=a_int4, w_int4=w_int4, **options)
     else:
-        fn = getattr(reference, f"matmul_{op}")
-    out = fn(a, a_scale, w, w_scale, group_size=group_size, bias=bias, residual=residual,
-             out_dtype=out_dtype)
+        out = getattr(reference, f"matmul_{op}")(a, a_scale, w, w_scale, **options)
     _record(chosen, op)
     return out
 
@@ -185,10 +175,9 @@ def gate_up(
 ) -> torch.Tensor:
     """Fused GeGLU ``gelu_tanh(gate) * up`` [M, N] over concatenated [gate; up] weights."""
     chosen = resolve_backend(backend, x_q.device)
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    check_out_dtype(out_dtype)
     if chosen == "triton":
-        from quantvla_ros.kernels.triton_gate_up import gate_up_gemm as fn
+        from quantvla_ros.kernels.gate_up_gemm import gate_up_gemm as fn
     else:
         fn = reference.gate_up
     if weight_bits not in (4, 8):
@@ -202,7 +191,7 @@ def gate_up(
 
 
 def _linear(op, bits, x, w, w_scale, group_size, bias, out_dtype, residual, smooth, backend):
-    out_dtype = _out_dtype(out_dtype, x)
+    out_dtype = check_out_dtype(out_dtype or x.dtype)
     lead = tuple(x.shape[:-1])
     q, s = quantize_activations(x, bits, smooth=smooth, backend=backend)
     res = None

@@ -156,7 +156,7 @@ def _scaled(
     residual: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """y = s_x * sum_g s_w[:, g] * acc_g (+ bias) (+ residual), accumulated in float32."""
+    """Compute y = s_x * sum_g s_w[:, g] * acc_g (+ bias) (+ residual) in float32."""
     k = a.shape[1]
     s_w = w_scale.reshape(w_scale.shape[0], -1).float()
     y = None

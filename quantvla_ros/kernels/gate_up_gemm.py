@@ -15,22 +15,34 @@ import triton.language as tl
 
 from quantvla_ros.kernels import checks
 from quantvla_ros.kernels.configs import GemmConfig
-from quantvla_ros.kernels.gemm_launch import (
+from quantvla_ros.kernels.triton_helpers import (
     check_int32_indexing,
-    check_out_dtype,
     check_triton_device,
+    load_a_tile,
+    load_w_tile,
     resolve_config,
     row_major,
+    tile_ids,
 )
-from quantvla_ros.kernels.triton_common import gelu_tanh, load_a_tile, load_w_tile, tile_ids
 
 
 @triton.jit
-def _gate_up_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, group_size, num_units,
-                    stride_am, stride_wn, stride_wsn, stride_wsg, stride_om,
-                    PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
-                    W_INT4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr, GROUP_M: tl.constexpr):
+def gelu_tanh(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(z)) == x * sigmoid(2 z)."""
+    t = 1.5957691216057308 * (x + 0.044715 * x * x * x)
+    # Stable sigmoid: exp only of non-positive arguments, so it never overflows.
+    e = tl.exp(-tl.abs(t))
+    sig = tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return x * sig
+
+
+@triton.jit
+def gate_up_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, group_size, num_units,
+                   stride_am, stride_wn, stride_wsn, stride_wsg, stride_om,
+                   PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
+                   W_INT4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                   BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """Compute one [BM, BN] tile of gelu_tanh(gate) * up from two int32 accumulator sets."""
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -85,7 +97,7 @@ def gate_up_gemm(
     out_dtype: torch.dtype = torch.float32,
     config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """``gelu_tanh(gate) * up`` [M, N] from int8 activations [M, K] and [gate; up] weights.
+    """Compute ``gelu_tanh(gate) * up`` [M, N] from int8 activations [M, K], [gate; up] weights.
 
     ``w_gate_up`` is int8 [2N, K] (``weight_bits=8``) or packed uint8 [2N, K // 2]
     (``weight_bits=4``); ``w_scale`` float32 [2N] or [2N, K // group_size].
@@ -97,14 +109,14 @@ def gate_up_gemm(
                            a_int4=False, w_int4=w_int4)
     if w_gate_up.shape[0] % 2:
         raise ValueError(f"gate/up weights need an even row count, got {w_gate_up.shape[0]}")
-    check_out_dtype(out_dtype)
-    check_triton_device(_gate_up_kernel, x_q)
+    checks.check_out_dtype(out_dtype)
+    check_triton_device(gate_up_kernel, x_q)
     m, k, n = x_q.shape[0], x_q.shape[1], w_gate_up.shape[0] // 2
     out = torch.empty(m, n, dtype=out_dtype, device=x_q.device)
     if m == 0:
         return out
     check_int32_indexing(x_q, w_gate_up, out)
-    cfg = resolve_config(_gate_up_kernel, m, n, k, gs, config, x_q.device)
+    cfg = resolve_config(gate_up_kernel, m, n, k, gs, config, x_q.device)
     if config is None:
         # Two accumulator pairs per tile: halve wide tiles to stay within registers.
         cfg = replace(cfg, block_n=min(cfg.block_n, 64), split_k=1)
@@ -113,7 +125,7 @@ def gate_up_gemm(
     a, w = row_major(x_q), row_major(w_gate_up)
     ws = w_scale.reshape(2 * n, -1)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-    _gate_up_kernel[grid](
+    gate_up_kernel[grid](
         a, x_scale.reshape(-1).contiguous(), w, ws, out, m, n, k, gs, num_units,
         a.stride(0), w.stride(0), ws.stride(0), ws.stride(1), out.stride(0),
         PER_CHANNEL=per_channel, W_INT4=w_int4,

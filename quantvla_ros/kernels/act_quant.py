@@ -9,22 +9,34 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from quantvla_ros.kernels import checks
 from quantvla_ros.kernels.configs import act_quant_block, is_interpreted
-from quantvla_ros.kernels.gemm_launch import check_triton_device, row_major
 from quantvla_ros.kernels.reference import SCALE_EPS
-from quantvla_ros.kernels.triton_common import round_half_even
+from quantvla_ros.kernels.triton_helpers import check_triton_device, row_major
 
 # Whole-row blocks beyond this would spill registers; Gemma widths stay far below.
 MAX_K = 65536
 
 
 @triton.jit
-def _act_quant_kernel(x_ptr, nw_ptr, sm_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, eps,
-                      scale_eps,
-                      HAS_NORM: tl.constexpr, GEMMA: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-                      INT4: tl.constexpr, BLOCK_K: tl.constexpr, USE_RINT: tl.constexpr):
+def round_half_even(x, USE_RINT: tl.constexpr):
+    """Round float32 to the nearest integer, ties to even (matches torch.round)."""
+    if USE_RINT:
+        r = libdevice.rint(x)
+    else:
+        # The interpreter has no libdevice; adding 1.5 * 2**23 rounds |x| < 2**22 to even.
+        r = (x + 12582912.0) - 12582912.0
+    return r
+
+
+@triton.jit
+def act_quant_kernel(x_ptr, nw_ptr, sm_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, eps,
+                     scale_eps,
+                     HAS_NORM: tl.constexpr, GEMMA: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+                     INT4: tl.constexpr, BLOCK_K: tl.constexpr, USE_RINT: tl.constexpr):
+    """Quantize one row (program id): optional RMSNorm and smoothing, absmax, rounding."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     mask = offs < K
@@ -63,14 +75,14 @@ def quantize_activations(
     gemma_style: bool = False,
     smooth: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token quantization of ``x`` [..., K] (leading dims flattened to M).
+    """Quantize ``x`` [..., K] per token (leading dims flattened to M).
 
     Optional RMSNorm (``norm_weight``, ``eps``; Gemma scales by ``1 + w``) and per-channel
     smoothing factors divided in before quantizing. Returns int8 [M, K] (8 bits) or packed
     uint8 [M, K // 2] (4 bits, low nibble = even k) and float32 scales [M, 1].
     """
     k = checks.check_act_quant(x, bits, norm_weight, smooth)
-    check_triton_device(_act_quant_kernel, x)
+    check_triton_device(act_quant_kernel, x)
     if k > MAX_K:
         raise ValueError(f"Triton activation quantization supports K <= {MAX_K}, got {k}")
     x2 = row_major(x.reshape(-1, k))
@@ -82,12 +94,12 @@ def quantize_activations(
     if m == 0:
         return q, scale
     block_k, num_warps = act_quant_block(k)
-    _act_quant_kernel[(m,)](
+    act_quant_kernel[(m,)](
         x2, norm_weight if norm_weight is not None else x2,
         smooth if smooth is not None else x2, q, scale,
         k, x2.stride(0), q.stride(0), float(eps), SCALE_EPS,
         HAS_NORM=norm_weight is not None, GEMMA=bool(gemma_style),
         HAS_SMOOTH=smooth is not None, INT4=int4, BLOCK_K=block_k,
-        USE_RINT=not is_interpreted(_act_quant_kernel), num_warps=num_warps,
+        USE_RINT=not is_interpreted(act_quant_kernel), num_warps=num_warps,
     )
     return q, scale

@@ -1,86 +1,34 @@
-"""Shared @triton.jit building blocks of the integer GEMMs: tile loads, int4 unpack, main
-loop with int32 accumulation and scale folding, and the scaled epilogue."""
+"""Triton scaled integer GEMM: W8A8, W4A8 (packed int4 weights) and W4A4 (both packed).
+
+One kernel, specialized by the A_INT4 / W_INT4 constexprs: int4 operands stay packed two per
+byte in memory and are unpacked to int8 in registers for the int8 tensor-core dot (Hopper
+has no int4 tensor cores, so W4A4 gains bandwidth, not math). It computes
+``y = s_x * sum_g s_w[:, g] * acc_g (+ bias) (+ residual)`` as out_dtype [M, N], with
+x_scale float32 [M, 1] and w_scale float32 [N] (per channel) or [N, K // group_size];
+small problems split K over a second grid axis and add atomically into float32.
+"""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
+from quantvla_ros.kernels import checks
+from quantvla_ros.kernels.configs import GemmConfig
+from quantvla_ros.kernels.triton_helpers import (
+    MAX_ELEMENTS,
+    check_int32_indexing,
+    check_triton_device,
+    load_a_tile,
+    load_w_tile,
+    resolve_config,
+    row_major,
+    tile_ids,
+)
 
-@triton.jit
-def round_half_even(x, USE_RINT: tl.constexpr):
-    """Round float32 to the nearest integer, ties to even (matches torch.round)."""
-    if USE_RINT:
-        r = libdevice.rint(x)
-    else:
-        # The interpreter has no libdevice; adding 1.5 * 2**23 rounds |x| < 2**22 to even.
-        r = (x + 12582912.0) - 12582912.0
-    return r
-
-
-@triton.jit
-def gelu_tanh(x):
-    """GELU, tanh approximation: 0.5 x (1 + tanh(z)) == x * sigmoid(2 z)."""
-    t = 1.5957691216057308 * (x + 0.044715 * x * x * x)
-    # Stable sigmoid: exp only of non-positive arguments, so it never overflows.
-    e = tl.exp(-tl.abs(t))
-    sig = tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return x * sig
-
-
-@triton.jit
-def unpack_int4(p, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """uint8 [ROWS, COLS // 2] -> exact int8 [ROWS, COLS]; the low nibble is the even column."""
-    p8 = p.to(tl.int8, bitcast=True)
-    lo = (p8 << 4) >> 4
-    hi = p8 >> 4
-    return tl.join(lo, hi).reshape(ROWS, COLS)
-
-
-@triton.jit
-def tile_ids(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped tile order so neighbouring programs share weight tiles in L2."""
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    return pid_m, pid_n
-
-
-@triton.jit
-def load_a_tile(a_ptr, offs_m, k0, M, K, stride_am,
-                BM: tl.constexpr, BK: tl.constexpr, A_INT4: tl.constexpr):
-    """Activation tile [BM, BK] as int8 (unpacked in registers when A_INT4)."""
-    if A_INT4:
-        kp = k0 // 2 + tl.arange(0, BK // 2)
-        mask = (offs_m[:, None] < M) & (kp[None, :] < K // 2)
-        p = tl.load(a_ptr + offs_m[:, None] * stride_am + kp[None, :], mask=mask, other=0)
-        a = unpack_int4(p, BM, BK)
-    else:
-        kk = k0 + tl.arange(0, BK)
-        mask = (offs_m[:, None] < M) & (kk[None, :] < K)
-        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :], mask=mask, other=0)
-    return a
-
-
-@triton.jit
-def load_w_tile(w_ptr, offs_n, k0, N, K, stride_wn,
-                BN: tl.constexpr, BK: tl.constexpr, W_INT4: tl.constexpr):
-    """Weight tile [BK, BN] as int8 from row-major [N, K] (or packed [N, K // 2])."""
-    if W_INT4:
-        kp = k0 // 2 + tl.arange(0, BK // 2)
-        mask = (offs_n[:, None] < N) & (kp[None, :] < K // 2)
-        p = tl.load(w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=mask, other=0)
-        w = tl.trans(unpack_int4(p, BN, BK))
-    else:
-        kk = k0 + tl.arange(0, BK)
-        mask = (kk[:, None] < K) & (offs_n[None, :] < N)
-        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + kk[:, None], mask=mask, other=0)
-    return w
+# Op name -> (activations packed int4, weights packed int4).
+INT4_OPERANDS = {"w8a8": (False, False), "w4a8": (False, True), "w4a4": (True, True)}
 
 
 @triton.jit
@@ -90,7 +38,7 @@ def scaled_mainloop(a_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
                     A_INT4: tl.constexpr, W_INT4: tl.constexpr):
-    """sum over this program's K range of s_w * (exact int32 partials), as float32 [BM, BN].
+    """Sum s_w * (exact int32 partials) over this program's K range, as float32 [BM, BN].
 
     Per channel, units are K blocks and one int32 accumulator spans the whole range; per
     group, units are groups and each group's int32 sum is folded with its own scale.
@@ -122,7 +70,7 @@ def scaled_mainloop(a_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K,
 def scaled_epilogue(acc, xs_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
                     stride_rm, stride_om, first_split,
                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ATOMIC: tl.constexpr):
-    """y = acc * s_token (+ bias) (+ residual); bias and residual only from split 0."""
+    """Store y = acc * s_token (+ bias) (+ residual); bias and residual only from split 0."""
     m_mask = offs_m < M
     n_mask = offs_n < N
     mask = m_mask[:, None] & n_mask[None, :]
@@ -151,7 +99,7 @@ def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
                        ATOMIC_OUT: tl.constexpr, A_INT4: tl.constexpr, W_INT4: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr):
-    """One output tile and one K split (grid axis 1); split-K atomically adds into fp32.
+    """Compute one output tile over one K split (grid axis 1); split-K adds into fp32.
 
     W8A8, W4A8 and W4A4 are this one kernel, specialized by the A_INT4 / W_INT4 constexprs.
     """
@@ -167,3 +115,64 @@ def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
                           PER_CHANNEL, BLOCKS_PER_GROUP, A_INT4, W_INT4)
     scaled_epilogue(acc, xs_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
                     stride_rm, stride_om, pid_k == 0, HAS_BIAS, HAS_RES, ATOMIC_OUT)
+
+
+def scaled_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    *,
+    a_int4: bool,
+    w_int4: bool,
+    group_size: int | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    config: GemmConfig | None = None,
+) -> torch.Tensor:
+    """Validate, pick tiles and launch :func:`scaled_gemm_kernel`; return out_dtype [M, N].
+
+    ``a`` is int8 [M, K] (packed uint8 [M, K // 2] with ``a_int4``), ``w`` int8 [N, K]
+    (packed uint8 [N, K // 2] with ``w_int4``); see :data:`INT4_OPERANDS` for the flags of
+    W8A8, W4A8 and W4A4. ``config`` overrides the tile table (tests, tuning).
+    """
+    kernel = scaled_gemm_kernel
+    gs = checks.check_gemm(a, a_scale, w, w_scale, group_size, bias, residual,
+                           a_int4=a_int4, w_int4=w_int4)
+    checks.check_out_dtype(out_dtype)
+    check_triton_device(kernel, a)
+    m, n = a.shape[0], w.shape[0]
+    k = a.shape[1] * (2 if a_int4 else 1)
+    if m == 0:
+        return torch.empty(0, n, dtype=out_dtype, device=a.device)
+    check_int32_indexing(a, w)
+    if m * n > MAX_ELEMENTS:
+        raise ValueError(f"output [{m}, {n}] exceeds the kernels' int32 indexing")
+    cfg = resolve_config(kernel, m, n, k, gs, config, a.device)
+    per_channel = gs == k
+    # Work units along K: BLOCK_K blocks per channel, whole groups per group.
+    num_units = triton.cdiv(k, cfg.block_k) if per_channel else k // gs
+    units_per_split = triton.cdiv(num_units, min(cfg.split_k, num_units))
+    split = triton.cdiv(num_units, units_per_split)
+    a, w = row_major(a), row_major(w)
+    ws = w_scale.reshape(n, -1)
+    res = row_major(residual) if residual is not None else None
+    if split > 1:
+        out = torch.zeros(m, n, dtype=torch.float32, device=a.device)
+    else:
+        out = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+    kernel[grid](
+        a, a_scale.reshape(-1).contiguous(), w, ws,
+        bias if bias is not None else out, res if res is not None else out, out,
+        m, n, k, gs, units_per_split, num_units,
+        a.stride(0), w.stride(0), ws.stride(0), ws.stride(1),
+        res.stride(0) if res is not None else 0, out.stride(0),
+        HAS_BIAS=bias is not None, HAS_RES=res is not None,
+        PER_CHANNEL=per_channel, BLOCKS_PER_GROUP=1 if per_channel else gs // cfg.block_k,
+        ATOMIC_OUT=split > 1, A_INT4=a_int4, W_INT4=w_int4,
+        BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out.to(out_dtype) if split > 1 else out
