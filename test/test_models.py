@@ -1,12 +1,31 @@
 """pi0 / pi0.5 model: shapes, masks, KV cache, determinism, config registry."""
 
+import copy
+import hashlib
+
 import pytest
 import torch
 
-from quantvla_ros.models.build import random_model
+from quantvla_ros.models.build import build_meta, random_model
 from quantvla_ros.models.config import get_config
-from quantvla_ros.models.gemma import joint_forward
+from quantvla_ros.models.gemma import AttentionObserver, joint_forward
+from quantvla_ros.models.layers import AttentionInput, MLPBlock
 from quantvla_ros.models.pi0 import joint_mask
+
+# State-dict keys recorded before the layers got swappable blocks (issue 8): lerobot
+# checkpoints and saved artifacts map onto exactly these keys, in this order.
+STATE_DICT_KEYS = {
+    "pi05-tiny": (91, "e0b02d9b8c31c0d06ffcb1eaa7f023f54fe3e37e7ed56ea222cca543c39ce97e"),
+    "pi0-tiny": (88, "4c8050d8cc5eca67613d8b072d6a591fdd2c1323694bd6361b621e27e463be15"),
+}
+
+
+def gemma_layer_keys(adaptive: bool) -> list[str]:
+    norm = ["dense.weight", "dense.bias"] if adaptive else ["weight"]
+    return ([f"input_layernorm.{n}" for n in norm]
+            + [f"self_attn.{x}_proj.weight" for x in ("q", "k", "v", "o")]
+            + [f"post_attention_layernorm.{n}" for n in norm]
+            + [f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")])
 
 
 def make_inputs(cfg, batch=2, seed=0, n_lang=20):
@@ -135,3 +154,99 @@ def test_full_size_dimensions():
     assert (cfg.expert.width, cfg.expert.mlp_dim) == (1024, 4096)
     assert (cfg.vision.width, cfg.vision.depth, cfg.vision.num_tokens) == (1152, 27, 256)
     assert cfg.prefix_len == 968 and cfg.action_horizon == 50 and cfg.num_steps == 10
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DICT_KEYS))
+def test_state_dict_keys_unchanged(name):
+    cfg = get_config(name)
+    model = build_meta(cfg)
+    keys = list(model.state_dict())
+    count, digest = STATE_DICT_KEYS[name]
+    assert len(keys) == count
+    assert hashlib.sha256("\n".join(keys).encode()).hexdigest() == digest
+    assert [n for n, _ in model.named_parameters()] == keys  # the blocks add no second path
+    for tower, adaptive in (("backbone", False), ("expert", cfg.variant == "pi05")):
+        for i in range(getattr(cfg, tower).depth):
+            prefix = f"{tower}.layers.{i}."
+            assert [k[len(prefix):] for k in keys if k.startswith(prefix)] == \
+                gemma_layer_keys(adaptive)
+
+
+def test_quantized_state_dict_keeps_module_paths():
+    """Quantization swaps linears in place: every key still belongs to a float-model module."""
+    from quantvla_ros.quant.apply import QuantConfig, quantize_
+    from quantvla_ros.quant.layouts import get_layout
+    from quantvla_ros.quant.scheme import parse_bits
+
+    model = random_model(get_config("pi05-tiny"), seed=0)
+    owners = {k.rpartition(".")[0] for k in model.state_dict()}
+    names = quantize_(model, QuantConfig(parse_bits("w4a8"), get_layout("quantvla")))
+    assert "backbone.layers.0.mlp.gate_proj" in names
+    assert {k.rpartition(".")[0] for k in model.state_dict()} == owners
+
+
+def test_layer_blocks_view_the_layers_modules(model):
+    layer = model.expert.layers[0]
+    attn_in, mlp_block = layer.attention_input, layer.mlp_block
+    assert isinstance(attn_in, AttentionInput) and isinstance(mlp_block, MLPBlock)
+    assert attn_in.norm is layer.input_layernorm and attn_in.attn is layer.self_attn
+    assert mlp_block.norm is layer.post_attention_layernorm and mlp_block.mlp is layer.mlp
+    assert not list(attn_in.parameters()) and not list(mlp_block.parameters())
+    assert not attn_in.state_dict() and not mlp_block.state_dict()
+    copied = copy.deepcopy(layer)  # a copy's blocks view the copy's modules
+    assert copied.attention_input.norm is copied.input_layernorm
+    assert copied.attention_input.attn is copied.self_attn
+    assert copied.mlp_block.mlp is copied.mlp
+
+
+class RecordingObserver:
+    """Implements AttentionObserver structurally; records what joint_forward reports."""
+
+    def __init__(self):
+        self.step = "unset"
+        self.calls = []
+
+    def attention(self, layer, tower, q, k, mask_rows):
+        self.calls.append(("attention", self.step, layer, tower, q.shape, k.shape,
+                           mask_rows.shape, mask_rows.dtype))
+
+    def o_proj(self, layer, tower, out, valid_rows):
+        self.calls.append(("o_proj", self.step, layer, tower, out.shape, valid_rows.shape,
+                           valid_rows.dtype))
+
+
+def test_observer_protocol(model):
+    from quantvla_ros.quant.stats import StatsCollector
+
+    assert model.observer is None
+    assert AttentionObserver in StatsCollector.__mro__  # declared, not only structural
+    assert isinstance(StatsCollector(), AttentionObserver)
+    obs = RecordingObserver()
+    assert isinstance(obs, AttentionObserver)
+    assert not isinstance(object(), AttentionObserver)
+    cfg = model.cfg
+    images, im, tok, tm, noise, state = make_inputs(cfg)
+    ref = model.sample_actions(images, im, tok, tm, noise, state, num_steps=2)
+    model.observer = obs
+    try:
+        out = model.sample_actions(images, im, tok, tm, noise, state, num_steps=2)
+    finally:
+        model.observer = None
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # observing changes nothing
+    b, p, bk, ex = 2, cfg.prefix_len, cfg.backbone, cfg.expert
+    s = cfg.action_horizon + (cfg.variant == "pi0")  # pi0 adds a state token
+    expected = []
+    for li in range(bk.depth - 1):  # prefill: the backbone, its last layer only makes k/v
+        expected += [
+            ("attention", None, li, 0, (b, bk.num_heads, p, bk.head_dim),
+             (b, bk.num_kv_heads, p, bk.head_dim), (b, p, p), torch.bool),
+            ("o_proj", None, li, 0, (b, p, bk.width), (b, p), torch.bool),
+        ]
+    for step in range(2):  # each denoising step: the expert, over cached prefix + suffix keys
+        for li in range(ex.depth):
+            expected += [
+                ("attention", step, li, 1, (b, ex.num_heads, s, ex.head_dim),
+                 (b, ex.num_kv_heads, p + s, ex.head_dim), (b, s, p + s), torch.bool),
+                ("o_proj", step, li, 1, (b, s, ex.width), (b, s), torch.bool),
+            ]
+    assert obs.calls == expected

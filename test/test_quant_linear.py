@@ -180,9 +180,63 @@ def test_fused_model_equals_unfused(name, bits, expected):
     quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))
     fused = copy.deepcopy(model)
     assert fuse_projections(fused) == expected
-    if expected["norm_qkv"]:
-        assert fused.backbone.layers[0].self_attn.q_proj is None  # no second copy kept
+    if expected["norm_qkv"]:  # no second copy kept: the float q/k/v left the layer
+        assert not hasattr(fused.backbone.layers[0].self_attn, "q_proj")
+        names = [n for n, _ in fused.named_modules()]
+        assert "backbone.layers.0.self_attn.q_proj" not in names
+        assert "backbone.layers.0.input_layernorm" not in names
+    # no submodule slot is left None, and the fused tensors are not stored twice
+    assert not any(child is None for m in fused.modules() for child in m._modules.values())
+
+    def nbytes(m):
+        return sum(t.numel() * t.element_size() for t in m.state_dict().values())
+
+    assert nbytes(fused) <= nbytes(model)
     images, im, tok, tm, noise, state = make_inputs(model.cfg)
     ref = model.sample_actions(images, im, tok, tm, noise, state)
     out = fused.sample_actions(images, im, tok, tm, noise, state)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # fusing again finds nothing left to fuse and changes nothing
+    assert fuse_projections(fused) == {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}
+    torch.testing.assert_close(fused.sample_actions(images, im, tok, tm, noise, state), out,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,bits", [("pi05-tiny", "w8a8"), ("pi0-tiny", "w4a8")])
+def test_fusion_swaps_whole_blocks(name, bits):
+    """Fusion replaces each layer's attention-input and MLP blocks, keeping their contracts."""
+    from quantvla_ros.models.build import random_model
+    from quantvla_ros.models.config import get_config
+    from quantvla_ros.models.layers import AttentionInput, MLPBlock
+    from quantvla_ros.quant.apply import QuantConfig, quantize_
+    from quantvla_ros.quant.fused import AdaNormGateUp, NormGateUp, NormQKV, fuse_projections
+    from quantvla_ros.quant.layouts import get_layout
+
+    model = random_model(get_config(name), seed=0)
+    quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))
+    layers = [*model.backbone.layers, *model.expert.layers]
+    assert all(isinstance(la.attention_input, AttentionInput) for la in layers)
+    assert all(isinstance(la.mlp_block, MLPBlock) for la in layers)
+    torch.manual_seed(0)
+    cfg = model.cfg
+    hb = torch.randn(2, 7, cfg.backbone.width)
+    he = torch.randn(2, 7, cfg.expert.width)
+    cond = torch.randn(2, cfg.expert.width) if cfg.variant == "pi05" else None
+    first, layer = model.backbone.layers[0], model.expert.layers[0]
+    before_attn = first.attention_input(hb, None)
+    before_mlp = layer.mlp_block(he, cond)
+    fuse_projections(model)
+    for la in model.backbone.layers:
+        assert isinstance(la.attention_input, NormQKV)
+        assert isinstance(la.mlp_block, NormGateUp)
+    for la in model.expert.layers:  # the quantvla layout keeps the expert's attention float
+        assert isinstance(la.attention_input, AttentionInput)
+        assert isinstance(la.mlp_block, AdaNormGateUp if cfg.variant == "pi05" else NormGateUp)
+    after_attn = first.attention_input(hb, None)
+    assert len(after_attn) == 4 and after_attn[3] is None and before_attn[3] is None
+    for a, b in zip(after_attn[:3], before_attn[:3], strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    after_mlp = layer.mlp_block(he, cond)
+    assert after_mlp.shape == before_mlp.shape
+    torch.testing.assert_close(after_mlp, before_mlp, rtol=1e-4, atol=1e-4)

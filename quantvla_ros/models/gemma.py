@@ -8,6 +8,7 @@ runs once over the concatenation, so action tokens (expert) see image/language t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,7 +17,9 @@ from .config import GemmaConfig
 from .layers import (
     AdaRMSNorm,
     Attention,
+    AttentionInput,
     GeGLU,
+    MLPBlock,
     RMSNorm,
     apply_rope,
     attend,
@@ -27,37 +30,55 @@ from .layers import (
 
 
 class GemmaLayer(nn.Module):
+    """One decoder layer of a tower: its modules under lerobot's names, and two blocks.
+
+    `joint_forward` calls only the blocks and `self_attn.o_proj`: `attention_input`
+    (`AttentionInput`: input norm + q/k/v) and `mlp_block` (`MLPBlock`: post-attention
+    norm + GeGLU + residual). The float blocks built here view the layer's registered modules,
+    so parameter names and state-dict keys are `input_layernorm.*`, `self_attn.*_proj.*`,
+    `post_attention_layernorm.*` and `mlp.*_proj.*`. `swap_attention_input` /
+    `swap_mlp_block` install a replacement block (e.g. quantized, quant/fused.py).
+    """
+
     def __init__(self, cfg: GemmaConfig, adaptive: bool):
+        """Build the layer of `cfg`; `adaptive` selects pi0.5's time-conditioned norms."""
         super().__init__()
         norm = AdaRMSNorm if adaptive else RMSNorm
         self.input_layernorm = norm(cfg.width, cfg.eps)
         self.self_attn = Attention(cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self.post_attention_layernorm = norm(cfg.width, cfg.eps)
         self.mlp = GeGLU(cfg.width, cfg.mlp_dim)
-        # Inference-time fusions (quant/fused.py) may set these: norm + int8 quantization in
-        # one kernel feeding one GEMM over the concatenated q/k/v or gate/up weights.
-        self.fused_qkv: nn.Module | None = None
-        self.fused_gate_up: nn.Module | None = None
+        self.attention_input: nn.Module = AttentionInput(self.input_layernorm, self.self_attn)
+        self.mlp_block: nn.Module = MLPBlock(self.post_attention_layernorm, self.mlp)
 
-    def attention_inputs(self, h: torch.Tensor, cond):
-        """q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and the residual gate."""
-        if self.fused_qkv is not None:
-            return (*self.self_attn.split_heads(*self.fused_qkv(h)), None)
-        x, gate = self.input_layernorm(h, cond)
-        return (*self.self_attn.qkv(x), gate)
+    def swap_attention_input(self, block: nn.Module) -> None:
+        """Replace the input norm + q/k/v by `block`, which keeps `AttentionInput`'s contract.
 
-    def mlp_block(self, h: torch.Tensor, cond) -> torch.Tensor:
-        """h + MLP(norm(h)), gated for the adaptive norm."""
-        if self.fused_gate_up is not None:
-            return h + self.mlp.down_proj(self.fused_gate_up(h))
-        x, gate = self.post_attention_layernorm(h, cond)
-        return gated_residual(h, self.mlp(x), gate)
+        The block owns its tensors; the float modules it replaces leave the layer (no second
+        copy is kept), so `self_attn` then holds only `o_proj`.
+        """
+        if isinstance(self.attention_input, AttentionInput):
+            del self.input_layernorm
+            for name in ("q_proj", "k_proj", "v_proj"):
+                delattr(self.self_attn, name)
+        self.attention_input = block
+
+    def swap_mlp_block(self, block: nn.Module) -> None:
+        """Replace the post-attention norm + MLP by `block`, which keeps `MLPBlock`'s contract.
+
+        The block owns its tensors (or takes over the layer's modules it still uses); the float
+        modules it replaces leave the layer.
+        """
+        if isinstance(self.mlp_block, MLPBlock):
+            del self.post_attention_layernorm, self.mlp
+        self.mlp_block = block
 
 
 class GemmaTower(nn.Module):
     """Layers and final norm of one tower; the backbone also owns the token embedding."""
 
     def __init__(self, cfg: GemmaConfig, adaptive: bool, vocab_size: int | None = None):
+        """Build `cfg.depth` layers; `vocab_size` adds the token embedding (backbone)."""
         super().__init__()
         self.cfg = cfg
         if vocab_size is not None:
@@ -80,6 +101,35 @@ class KVCache:
     values: list[torch.Tensor]
 
 
+@runtime_checkable
+class AttentionObserver(Protocol):
+    """What `joint_forward` reports to an observer (calibration: quant/stats.StatsCollector).
+
+    Towers are numbered as in `joint_forward`'s lists (0 backbone, 1 expert); layers from 0.
+    Only active towers are reported, and nothing for a last layer skipped by a prefill
+    (`final_outputs=False`). The observer must not modify the tensors it is given.
+    """
+
+    step: int | None
+    """Set by `PiModel.sample_actions` / `denoise_loop`: None for the prefix, k for step k."""
+
+    def attention(self, layer: int, tower: int, q: torch.Tensor, k: torch.Tensor,
+                  mask_rows: torch.Tensor) -> None:
+        """See one tower's attention inputs in one layer, before the softmax.
+
+        q [B, H, S_i, D] are the tower's post-RoPE queries; k [B, KVH, T, D] all post-RoPE
+        keys it attends over (cached prefix, then every tower's new tokens); mask_rows
+        [B, S_i, T] is the boolean mask of its query rows (True = may attend).
+        """
+
+    def o_proj(self, layer: int, tower: int, out: torch.Tensor,
+               valid_rows: torch.Tensor) -> None:
+        """See one tower's attention output projection out [B, S_i, W] in one layer.
+
+        valid_rows [B, S_i] is True for query rows that attend to anything (not padding).
+        """
+
+
 def joint_forward(
     towers: list[GemmaTower],
     hiddens: list[torch.Tensor | None],
@@ -89,7 +139,7 @@ def joint_forward(
     past: KVCache | None = None,
     store: bool = False,
     final_outputs: bool = True,
-    observer=None,
+    observer: AttentionObserver | None = None,
 ):
     """Run all layers over the towers' tokens.
 
@@ -97,8 +147,9 @@ def joint_forward(
     are RoPE positions of the new tokens; mask [B, sum S_i, P + sum S_i] is boolean over
     [past keys, new keys]. Returns (outputs after the final norms, KVCache of the new keys if
     `store`). With `final_outputs=False` the last layer's o_proj / MLP are skipped: a prefill
-    only needs the keys and values. An `observer` (calibration) sees each tower's post-RoPE
-    queries with all keys and the mask rows, and each tower's o_proj output.
+    only needs the keys and values. An `observer` (calibration, see `AttentionObserver`)
+    sees each tower's post-RoPE queries with all keys and the mask rows, and each tower's
+    o_proj output.
     """
     active = [i for i, h in enumerate(hiddens) if h is not None]
     hiddens = list(hiddens)
@@ -113,7 +164,7 @@ def joint_forward(
         layers = {i: towers[i].layers[li] for i in active}
         qs, ks, vs, gates = [], [], [], {}
         for i in active:
-            q, k, v, gates[i] = layers[i].attention_inputs(hiddens[i], conds[i])
+            q, k, v, gates[i] = layers[i].attention_input(hiddens[i], conds[i])
             qs.append(q)
             ks.append(k)
             vs.append(v)

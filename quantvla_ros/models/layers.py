@@ -1,7 +1,8 @@
 """Building blocks shared by the Gemma towers: norms, rotary embedding, attention, MLP.
 
 Parameter names follow Hugging Face / lerobot (`q_proj`, `gate_proj`, `input_layernorm`, ...)
-so checkpoints map onto modules by a prefix rename only.
+so checkpoints map onto modules by a prefix rename only. `AttentionInput` and `MLPBlock` are
+the float versions of a layer's two swappable blocks (see `gemma.GemmaLayer`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ class RMSNorm(nn.Module):
     """Gemma RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)`, computed in float32."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
+        """Norm over the last dimension `dim`; the weight starts at 0 (identity)."""
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        """Return (normalized x, None): a plain norm has no residual gate; cond is unused."""
         # Rounded to x's dtype before the weight, as lerobot does (identical in fp32).
         y = _rms(x, self.eps)
         return (y * (1.0 + self.weight.float())).to(x.dtype), None
@@ -38,17 +41,20 @@ class AdaRMSNorm(nn.Module):
     """pi0.5 adaptive RMSNorm: `dense(cond)` -> [scale | shift | gate]; returns (y, gate)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
+        """Norm over the last dimension `dim`, modulated by a condition of width `dim`."""
         super().__init__()
         self.eps = eps
         self.dense = nn.Linear(dim, 3 * dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
+        """Return (normalized x [B, S, W], residual gate [B, 1, W]) for cond [B, W]."""
         scale, shift, gate = self.dense(cond).unsqueeze(1).chunk(3, dim=-1)
         y = _rms(x, self.eps) * (1.0 + scale.float()) + shift.float()
         return y.to(x.dtype), gate.to(x.dtype)
 
 
 def gated_residual(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None):
+    """Return `x + out`, with `out` scaled by the adaptive norm's gate when there is one."""
     return x + out if gate is None else x + out * gate
 
 
@@ -63,6 +69,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, heads, S, D] by the angles whose cos/sin `rope_cos_sin` returns."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
@@ -72,6 +79,7 @@ class Attention(nn.Module):
     """q/k/v/o projections of one tower; the attention itself runs jointly across towers."""
 
     def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int):
+        """Projections for `num_heads` query and `num_kv_heads` key/value heads of `head_dim`."""
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
@@ -84,12 +92,17 @@ class Attention(nn.Module):
         return self.split_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x))
 
     def split_heads(self, q, k, v):
-        """[B, S, H*D] projections -> [B, heads, S, D]."""
-        b, s, _ = q.shape
-        q = q.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return q, k, v
+        """Reshape [B, S, H*D] projections to [B, heads, S, D]."""
+        return split_heads(q, k, v, self.num_heads, self.num_kv_heads, self.head_dim)
+
+
+def split_heads(q, k, v, num_heads: int, num_kv_heads: int, head_dim: int):
+    """Reshape [B, S, H*D] q and [B, S, KVH*D] k, v to q [B, H, S, D] and k, v [B, KVH, S, D]."""
+    b, s, _ = q.shape
+    q = q.view(b, s, num_heads, head_dim).transpose(1, 2)
+    k = k.view(b, s, num_kv_heads, head_dim).transpose(1, 2)
+    v = v.view(b, s, num_kv_heads, head_dim).transpose(1, 2)
+    return q, k, v
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -114,10 +127,78 @@ class GeGLU(nn.Module):
     """Gemma MLP: `down(gelu_tanh(gate(x)) * up(x))`."""
 
     def __init__(self, width: int, mlp_dim: int):
+        """Gate and up projections `width -> mlp_dim`, down projection back to `width`."""
         super().__init__()
         self.gate_proj = nn.Linear(width, mlp_dim, bias=False)
         self.up_proj = nn.Linear(width, mlp_dim, bias=False)
         self.down_proj = nn.Linear(mlp_dim, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP to an already normalized x [..., W]."""
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class AttentionInput(nn.Module):
+    """Input norm + q/k/v projections of one layer: `forward(h, cond) -> (q, k, v, gate)`.
+
+    q is [B, H, S, D] and k, v are [B, KVH, S, D], all before RoPE; gate is the adaptive
+    norm's residual gate for the attention output, or None. This float block only views
+    modules its layer owns and registers, so it adds no parameter or state-dict key. A
+    replacement (e.g. quantized, quant/fused.py) keeps this contract and owns its tensors.
+    """
+
+    def __init__(self, norm: nn.Module, attn: Attention):
+        """View `norm` (RMSNorm or AdaRMSNorm) and the q/k/v projections of `attn`."""
+        super().__init__()
+        self._parts = (norm, attn)  # a tuple: nn.Module does not register them a second time
+
+    @property
+    def norm(self) -> nn.Module:
+        """The input norm (owned by the layer)."""
+        return self._parts[0]
+
+    @property
+    def attn(self) -> Attention:
+        """The attention projections (owned by the layer); only q/k/v are used here."""
+        return self._parts[1]
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None):
+        """Normalize h [B, S, W] (with cond for the adaptive norm) and project to q, k, v."""
+        x, gate = self.norm(h, cond)
+        return (*self.attn.qkv(x), gate)
+
+    def extra_repr(self) -> str:
+        """Say that the block views its layer's modules."""
+        return "views input_layernorm, self_attn.q_proj / k_proj / v_proj"
+
+
+class MLPBlock(nn.Module):
+    """Post-attention norm + GeGLU with residual: `forward(h, cond) -> h + gated MLP(norm(h))`.
+
+    The MLP output is scaled by the adaptive norm's gate when the norm has one. Like
+    `AttentionInput`, this float block views its layer's modules and owns no tensors.
+    """
+
+    def __init__(self, norm: nn.Module, mlp: nn.Module):
+        """View `norm` (RMSNorm or AdaRMSNorm) and `mlp` (a GeGLU)."""
+        super().__init__()
+        self._parts = (norm, mlp)  # a tuple: nn.Module does not register them a second time
+
+    @property
+    def norm(self) -> nn.Module:
+        """The post-attention norm (owned by the layer)."""
+        return self._parts[0]
+
+    @property
+    def mlp(self) -> nn.Module:
+        """The MLP (owned by the layer)."""
+        return self._parts[1]
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Return h [B, S, W] plus the (gated) MLP of its normalization."""
+        x, gate = self.norm(h, cond)
+        return gated_residual(h, self.mlp(x), gate)
+
+    def extra_repr(self) -> str:
+        """Say that the block views its layer's modules."""
+        return "views post_attention_layernorm, mlp"

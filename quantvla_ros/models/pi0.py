@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PiConfig
-from .gemma import GemmaTower, KVCache, joint_forward
+from .gemma import AttentionObserver, GemmaTower, KVCache, joint_forward
 from .siglip import SiglipVision
 
 
@@ -60,10 +60,15 @@ def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: flo
 
 
 class PiModel(nn.Module):
+    """A pi0 or pi0.5 policy network (`cfg.variant`): vision, backbone and action expert."""
+
     def __init__(self, cfg: PiConfig):
+        """Build the module tree of `cfg` (weights uninitialized: see models/build.py)."""
         super().__init__()
         self.cfg = cfg
-        self.observer = None  # set by calibration to see attention logits and o_proj outputs
+        # Set by calibration (quant/balance.run_batches) to see attention logits and o_proj
+        # outputs; the denoising loop sets its `step`.
+        self.observer: AttentionObserver | None = None
         e = cfg.expert.width
         self.vision = SiglipVision(cfg.vision)
         self.projector = nn.Linear(cfg.vision.width, cfg.backbone.width)
@@ -81,11 +86,12 @@ class PiModel(nn.Module):
 
     @property
     def towers(self) -> list[GemmaTower]:
+        """The backbone and the expert, in `joint_forward`'s tower order."""
         return [self.backbone, self.expert]
 
     # ---- prefix: images + language -------------------------------------------------------
     def embed_prefix(self, images, image_masks, tokens, token_masks):
-        """images [B, N, 3, H, W] in [-1, 1], image_masks [B, N] bool, tokens/masks [B, L].
+        """Embed images [B, N, 3, H, W] in [-1, 1], image_masks [B, N] bool, tokens/masks [B, L].
 
         Returns embeddings [B, N*T + L, W] and the validity mask [B, N*T + L].
         """
@@ -110,7 +116,7 @@ class PiModel(nn.Module):
 
     # ---- suffix: noisy actions + time (+ state for pi0) -----------------------------------
     def embed_suffix(self, x_t, t, state=None):
-        """Returns (suffix embeddings, adaRMS condition or None, autoregressive markers)."""
+        """Return (suffix embeddings, adaRMS condition or None, autoregressive markers)."""
         cfg = self.cfg
         dtype = self.action_in_proj.weight.dtype
         temb = time_embedding(t, cfg.expert.width, cfg.min_period, cfg.max_period).to(dtype)
@@ -141,7 +147,7 @@ class PiModel(nn.Module):
         return self.action_out_proj(out[:, -self.cfg.action_horizon:])
 
     def denoise_uncached(self, prefix_embs, prefix_valid, x_t, t, state=None):
-        """Reference path: prefix and suffix through every layer together, no KV cache."""
+        """Compute v_t on the reference path: prefix and suffix through every layer, no cache."""
         embs, cond, ar = self.embed_suffix(x_t, t, state)
         mask, valid = joint_mask(prefix_valid, ar)
         positions = valid.long().cumsum(1) - 1
@@ -167,6 +173,10 @@ class PiModel(nn.Module):
         return self.denoise_loop(cache, valid, noise, state, num_steps)
 
     def denoise_loop(self, cache, prefix_valid, noise, state, num_steps):
+        """Run `num_steps` Euler steps from noise (t=1) to actions (t=0) over a prefilled cache.
+
+        Sets the observer's `step` to k before step k.
+        """
         dt = -1.0 / num_steps
         x = noise.float()
         times = _flow_times_cached(tuple(self.flow_times(num_steps)), str(x.device))

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..models.gemma import AttentionObserver
 from .qlinear import QuantLinear
 from .stats import StatsCollector
 
@@ -48,7 +49,7 @@ def clamp_band(ratio: torch.Tensor, cfg: BalanceConfig) -> torch.Tensor:
     return torch.where((r - 1).abs() < cfg.band, torch.ones_like(r), r)
 
 
-def run_batches(model, batches, observer) -> torch.Tensor:
+def run_batches(model, batches, observer: AttentionObserver | None) -> torch.Tensor:
     """Sample every batch's chunk with the observer attached; actions [N, H, A] (model space).
 
     Each batch carries its own noise, so teacher and student runs see the same draws.

@@ -1,9 +1,14 @@
 """Inference-time fusions of quantized projections that read the same input.
 
+Each fusion builds a quantized replacement of a whole block of a Gemma layer (see
+models/layers.py: `AttentionInput`, `MLPBlock`) and swaps it in; the model itself knows
+nothing about fusions.
 - After a plain (Gemma) RMSNorm: one kernel normalizes and quantizes to int8 per token, then
-  one GEMM runs over the concatenated q/k/v (or gate/up, with a gelu(gate) * up epilogue).
+  one GEMM runs over the concatenated q/k/v (or gate/up, with a gelu(gate) * up epilogue):
+  `NormQKV` replaces the attention input, `NormGateUp` the MLP block.
 - After pi0.5's adaptive norm (not fusable: its scale and shift come from the time
-  condition): gate and up still share one activation quantization and one GEMM.
+  condition): gate and up still share one activation quantization and one GEMM
+  (`AdaNormGateUp`, around `FusedGeGLU`).
 
 Packed weights and per-row scales concatenate along N, so fusing is exact bookkeeping. The
 separate projections are dropped; artifacts always store them unfused.
@@ -15,7 +20,14 @@ import torch
 from torch import nn
 
 from ..kernels import dispatch
-from ..models.layers import GeGLU, RMSNorm
+from ..models.layers import (
+    AttentionInput,
+    GeGLU,
+    MLPBlock,
+    RMSNorm,
+    gated_residual,
+    split_heads,
+)
 from .qlinear import QuantLinear
 
 _MATMUL = {8: dispatch.matmul_w8a8, 4: dispatch.matmul_w4a8}
@@ -34,6 +46,7 @@ class NormQuantProjections(nn.Module):
     """
 
     def __init__(self, norm: RMSNorm, linears: list[QuantLinear], geglu: bool = False):
+        """Copy the norm's weight and concatenate the linears' packed weights and scales."""
         super().__init__()
         self.scheme, self.eps, self.geglu = linears[0].scheme, norm.eps, geglu
         self.register_buffer("norm_weight", norm.weight.detach().float().clone())
@@ -41,6 +54,7 @@ class NormQuantProjections(nn.Module):
         self.splits = [q.out_features for q in linears]
 
     def forward(self, h: torch.Tensor):
+        """Normalize and quantize h [..., W] in one kernel, then run the one GEMM."""
         lead = h.shape[:-1]
         q, s = dispatch.quantize_activations(h, 8, norm_weight=self.norm_weight, eps=self.eps,
                                              gemma_style=True)
@@ -58,18 +72,76 @@ class FusedGeGLU(nn.Module):
     """GeGLU on an already normalized input: one activation quantization, one gate+up GEMM."""
 
     def __init__(self, gate: QuantLinear, up: QuantLinear, down: nn.Module):
+        """Concatenate gate and up (quantized alike); `down` is kept as it is."""
         super().__init__()
         self.scheme = gate.scheme
         _cat_weights(self, [gate, up])
         self.down_proj = down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return `down(gelu_tanh(gate(x)) * up(x))` for x [..., W]."""
         lead = x.shape[:-1]
         q, s = dispatch.quantize_activations(x, 8)
         h = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
                              weight_bits=self.scheme.w_bits,
                              group_size=self.scheme.group_size, out_dtype=x.dtype)
         return self.down_proj(h.reshape(*lead, h.shape[-1]))
+
+
+class NormQKV(nn.Module):
+    """Quantized `AttentionInput` after an RMSNorm: norm + int8 quantization, one q/k/v GEMM.
+
+    `forward(h, cond) -> (q, k, v, None)` with the float block's shapes; it owns its tensors.
+    """
+
+    def __init__(self, block: AttentionInput):
+        """Fuse the float block's RMSNorm and its (fusable) q/k/v projections."""
+        super().__init__()
+        attn = block.attn
+        self.proj = NormQuantProjections(block.norm, [attn.q_proj, attn.k_proj, attn.v_proj])
+        self.heads = (attn.num_heads, attn.num_kv_heads, attn.head_dim)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None):
+        """Return q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and no gate."""
+        return (*split_heads(*self.proj(h), *self.heads), None)
+
+
+class NormGateUp(nn.Module):
+    """Quantized `MLPBlock` after an RMSNorm: norm + int8 quantization, one gate/up GEMM.
+
+    `forward(h, cond) -> h + down(gelu_tanh(gate) * up)`; down_proj is the float block's.
+    """
+
+    def __init__(self, block: MLPBlock):
+        """Fuse the float block's RMSNorm with its (fusable) gate/up; take over down_proj."""
+        super().__init__()
+        mlp = block.mlp
+        self.gate_up = NormQuantProjections(block.norm, [mlp.gate_proj, mlp.up_proj],
+                                            geglu=True)
+        self.down_proj = mlp.down_proj
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Return h [B, S, W] plus the MLP of its normalization."""
+        return h + self.down_proj(self.gate_up(h))
+
+
+class AdaNormGateUp(nn.Module):
+    """Quantized `MLPBlock` after pi0.5's adaptive norm: the norm, then a `FusedGeGLU`.
+
+    `forward(h, cond) -> h + gate * MLP(norm(h, cond))`, as the float block.
+    """
+
+    def __init__(self, block: MLPBlock):
+        """Take over the float block's norm and down_proj; concatenate its gate and up."""
+        super().__init__()
+        mlp = block.mlp
+        self.norm = block.norm
+        self.mlp = FusedGeGLU(mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Return h [B, S, W] plus the gated MLP of its (time-conditioned) normalization."""
+        x, gate = self.norm(h, cond)
+        return gated_residual(h, self.mlp(x), gate)
 
 
 def fusable(linears: list[nn.Module]) -> bool:
@@ -83,24 +155,28 @@ def fusable(linears: list[nn.Module]) -> bool:
 
 @torch.no_grad()
 def fuse_projections(model: nn.Module) -> dict[str, int]:
-    """Apply every fusion the quantized model allows, in place; returns counts per kind."""
+    """Apply every fusion the quantized model allows, in place; returns counts per kind.
+
+    Only float blocks are fused, so a second call finds nothing more to do.
+    """
     counts = {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}
     for tower in (getattr(model, "backbone", None), getattr(model, "expert", None)):
         for layer in (tower.layers if tower is not None else []):
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-            if isinstance(layer.input_layernorm, RMSNorm) and fusable(qkv):
-                layer.fused_qkv = NormQuantProjections(layer.input_layernorm, qkv)
-                attn.q_proj = attn.k_proj = attn.v_proj = None
-                counts["norm_qkv"] += 1
+            attn_in, mlp_block = layer.attention_input, layer.mlp_block
+            if isinstance(attn_in, AttentionInput) and isinstance(attn_in.norm, RMSNorm):
+                attn = attn_in.attn
+                if fusable([attn.q_proj, attn.k_proj, attn.v_proj]):
+                    layer.swap_attention_input(NormQKV(attn_in))
+                    counts["norm_qkv"] += 1
+            if not isinstance(mlp_block, MLPBlock):
+                continue
+            mlp = mlp_block.mlp
             if not isinstance(mlp, GeGLU) or not fusable([mlp.gate_proj, mlp.up_proj]):
                 continue
-            if isinstance(layer.post_attention_layernorm, RMSNorm):
-                layer.fused_gate_up = NormQuantProjections(
-                    layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], geglu=True)
-                mlp.gate_proj = mlp.up_proj = None
+            if isinstance(mlp_block.norm, RMSNorm):
+                layer.swap_mlp_block(NormGateUp(mlp_block))
                 counts["norm_gate_up"] += 1
             else:
-                layer.mlp = FusedGeGLU(mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+                layer.swap_mlp_block(AdaNormGateUp(mlp_block))
                 counts["gate_up"] += 1
     return counts
