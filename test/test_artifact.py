@@ -10,21 +10,23 @@ from quantvla_ros.cli.main import main
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.checkpoint import save_checkpoint
 from quantvla_ros.models.config import get_config
-from quantvla_ros.offline.quantize import QuantizeRequest, quantize_policy
-from quantvla_ros.offline.report import build_report
 from quantvla_ros.quant.apply import QuantConfig, quantize_
-from quantvla_ros.quant.artifact import (
-    MANIFEST,
-    WEIGHTS,
-    ArtifactError,
-    load_artifact,
-    save_artifact,
-)
+from quantvla_ros.quant.artifact import WEIGHTS, load_artifact, save_artifact
 from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.manifest import (
+    MANIFEST,
+    ArtifactError,
+    ArtifactManifest,
+    BalanceRecord,
+    QuantizationRecord,
+    SourceRecord,
+)
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.runtime.bench import synthetic_observation
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.bench_e2e import bench_observation
+from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+from quantvla_ros.workflows.report import build_report
 
 CALIB = "synthetic:8"
 
@@ -53,12 +55,15 @@ def test_manifest_contents(artifacts):
     assert "backbone.layers.0.self_attn.q_proj" in names and "expert.layers.1.mlp.up_proj" \
         in names
     assert not any(n.startswith("expert.") and "self_attn" in n for n in names)
+    # the typed manifest reads back to the same document it wrote
+    assert ArtifactManifest.read(folder).to_dict() == on_disk
+    assert manifest.to_dict() == {**on_disk, "files": {}}
 
 
 def test_artifact_loads_quantized_without_float_weights(artifacts):
     folder, manifest = artifacts["w4a8"]
     model, cfg, _, _ = load_artifact(folder)
-    for name in manifest["quantized_modules"]:
+    for name in manifest.quantized_modules:
         m = model.get_submodule(name)
         assert isinstance(m, QuantLinear) and not hasattr(m, "weight")
         assert m.weight_q.dtype == torch.uint8 and m.weight_q.device.type == "cpu"
@@ -68,21 +73,24 @@ def test_artifact_loads_quantized_without_float_weights(artifacts):
 def test_save_load_bit_exact_and_policy_runs(artifacts, tmp_path):
     folder, _ = artifacts["w4a8"]
     model, *_rest, manifest = load_artifact(folder)
-    save_artifact(model, tmp_path / "again", {k: v for k, v in manifest.items()
-                                             if k not in ("format", "format_version", "files")})
+    save_artifact(model, tmp_path / "again", manifest)
     again, *_ = load_artifact(tmp_path / "again")
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     policy = Policy.load(str(folder))
-    out = policy.infer(synthetic_observation(policy))
-    assert out.actions.shape == (50, 32) and policy.manifest["quantization"]["bits"] == "w4a8"
+    out = policy.infer(bench_observation(policy))
+    assert out.actions.shape == (50, 32) and policy.manifest.bits == "w4a8"
 
 
 def test_artifact_smaller_than_bf16(tmp_path):
     model = random_model(get_config("pi05-tiny"), dtype=torch.bfloat16)
     bf16_bytes = sum(p.numel() * 2 for p in model.parameters())
     quantize_(model, QuantConfig(parse_bits("w4a8"), get_layout("quantvla")))
-    save_artifact(model, tmp_path / "a", {"model_config": model.cfg.to_dict()})
+    manifest = ArtifactManifest(
+        model_config=model.cfg, source=SourceRecord("named", "seed:0", "pi05-tiny", 0),
+        quantization=QuantizationRecord(parse_bits("w4a8"), "quantvla"),
+        quantized_modules=(), balance=BalanceRecord({}, {}, {}), calibration={})
+    save_artifact(model, tmp_path / "a", manifest)
     size = (tmp_path / "a" / WEIGHTS).stat().st_size
     assert size < 0.75 * bf16_bytes, (size, bf16_bytes)
 
@@ -124,7 +132,7 @@ def test_source_hash_mismatch_rejected(tmp_path):
     req = QuantizeRequest(source=str(ckpt), calib="synthetic:4", bits="w8a8",
                           preset="expert_mlp")
     manifest = quantize_policy(req, tmp_path / "art", log=lambda *_: None)
-    assert manifest["source"]["kind"] == "checkpoint" and len(manifest["source"]["sha256"]) == 64
+    assert manifest.source.kind == "checkpoint" and len(manifest.source.sha256) == 64
     save_checkpoint(random_model(get_config("pi05-tiny"), seed=5), ckpt)  # replaced weights
     with pytest.raises(ArtifactError, match="source hash mismatch"):
         build_report(tmp_path / "art", "synthetic:4")
@@ -145,7 +153,7 @@ def test_report_fields_and_w8a8_beats_w4a8(artifacts, tmp_path):
                                     for s in steps)
     assert reports["w8a8"]["action_error"]["rel_l2"] < r["action_error"]["rel_l2"]
     assert 0 < r["action_error"]["rel_l2"] < 0.1  # a random tiny model quantizes gently
-    from quantvla_ros.offline.report_render import write_report
+    from quantvla_ros.workflows.report_render import write_report
 
     files = write_report(r, tmp_path / "rep")
     assert {"report.md", "report.json", "ratios.png", "action_error.png"} == set(files)

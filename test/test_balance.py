@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from quantvla_ros.data.synthetic import synthetic_observations
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.config import get_config
 from quantvla_ros.models.normalization import Normalizer
 from quantvla_ros.models.tokenizer import ByteTokenizer
-from quantvla_ros.offline.quantize import prepare_batches
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.balance import (
     BalanceConfig,
@@ -23,8 +23,8 @@ from quantvla_ros.quant.balance import (
 )
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.quant.synthetic import synthetic_observations
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.quantize import prepare_batches
 
 
 class ScaleOutput(nn.Module):

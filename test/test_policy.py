@@ -75,7 +75,7 @@ def test_bad_observations_rejected():
         policy.infer({**obs, "state": np.full(32, np.nan, np.float32)})
     with pytest.raises(ObservationError, match="non-empty"):
         policy.infer({**obs, "instruction": "  "})
-    with pytest.raises(ObservationError, match="lacks 'state'"):
+    with pytest.raises(ObservationError, match=r"observation keys: missing \['state'\]"):
         policy.infer({"images": obs["images"], "instruction": "x"})
 
 

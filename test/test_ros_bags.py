@@ -9,18 +9,18 @@ import pytest
 pytest.importorskip("rosbags", reason="the rosbags library is not installed")
 
 from quantvla_ros.cli.main import main  # noqa: E402
-from quantvla_ros.offline.quantize import QuantizeRequest, quantize_policy  # noqa: E402
-from quantvla_ros.quant.calib_buffer import CalibrationBuffer  # noqa: E402
-from quantvla_ros.ros.bag_reader import BagError, calibrate_from_bags  # noqa: E402
-from quantvla_ros.ros.synthetic_bag import (  # noqa: E402
+from quantvla_ros.data.buffer import RecordedBuffer  # noqa: E402
+from quantvla_ros.demo.synthetic_bag import (  # noqa: E402
     DEFAULT_CAMERAS,
     DEFAULT_JOINTS,
     topics_config,
     write_synthetic_bag,
     write_topics_file,
 )
+from quantvla_ros.ros.bag_recorder import BagError, record_from_bags  # noqa: E402
 from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 from quantvla_ros.runtime.policy import Policy  # noqa: E402
+from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topi
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["samples"] == summary["added"] == 6
-    buf = CalibrationBuffer.open(out)
+    buf = RecordedBuffer.open(out)
     buf.verify()
     assert buf.cameras == {c.slot: c.size for c in DEFAULT_CAMERAS}
     assert buf.state_dim == len(DEFAULT_JOINTS)
@@ -68,7 +68,7 @@ def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topi
     quantize_policy(QuantizeRequest(source=str(micro), calib=str(out), bits="w8a8"), artifact,
                     log=lambda *_: None)
     policy = Policy.load(str(artifact))
-    assert policy.manifest["calibration"]["samples"] == 6
+    assert policy.manifest.calibration["samples"] == 6
     del obs["timestamp"]
     actions = policy.infer(obs).actions
     assert actions.shape == (10, 8) and np.isfinite(actions).all()
@@ -76,11 +76,11 @@ def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topi
 
 
 def test_both_storages_give_the_same_observations(bags, topics, tmp_path):
-    a = calibrate_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "a", samples=4,
+    a = record_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "a", samples=4,
                             rate_hz=5)
-    b = calibrate_from_bags([bags["mcap"]["path"]], topics, tmp_path / "b", samples=4, rate_hz=5)
+    b = record_from_bags([bags["mcap"]["path"]], topics, tmp_path / "b", samples=4, rate_hz=5)
     assert a["samples"] == b["samples"] == 4
-    x, y = CalibrationBuffer.open(tmp_path / "a")[2], CalibrationBuffer.open(tmp_path / "b")[2]
+    x, y = RecordedBuffer.open(tmp_path / "a")[2], RecordedBuffer.open(tmp_path / "b")[2]
     np.testing.assert_array_equal(x["state"], y["state"])
     for slot in x["images"]:
         np.testing.assert_array_equal(x["images"][slot], y["images"][slot])
@@ -98,7 +98,7 @@ def test_several_bags_append_and_existing_out(capsys, bags, topics, tmp_path):
     code, _, err = calibrate(capsys, "--bag", paths[0], "--topics", topics, "--out", out,
                              "--samples", 3, "--append")
     assert code == 0, err
-    assert len(CalibrationBuffer.open(out)) == 15
+    assert len(RecordedBuffer.open(out)) == 15
     assert leftovers(tmp_path) == []
 
 
@@ -115,7 +115,7 @@ def test_bag_missing_a_topic_is_rejected(capsys, tmp_path):
                                      topics_config(default_instruction="wipe the table"))
     code, _, err = calibrate(capsys, "--bag", bag, "--topics", with_default, "--out", out)
     assert code == 0, err
-    assert CalibrationBuffer.open(out)[0]["instruction"] == "wipe the table"
+    assert RecordedBuffer.open(out)[0]["instruction"] == "wipe the table"
 
 
 def test_camera_topic_absent_from_bag(capsys, bags, tmp_path):
@@ -152,13 +152,13 @@ def test_zero_pairable_frames(bags, tmp_path):
     cfg = topics_config(joint_names=("shoulder", "elbow"))  # not in the bag's joint states
     topics = write_topics_file(tmp_path / "topics.yaml", cfg)
     with pytest.raises(BagError, match="no pairable observations.*lacks joint"):
-        calibrate_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "buffer")
+        record_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "buffer")
     assert not (tmp_path / "buffer").exists()
     cfg = topics_config(sync_tolerance_s=0.0)
     cfg["camera_topics"].reverse()  # the jpeg wrist camera as the anchor
     cfg["camera_slots"].reverse()
     topics = write_topics_file(tmp_path / "t2.yaml", cfg)
-    summary = calibrate_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "b2",
+    summary = record_from_bags([bags["sqlite3"]["path"]], topics, tmp_path / "b2",
                                   samples=3, rate_hz=5)
     assert summary["samples"] == 3
 

@@ -9,11 +9,11 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_driver import Driver  # noqa: E402
 
-from quantvla_ros.quant.calib_buffer import CalibrationBuffer  # noqa: E402
+from quantvla_ros.data.buffer import RecordedBuffer  # noqa: E402
+from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id  # noqa: E402
 from quantvla_ros.ros.calibration_node import CalibrationNode  # noqa: E402
-from quantvla_ros.ros.harness import Driver  # noqa: E402
-from quantvla_ros.ros.node_process import NodeProcess, pick_domain_id  # noqa: E402
 from quantvla_ros.ros.settings import SettingsError  # noqa: E402
 from quantvla_ros.runtime.policy import Policy  # noqa: E402
 
@@ -59,7 +59,7 @@ def test_records_then_resumes(driver, tmp_path):
     path = tmp_path / "buffer"
     node = record(driver, path, 3)
     assert node.exit_code == 0 and node.recorded == 3
-    buf = CalibrationBuffer.open(path)
+    buf = RecordedBuffer.open(path)
     buf.verify()
     assert len(buf) == 3 and buf.state_dim == 3 and buf.num_shards == 2  # shard_size 2
     assert buf.cameras == {"base_0_rgb": (48, 64), "left_wrist_0_rgb": (48, 64)}
@@ -70,7 +70,7 @@ def test_records_then_resumes(driver, tmp_path):
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
     # Reopening appends until the buffer holds `samples`.
     assert record(driver, path, 5).recorded == 5
-    assert len(CalibrationBuffer.open(path)) == 5
+    assert len(RecordedBuffer.open(path)) == 5
     assert record(driver, path, 4).recorded == 5  # already full: nothing to do
 
 
@@ -89,10 +89,10 @@ def test_quantize_hook(driver, tmp_path):
     node = record(driver, tmp_path / "b2", 2, quantize=True, quantize_out=str(tmp_path / "q2"),
                   quantize_bits="w8a8", quantize_preset="expert_mlp")
     assert node.exit_code == 0 and node.artifact == tmp_path / "q2"
-    assert len(CalibrationBuffer.open(tmp_path / "b2")) == 2
+    assert len(RecordedBuffer.open(tmp_path / "b2")) == 2
     policy = Policy.load(str(node.artifact))
-    assert policy.manifest["quantization"]["bits"] == "w8a8"
-    assert policy.manifest["calibration"]["synthetic"] is False
+    assert policy.manifest.bits == "w8a8"
+    assert policy.manifest.calibration["synthetic"] is False
     # A bad format is refused at start-up, before anything is recorded.
     with pytest.raises(ValueError, match="unsupported bits 'w5a8'"):
         record(driver, tmp_path / "b3", 1, quantize=True, quantize_out=str(tmp_path / "q3"),
@@ -117,4 +117,4 @@ def test_executable_records_and_exits(driver, tmp_path):
         log = proc.output()
     assert code == 0, log
     assert "recorded 2/2 observations" in log
-    assert len(CalibrationBuffer.open(tmp_path / "buffer")) == 2
+    assert len(RecordedBuffer.open(tmp_path / "buffer")) == 2

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 pytest.importorskip("rosbags", reason="the rosbags library is not installed")
 
-from quantvla_ros.ros.demo import run_demo  # noqa: E402
+from quantvla_ros.demo.run import run_demo  # noqa: E402
 
 
 @pytest.mark.slow

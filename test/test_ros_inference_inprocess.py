@@ -11,12 +11,12 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_driver import Driver  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
+from quantvla_ros.demo.node_process import pick_domain_id  # noqa: E402
 from quantvla_ros.ros.convert import compressed_to_rgb  # noqa: E402
-from quantvla_ros.ros.harness import Driver  # noqa: E402
 from quantvla_ros.ros.inference_node import QuantVLANode  # noqa: E402
-from quantvla_ros.ros.node_process import pick_domain_id  # noqa: E402
 from quantvla_ros.ros.noise import policy_noise  # noqa: E402
 from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 from quantvla_ros.runtime.policy import Policy  # noqa: E402
@@ -86,7 +86,7 @@ def test_bad_artifact_folder_fails_configure(context, tmp_path):
 
 
 def test_configures_on_a_quantized_artifact(context, micro, tmp_path):
-    from quantvla_ros.offline.quantize import QuantizeRequest, quantize_policy
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
     artifact = tmp_path / "artifact"
     quantize_policy(QuantizeRequest(source=micro, calib="synthetic:4", bits="w8a8"), artifact,
@@ -94,7 +94,7 @@ def test_configures_on_a_quantized_artifact(context, micro, tmp_path):
     node = make_node(context, str(artifact))
     try:
         assert node.trigger_configure() == SUCCESS
-        assert node.policy.manifest["quantization"]["bits"] == "w8a8"
+        assert node.policy.manifest.bits == "w8a8"
         assert node.trigger_cleanup() == SUCCESS and node.policy is None
     finally:
         node.destroy_node()

@@ -13,8 +13,9 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 
-from quantvla_ros.ros.harness import Driver  # noqa: E402
-from quantvla_ros.ros.node_process import NodeProcess, pick_domain_id  # noqa: E402
+from ros_driver import Driver  # noqa: E402
+
+from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id  # noqa: E402
 from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

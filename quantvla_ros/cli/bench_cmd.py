@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from ..runtime.bench import bench_e2e
-from .output import print_json
+from quantvla_ros.cli.output import print_json
+from quantvla_ros.workflows.bench_e2e import bench_e2e
 
 
 def register(sub) -> None:
@@ -60,7 +60,7 @@ def run_kernels(args) -> int:
             raise ValueError("no CUDA GPU: nothing to time. Use --check to verify the kernels "
                              "under Triton's CPU interpreter")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are compiled
-    from ..kernels.bench import format_markdown, run_kernel_bench
+    from quantvla_ros.kernels.bench import format_markdown, run_kernel_bench
 
     rows = run_kernel_bench(check=args.check)
     failed = [r for r in rows if r.get("check") not in (None, "ok")]

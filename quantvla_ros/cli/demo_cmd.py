@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 
-from .output import print_json
+from quantvla_ros.cli.output import print_json
 
 
 def register(sub) -> None:
@@ -26,8 +26,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..offline.quantize import quantize_hook
-    from ..ros.demo import run_demo
+    from quantvla_ros.demo.run import run_demo
+    from quantvla_ros.workflows.quantize import quantize_hook
 
     log = (lambda _: None) if args.json else (lambda m: print(f"[demo] {m}", flush=True))
     hook = None if args.float else quantize_hook(args.model, args.bits, args.preset,

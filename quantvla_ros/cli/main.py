@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import (
+from quantvla_ros.cli import (
     bench_cmd,
-    calibrate_cmd,
     demo_cmd,
     inspect_cmd,
     models_cmd,
     quantize_cmd,
+    record_cmd,
     report_cmd,
 )
 
 COMMANDS = [
-    models_cmd, inspect_cmd, calibrate_cmd, quantize_cmd, report_cmd, bench_cmd, demo_cmd,
+    models_cmd, inspect_cmd, record_cmd, quantize_cmd, report_cmd, bench_cmd, demo_cmd,
 ]
 
 

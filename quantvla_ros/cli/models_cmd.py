@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..models.build import param_count
-from ..models.config import REGISTRY
-from .output import human_bytes, print_json, print_table
+from quantvla_ros.cli.output import human_bytes, print_json, print_table
+from quantvla_ros.models.build import param_count
+from quantvla_ros.models.config import REGISTRY
 
 
 def register(sub) -> None:

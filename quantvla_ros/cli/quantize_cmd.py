@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..offline.quantize import QuantizeRequest, quantize_policy
-from ..quant.balance import BalanceConfig
-from .output import print_json
-from .progress import progress_bar
+from quantvla_ros.cli.output import print_json
+from quantvla_ros.cli.progress import progress_bar
+from quantvla_ros.quant.balance import BalanceConfig
+from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
 
 def add_source_args(p) -> None:
@@ -67,16 +67,15 @@ def run(args) -> int:
     manifest = quantize_policy(req, args.out, progress=None if args.json else progress_bar,
                                log=log)
     if args.json:
-        print_json({"artifact": args.out, "bits": manifest["quantization"]["bits"],
-                    "quantized_modules": len(manifest["quantized_modules"]),
-                    "alpha": manifest["balance"]["alpha"], "beta": manifest["balance"]["beta"],
-                    "calibration": manifest["calibration"]})
+        print_json({"artifact": args.out, "bits": manifest.bits,
+                    "quantized_modules": len(manifest.quantized_modules),
+                    "alpha": manifest.balance.alpha, "beta": manifest.balance.beta,
+                    "calibration": manifest.calibration})
         return 0
-    print(f"wrote {args.out}: {len(manifest['quantized_modules'])} linears at "
-          f"{manifest['quantization']['bits']}")
-    for key, beta in manifest["balance"]["beta"].items():
-        alpha = manifest["balance"]["alpha"].get(key, [])
+    print(f"wrote {args.out}: {len(manifest.quantized_modules)} linears at {manifest.bits}")
+    for key, beta in manifest.balance.beta.items():
+        alpha = manifest.balance.alpha.get(key, [])
         print(f"  {key}: beta {beta:.3f}, alpha " + " ".join(f"{a:.3f}" for a in alpha))
-    if manifest["calibration"].get("synthetic"):
+    if manifest.calibration.get("synthetic"):
         print("  note: calibrated on SYNTHETIC observations (not robot data)")
     return 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..offline.report import build_report
-from ..offline.report_render import to_markdown, write_report
-from .output import print_json
+from quantvla_ros.cli.output import print_json
+from quantvla_ros.workflows.report import build_report
+from quantvla_ros.workflows.report_render import to_markdown, write_report
 
 
 def register(sub) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import PiConfig
-from .pi0 import PiModel
+from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.pi0 import PiModel
 
 
 def build_meta(cfg: PiConfig) -> PiModel:

@@ -14,10 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .build import build_meta
-from .config import GEMMA_VARIANTS, GemmaConfig, PiConfig, VisionConfig
-from .normalization import Normalizer
-from .pi0 import PiModel
+from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.config import GEMMA_VARIANTS, GemmaConfig, PiConfig, VisionConfig
+from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.pi0 import PiModel
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "normalizer_processor.safetensors"
 _PWE = "model.paligemma_with_expert."

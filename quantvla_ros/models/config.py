@@ -121,6 +121,16 @@ REGISTRY: dict[str, PiConfig] = {
     "pi0": PiConfig(name="pi0", variant="pi0", max_token_len=48),
     "pi05-tiny": PiConfig(name="pi05-tiny", variant="pi05", **_TINY),
     "pi0-tiny": PiConfig(name="pi0-tiny", variant="pi0", max_token_len=48, **_TINY),
+    # 56 px images, one layer per tower, 3 denoising steps, horizon 10: a chunk takes tens of
+    # milliseconds on a CPU, for multi-process ROS tests and smoke runs.
+    "pi05-micro": PiConfig(
+        name="pi05-micro", variant="pi05",
+        vision=VisionConfig(image_size=56, width=64, depth=1, mlp_dim=128, num_heads=2),
+        backbone=GemmaConfig(width=128, depth=1, mlp_dim=256, head_dim=16),
+        expert=GemmaConfig(width=64, depth=1, mlp_dim=128, head_dim=16),
+        vocab_size=512, cameras=("base_0_rgb", "left_wrist_0_rgb"), action_horizon=10,
+        action_dim=8, state_dim=8, num_steps=3, max_token_len=96,
+    ),
 }
 
 

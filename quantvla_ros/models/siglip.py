@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VisionConfig
+from quantvla_ros.models.config import VisionConfig
 
 
 class SiglipAttention(nn.Module):

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layouts import Layout, select
-from .observe import LinearInputs
-from .qlinear import QuantLinear
-from .scheme import QuantScheme
-from .smoothing import absorb, fold_into_norm, norm_groups, smoothing_factors
+from quantvla_ros.quant.layouts import Layout, select
+from quantvla_ros.quant.observe import LinearInputs
+from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.scheme import QuantScheme
+from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups, smoothing_factors
 
 
 @dataclass(frozen=True)

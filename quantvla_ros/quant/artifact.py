@@ -1,4 +1,4 @@
-"""Quantized artifacts: a folder with `manifest.yaml` and `model.safetensors`.
+"""Quantized artifacts: a folder with `manifest.yaml` (see manifest.py) and `model.safetensors`.
 
 The safetensors file holds packed integer weights and scales of the quantized linears and
 the float remainder of the model, under our module names. Loading builds the module tree on
@@ -8,92 +8,47 @@ weights of quantized layers never exist.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..models.build import build_meta
-from ..models.config import PiConfig
-from ..models.normalization import Normalizer
-from .apply import _set_module
-from .qlinear import QuantLinear
-from .scheme import QuantScheme
+from quantvla_ros.data.atomic import folder_atomic
+from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.quant.apply import _set_module
+from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
+from quantvla_ros.quant.qlinear import QuantLinear
 
-FORMAT = "quantvla-artifact"
-FORMAT_VERSION = 1
-MANIFEST, WEIGHTS, STATS = "manifest.yaml", "model.safetensors", "normalizer.safetensors"
+WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
+TOKENIZER_DIR = "tokenizer"
 _KEEP_FP32 = (".weight_scale", ".smooth")
 
 
-class ArtifactError(ValueError):
-    """An artifact that cannot be used; the message says why."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def is_artifact(folder) -> bool:
-    return (Path(folder) / MANIFEST).is_file()
-
-
-def save_artifact(model, folder, manifest: dict, normalizer: Normalizer | None = None,
+def save_artifact(model, folder, manifest: ArtifactManifest,
+                  normalizer: Normalizer | None = None,
                   tokenizer_dir: Path | None = None) -> Path:
-    """Write atomically: into a temp folder beside `folder`, then rename over it."""
+    """Write the artifact folder atomically (an existing one is swapped out in one step)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with folder_atomic(folder) as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if normalizer is not None and normalizer.mode != "identity":
             save_file({k: torch.from_numpy(v) for k, v in normalizer.stats.items()},
                       str(tmp / STATS), metadata={"mode": normalizer.mode})
         if tokenizer_dir is not None:
-            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
-                    "files": {WEIGHTS: sha256_file(tmp / WEIGHTS)}}
-        (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+        manifest.with_files({WEIGHTS: sha256_file(tmp / WEIGHTS)}).write(tmp)
     return folder
 
 
-def read_manifest(folder) -> dict:
-    folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
-        raise ArtifactError(f"{folder}: not an artifact (missing {MANIFEST})")
-    manifest = yaml.safe_load((folder / MANIFEST).read_text()) or {}
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{folder / MANIFEST}: format {manifest.get('format')!r} is not "
-                            f"{FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{folder / MANIFEST}: unknown format version "
-                            f"{manifest.get('format_version')!r} (this build reads "
-                            f"{FORMAT_VERSION})")
-    return manifest
-
-
-def _quantized_skeleton(manifest: dict, keys: set[str]):
-    cfg = PiConfig.from_dict(manifest["model_config"])
+def _quantized_skeleton(manifest: ArtifactManifest, keys: set[str]):
+    cfg = manifest.model_config
     model = build_meta(cfg)
-    scheme = QuantScheme(**manifest["quantization"]["scheme"])
-    for name in manifest["quantized_modules"]:
+    scheme = manifest.quantization.scheme
+    for name in manifest.quantized_modules:
         try:
             linear = model.get_submodule(name)
         except AttributeError as exc:
@@ -105,13 +60,13 @@ def _quantized_skeleton(manifest: dict, keys: set[str]):
 
 
 def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify: bool = True):
-    """(model, config, normalizer, manifest) from an artifact folder."""
+    """(model, config, normalizer, ArtifactManifest) from an artifact folder."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = ArtifactManifest.read(folder)
     path = folder / WEIGHTS
     if not path.is_file():
         raise ArtifactError(f"{folder}: missing {WEIGHTS}")
-    if verify and manifest.get("files", {}).get(WEIGHTS) != sha256_file(path):
+    if verify and manifest.files.get(WEIGHTS) != sha256_file(path):
         raise ArtifactError(f"{path}: sha256 does not match the manifest (corrupt or edited)")
     with safe_open(str(path), "pt", device="cpu") as f:
         keys = set(f.keys())

@@ -50,7 +50,7 @@ def get_layout(preset: str | None = None, include=(), exclude=()) -> Layout:
 
 
 def linear_names(model: nn.Module) -> list[str]:
-    from .qlinear import QuantLinear
+    from quantvla_ros.quant.qlinear import QuantLinear
 
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | QuantLinear)]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import dispatch, reference
-from . import hadamard
-from .quantizers import dequantize_weight, quantize_weight, search_clip
-from .scheme import QuantScheme
+from quantvla_ros.kernels import dispatch, reference
+from quantvla_ros.quant import hadamard
+from quantvla_ros.quant.quantizers import dequantize_weight, quantize_weight, search_clip
+from quantvla_ros.quant.scheme import QuantScheme
 
 _LINEAR = {"w8a8": dispatch.linear_w8a8, "w4a8": dispatch.linear_w4a8,
            "w4a4": dispatch.linear_w4a4}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.layers import AdaRMSNorm, RMSNorm
+from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
 
 
 def smoothing_factors(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float):

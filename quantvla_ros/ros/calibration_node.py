@@ -18,12 +18,17 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from ..offline.quantize import quantize_hook
-from ..quant.calib_buffer import CalibrationBuffer, CalibrationBufferError
-from . import diagnostics as diag
-from . import params
-from .inputs import InputHub
-from .settings import CALIBRATION_PARAMS, CalibrationSettings, SettingsError, parse_calibration
+from quantvla_ros.data.buffer import BufferFormatError, RecordedBuffer
+from quantvla_ros.ros import diagnostics as diag
+from quantvla_ros.ros import params
+from quantvla_ros.ros.inputs import InputHub
+from quantvla_ros.ros.settings import (
+    CALIBRATION_PARAMS,
+    CalibrationSettings,
+    SettingsError,
+    parse_calibration,
+)
+from quantvla_ros.workflows.quantize import quantize_hook
 
 NODE_NAME = "calibration_node"
 LOG_THROTTLE_S = 2.0
@@ -40,7 +45,7 @@ class CalibrationNode(Node):
                  **kwargs) -> None:
         """Validate parameters, open or prepare the buffer, subscribe, start the timer.
 
-        Raises SettingsError or CalibrationBufferError for bad parameters or an unusable
+        Raises SettingsError or BufferFormatError for bad parameters or an unusable
         existing buffer.
         """
         super().__init__(node_name, **kwargs)
@@ -60,16 +65,16 @@ class CalibrationNode(Node):
         self.problems = diag.ProblemBoard()
         self._loggers = {}
         s = self.settings
-        self.buffer: CalibrationBuffer | None = None
+        self.buffer: RecordedBuffer | None = None
         path = Path(s.buffer_path)
         if (path / "index.json").exists():
-            self.buffer = CalibrationBuffer.open(path)
+            self.buffer = RecordedBuffer.open(path)
             if set(self.buffer.cameras) != set(s.inputs.slots):
-                raise CalibrationBufferError(
+                raise BufferFormatError(
                     f"{path} holds cameras {sorted(self.buffer.cameras)}, this node records "
                     f"{sorted(s.inputs.slots)}")
             if self.buffer.state_dim != len(s.inputs.joint_names):
-                raise CalibrationBufferError(
+                raise BufferFormatError(
                     f"{path} holds {self.buffer.state_dim}-dim states, this node records "
                     f"{len(s.inputs.joint_names)} joints")
             self.get_logger().info(f"resuming {path}: {len(self.buffer)} of {s.samples} recorded")
@@ -107,12 +112,12 @@ class CalibrationNode(Node):
         item = self.inputs.assemble()
         if item is None:
             return
-        obs = dict(item.obs, timestamp=item.stamp_ns / 1e9)
+        obs = item.obs
         if self.buffer is None:
-            cams = {slot: img.shape[:2] for slot, img in obs["images"].items()}
+            cams = obs.image_sizes
             source = (f"live: {', '.join(f'{c.topic} -> {c.slot}' for c in s.inputs.cameras)}, "
                       f"joints {s.inputs.joint_state_topic}")
-            self.buffer = CalibrationBuffer.create(
+            self.buffer = RecordedBuffer.create(
                 s.buffer_path, cams, len(s.inputs.joint_names), source=source,
                 shard_size=s.shard_size)
         try:
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = CalibrationNode()
-    except ValueError as exc:  # SettingsError, CalibrationBufferError
+    except ValueError as exc:  # SettingsError, BufferFormatError
         print(f"calibration_node: {exc}", file=sys.stderr)
         rclpy.shutdown()
         return 2

@@ -19,10 +19,8 @@ action dims, and the observation's anchor frame stamp in its header. Noise comes
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -33,15 +31,21 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ..runtime.policy import Policy
-from ..runtime.preprocess import ObservationError
-from . import diagnostics as diag
-from . import params
-from .convert import ns_to_sec_nsec
-from .inputs import Assembled, InputHub
-from .noise import policy_noise
-from .settings import INFERENCE_PARAMS, InferenceSettings, SettingsError, parse_inference
-from .worker import LatestWorker
+from quantvla_ros.data.observation import Observation, ObservationError
+from quantvla_ros.ros import diagnostics as diag
+from quantvla_ros.ros import params
+from quantvla_ros.ros.convert import ns_to_sec_nsec
+from quantvla_ros.ros.inputs import Assembled, InputHub
+from quantvla_ros.ros.noise import policy_noise
+from quantvla_ros.ros.settings import (
+    INFERENCE_PARAMS,
+    InferenceSettings,
+    SettingsError,
+    parse_inference,
+)
+from quantvla_ros.ros.worker import LatestWorker
+from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.runtime.source import PolicySource, PolicySourceError
 
 NODE_NAME = "quantvla_node"
 LOG_THROTTLE_S = 2.0  # one line per problem kind per 2 s at most
@@ -57,19 +61,14 @@ class ConfigureError(Exception):
 
 def load_policy(s: InferenceSettings) -> Policy:
     """Load and check the policy for these settings, or raise ConfigureError saying why."""
-    source = s.policy
-    looks_like_path = os.sep in source or source.startswith((".", "~"))
-    if looks_like_path:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ConfigureError(f"policy folder {source} does not exist")
-        if not path.is_dir():
-            raise ConfigureError(f"policy {source} is a file; give a checkpoint/artifact folder")
-        source = str(path)
+    try:
+        source = PolicySource.resolve(s.policy, seed=s.seed)
+    except PolicySourceError as exc:
+        raise ConfigureError(str(exc)) from exc
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:
-        policy = Policy.load(source, device=s.device, precision=s.precision, seed=s.seed)
+        policy = Policy.load(source, device=s.device, precision=s.precision)
     except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ConfigureError(f"cannot load policy {s.policy!r}: {msg}") from exc
@@ -190,10 +189,10 @@ class QuantVLANode(LifecycleNode):
 
     def _warm_up(self, policy: Policy, s: InferenceSettings) -> None:
         size = policy.cfg.vision.image_size
-        obs = {"images": {c.slot: np.full((size, size, 3), 128, np.uint8)
-                          for c in s.inputs.cameras},
-               "state": np.zeros(len(s.inputs.joint_names), np.float32),
-               "instruction": s.inputs.default_instruction.strip() or "warm up"}
+        obs = Observation({c.slot: np.full((size, size, 3), 128, np.uint8)
+                           for c in s.inputs.cameras},
+                          np.zeros(len(s.inputs.joint_names), np.float32),
+                          s.inputs.default_instruction.strip() or "warm up")
         for i in range(s.warmup_runs):
             policy.infer(obs, noise=policy_noise(policy, s.seed, i))
 

@@ -27,8 +27,8 @@ from rclpy.qos import (
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
-from ..runtime.preprocess import ObservationError, check_instruction
-from .convert import (
+from quantvla_ros.data.observation import Observation, ObservationError, check_instruction
+from quantvla_ros.ros.convert import (
     ImageError,
     JointStateError,
     check_image_header,
@@ -37,9 +37,9 @@ from .convert import (
     stamp_to_ns,
     to_rgb,
 )
-from .diagnostics import ERROR, WARN
-from .pairing import TimedBuffer
-from .settings import InputSettings
+from quantvla_ros.ros.diagnostics import ERROR, WARN
+from quantvla_ros.ros.pairing import TimedBuffer
+from quantvla_ros.ros.settings import InputSettings
 
 Report = Callable[[str, int, str, str], None]
 
@@ -54,10 +54,10 @@ _JOINTS_KEPT = 256  # joint states come faster (up to ~1 kHz): keep ~0.25 s or m
 
 @dataclass
 class Assembled:
-    """One paired observation: the Policy's dict (no timestamp) and its anchor stamp (ns)."""
+    """One paired observation and its anchor stamp in ns (``obs.stamp`` is it in seconds)."""
 
     stamp_ns: int
-    obs: dict
+    obs: Observation
 
 
 class InputHub:
@@ -225,4 +225,9 @@ class InputHub:
                              f"camera {cam.slot} ({cam.topic}): {exc}", "bad")
                 return None
         state = np.asarray(joint[1], dtype=np.float32)
-        return Assembled(stamp, {"images": images, "state": state, "instruction": instruction})
+        try:
+            obs = Observation(images, state, instruction, stamp / 1e9)
+        except ObservationError as exc:
+            self._report("observation", ERROR, f"observation rejected: {exc}", "bad")
+            return None
+        return Assembled(stamp, obs)

@@ -6,7 +6,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
-from .settings import Param
+from quantvla_ros.ros.settings import Param
 
 _TYPES = {
     "str": Parameter.Type.STRING,

@@ -1,23 +1,27 @@
-"""Policy: one observation dict in, one unnormalized action chunk out (no ROS)."""
+"""Policy: one Observation in, one unnormalized action chunk out (no ROS)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..models.build import random_model
-from ..models.checkpoint import load_checkpoint, read_config
-from ..models.config import PiConfig, get_config
-from ..models.normalization import ACTION_KEY, STATE_KEY, Normalizer
-from ..models.tokenizer import build_prompt, load_tokenizer, tokenize
-from ..quant.artifact import is_artifact, load_artifact
-from ..quant.fused import fuse_projections
-from .cuda_graph import GraphedChunk
-from .preprocess import ObservationError, check_instruction, check_state, images_to_pixels
+from quantvla_ros.data.observation import Observation, ObservationError
+from quantvla_ros.models.build import random_model
+from quantvla_ros.models.checkpoint import load_checkpoint, read_config
+from quantvla_ros.models.config import PiConfig, get_config
+from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
+from quantvla_ros.models.tokenizer import build_prompt, load_tokenizer, tokenize
+from quantvla_ros.quant.artifact import load_artifact
+from quantvla_ros.quant.fused import fuse_projections
+from quantvla_ros.quant.manifest import ArtifactManifest
+from quantvla_ros.runtime.cuda_graph import GraphedChunk
+from quantvla_ros.runtime.preprocess import images_to_pixels
+from quantvla_ros.runtime.source import TOKENIZER_DIR, PolicySource
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,7 +50,7 @@ class Policy:
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.source = source
-        self.manifest: dict | None = None  # set for quantized artifacts
+        self.manifest: ArtifactManifest | None = None  # set for quantized artifacts
         # On CUDA each chunk replays two captured graphs (see cuda_graph.py); eager otherwise.
         self.use_cuda_graphs = self.device.type == "cuda"
         self._graphed: GraphedChunk | None = None
@@ -58,56 +62,60 @@ class Policy:
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: PiConfig | str, seed: int = 0, device="cpu", precision="fp32"):
+    def from_config(cls, cfg: PiConfig | str, seed: int = 0, device="cpu", precision="fp32",
+                    tokenizer: str | Path | None = None):
         """A random-weight model of a named config (benchmarks, tests, demos)."""
         cfg = get_config(cfg) if isinstance(cfg, str) else cfg
         model = random_model(cfg, seed=seed, device=device, dtype=resolve_dtype(precision))
-        return cls(model, Normalizer.identity(), load_tokenizer(cfg.tokenizer_path), device,
-                   seed, source=f"{cfg.name} (random weights, seed {seed})")
+        tok = load_tokenizer(str(tokenizer) if tokenizer is not None else cfg.tokenizer_path)
+        return cls(model, Normalizer.identity(), tok, device, seed,
+                   source=f"{cfg.name} (random weights, seed {seed})")
 
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
-                        tokenizer: str | None = None):
-        cfg, raw = read_config(folder)
-        tok_path = tokenizer or cfg.tokenizer_path
-        local = Path(folder) / "tokenizer"
-        if tok_path is None and local.is_dir():
-            tok_path = str(local)
+                        tokenizer: str | Path | None = None):
+        """A lerobot-format checkpoint folder (its own tokenizer/ unless ``tokenizer`` is set)."""
+        src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
+        cfg, raw = read_config(src.path)
+        tok_path = str(src.tokenizer) if src.tokenizer is not None else cfg.tokenizer_path
         if tok_path is None and "quantvla" not in raw:
             # A trained lerobot checkpoint fed byte tokens would output confident garbage.
             raise ValueError(f"{folder} is a lerobot checkpoint without a tokenizer: put the "
-                             "PaliGemma tokenizer in its tokenizer/ folder or pass tokenizer=")
-        model, _, normalizer = load_checkpoint(folder, device, resolve_dtype(precision))
+                             f"PaliGemma tokenizer in its {TOKENIZER_DIR}/ folder or pass "
+                             "tokenizer=")
+        model, _, normalizer = load_checkpoint(src.path, device, resolve_dtype(precision))
         return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
 
     @classmethod
     def from_artifact(cls, folder, device="cpu", precision="fp32", seed: int = 0,
-                      tokenizer: str | None = None, fuse: bool = True):
+                      tokenizer: str | Path | None = None, fuse: bool = True):
         """A quantized artifact written by `quantvla quantize`.
 
         `fuse` merges projections that share an input (norm + q/k/v, norm + gate/up) into
         one activation quantization and one GEMM; reports keep them apart to unfold ATM/OHB.
         """
-        model, cfg, normalizer, manifest = load_artifact(folder, device,
+        src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
+        model, cfg, normalizer, manifest = load_artifact(src.path, device,
                                                          resolve_dtype(precision))
         if fuse:
             fuse_projections(model)
-        local = Path(folder) / "tokenizer"
-        tok_path = tokenizer or (str(local) if local.is_dir() else cfg.tokenizer_path)
+        tok_path = str(src.tokenizer) if src.tokenizer is not None else cfg.tokenizer_path
         policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
-                     source=f"{folder} ({manifest['quantization']['bits']})")
+                     source=f"{folder} ({manifest.bits})")
         policy.manifest = manifest
         return policy
 
     @classmethod
-    def load(cls, source: str, **kwargs) -> Policy:
+    def load(cls, source: str | PolicySource, seed: int = 0,
+             tokenizer: str | Path | None = None, **kwargs) -> Policy:
         """A named config (random weights), a checkpoint folder or a quantized artifact."""
-        if is_artifact(source):
-            return cls.from_artifact(source, **kwargs)
-        if Path(source).is_dir():
-            return cls.from_checkpoint(source, **kwargs)
-        kwargs.pop("tokenizer", None)
-        return cls.from_config(source, **kwargs)
+        src = PolicySource.resolve(source, seed=seed, tokenizer=tokenizer)
+        if src.kind == "artifact":
+            return cls.from_artifact(src.path, seed=src.seed, tokenizer=src.tokenizer, **kwargs)
+        if src.kind == "checkpoint":
+            return cls.from_checkpoint(src.path, seed=src.seed, tokenizer=src.tokenizer,
+                                       **kwargs)
+        return cls.from_config(src.name, seed=src.seed, tokenizer=src.tokenizer, **kwargs)
 
     def reseed(self, seed: int) -> None:
         """Restart the noise stream: the same seed and observations give the same chunks."""
@@ -118,21 +126,25 @@ class Policy:
         shape = (batch, self.cfg.action_horizon, self.cfg.action_dim)
         return torch.randn(shape, generator=self._gen)
 
-    def prepare(self, obs: dict) -> dict[str, torch.Tensor]:
-        """Validate and convert one observation to batched model inputs."""
-        for key in ("images", "state", "instruction"):
-            if key not in obs:
-                raise ObservationError(f"observation lacks {key!r}")
+    def prepare(self, obs: Observation | Mapping) -> dict[str, torch.Tensor]:
+        """Check one observation against this policy; return batched model inputs.
+
+        ``obs`` is an Observation, or a dict with its fields (converted and validated).
+        """
+        obs = Observation.from_mapping(obs)
         cfg = self.cfg
         pixels, present = images_to_pixels(
-            obs["images"], cfg.cameras, cfg.vision.image_size, self.device, self.dtype
+            obs.images, cfg.cameras, cfg.vision.image_size, self.device, self.dtype
         )
-        state = self.normalizer.normalize_state(check_state(obs["state"], self.state_dim))
+        if self.state_dim is not None and obs.state.shape[0] != self.state_dim:
+            raise ObservationError(f"state has {obs.state.shape[0]} values, the policy expects "
+                                   f"{self.state_dim}")
+        state = self.normalizer.normalize_state(obs.state)
         if state.shape[0] > cfg.state_dim:
             raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
         padded = np.zeros(cfg.state_dim, np.float32)
         padded[: state.shape[0]] = state
-        prompt = build_prompt(cfg.variant, check_instruction(obs["instruction"]), padded)
+        prompt = build_prompt(cfg.variant, obs.instruction, padded)
         ids, mask = tokenize(self.tokenizer, prompt, cfg.max_token_len)
         dev = self.device
         return {
@@ -147,7 +159,7 @@ class Policy:
             torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
-    def infer(self, obs: dict, noise: torch.Tensor | None = None) -> PolicyOutput:
+    def infer(self, obs: Observation | Mapping, noise: torch.Tensor | None = None) -> PolicyOutput:
         """Action chunk [horizon, action dim] for one observation, with a timing breakdown."""
         t0 = time.perf_counter()
         inputs = self.prepare(obs)

@@ -1,4 +1,4 @@
-"""Observation preprocessing: images to model pixels, validation of raw inputs."""
+"""Image preprocessing: camera images to the model's pixel tensor."""
 
 from __future__ import annotations
 
@@ -6,20 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class ObservationError(ValueError):
-    """An observation the policy cannot use; the message names the field and the problem."""
-
-
-def check_image(name: str, image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ObservationError(
-            f"camera {name!r}: expected uint8 HxWx3, got {image.dtype} {tuple(image.shape)}"
-        )
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ObservationError(f"camera {name!r}: image {image.shape[:2]} is too small")
-    return image
+from quantvla_ros.data.observation import ObservationError
 
 
 def resize_with_pad(pixels: torch.Tensor, size: int) -> torch.Tensor:
@@ -40,7 +27,8 @@ def resize_with_pad(pixels: torch.Tensor, size: int) -> torch.Tensor:
 def images_to_pixels(images: dict, cameras: tuple[str, ...], size: int, device, dtype):
     """Camera dict -> pixels [1, N, 3, size, size] in [-1, 1] and a presence mask [1, N].
 
-    Cameras absent from the dict become all -1 images with their tokens masked out.
+    ``images`` holds validated uint8 HxWx3 arrays (an Observation's). Cameras absent from the
+    dict become all -1 images with their tokens masked out.
     """
     unknown = sorted(set(images) - set(cameras))
     if unknown:
@@ -52,25 +40,8 @@ def images_to_pixels(images: dict, cameras: tuple[str, ...], size: int, device, 
     for i, cam in enumerate(cameras):
         if cam not in images:
             continue
-        img = torch.from_numpy(check_image(cam, images[cam])).to(device)
+        img = torch.from_numpy(np.ascontiguousarray(images[cam])).to(device)
         px = img.permute(2, 0, 1)[None].float() / 255.0
         out[0, i] = (resize_with_pad(px, size)[0] * 2.0 - 1.0).to(dtype)
         present[0, i] = True
     return out, present
-
-
-def check_state(state, dim: int | None) -> np.ndarray:
-    state = np.asarray(state, dtype=np.float32).reshape(-1)
-    if dim is not None and state.shape[0] != dim:
-        raise ObservationError(f"state has {state.shape[0]} values, the policy expects {dim}")
-    if not np.all(np.isfinite(state)):
-        raise ObservationError("state contains NaN or inf")
-    return state
-
-
-def check_instruction(text, max_chars: int = 2000) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ObservationError("instruction must be a non-empty string")
-    if len(text) > max_chars:
-        raise ObservationError(f"instruction has {len(text)} characters (limit {max_chars})")
-    return text

@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from quantvla_ros.quant import calib_buffer
-from quantvla_ros.quant.calib_buffer import (
-    FORMAT_VERSION,
-    CalibrationBuffer,
-    CalibrationBufferError,
-    split_indices,
-)
-from quantvla_ros.quant.synthetic import (
-    TASKS,
-    SyntheticBuffer,
-    open_calibration,
-    synthetic_observations,
-)
+from quantvla_ros.data import buffer as buffer_module
+from quantvla_ros.data.buffer import BufferFormatError, RecordedBuffer, split_indices
+from quantvla_ros.data.observation import Observation
+from quantvla_ros.data.shard_format import FORMAT_VERSION as SHARD_FORMAT_VERSION
+from quantvla_ros.data.sources import open_observations
+from quantvla_ros.data.synthetic import TASKS, SyntheticBuffer, synthetic_observations
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMERAS = {"base_0_rgb": (12, 16), "left_wrist_0_rgb": (8, 10)}
@@ -46,6 +39,9 @@ def make_obs(i, cameras=CAMERAS, state_dim=STATE_DIM):
 
 
 def assert_same_obs(got, want):
+    assert isinstance(got, Observation)
+    got = got.to_dict()
+    want = want.to_dict() if isinstance(want, Observation) else want
     assert set(got) == {"images", "state", "instruction", "timestamp"}
     assert got["images"].keys() == want["images"].keys()
     for name, image in want["images"].items():
@@ -60,7 +56,7 @@ def assert_same_obs(got, want):
 
 
 def record(path, observations, shard_size=3, **kwargs):
-    with CalibrationBuffer.create(
+    with RecordedBuffer.create(
         path, CAMERAS, STATE_DIM, source="test robot", shard_size=shard_size, **kwargs
     ) as buf:
         for obs in observations:
@@ -76,7 +72,7 @@ def test_round_trip_is_exact(tmp_path):
     observations = [make_obs(i) for i in range(7)]
     record(tmp_path / "buf", observations)
 
-    buf = CalibrationBuffer.open(tmp_path / "buf")
+    buf = RecordedBuffer.open(tmp_path / "buf")
     assert len(buf) == 7
     assert buf.num_shards == 3  # 3 + 3 + 1
     assert buf.cameras == CAMERAS
@@ -102,7 +98,7 @@ def test_shards_hold_plain_tensors_and_index_lists_them(tmp_path):
     assert tensors["state"].dtype == np.float32
     assert tensors["instruction_offsets"].tolist()[0] == 0
     index = json.loads((tmp_path / "index.json").read_text(encoding="utf-8"))
-    assert index["format_version"] == FORMAT_VERSION
+    assert index["format_version"] == SHARD_FORMAT_VERSION
     assert index["cameras"] == {"base_0_rgb": [12, 16, 3], "left_wrist_0_rgb": [8, 10, 3]}
     assert [s["samples"] for s in index["shards"]] == [3, 1]
     assert index["shards"][0]["instructions"] == sorted(INSTRUCTIONS)
@@ -110,46 +106,46 @@ def test_shards_hold_plain_tensors_and_index_lists_them(tmp_path):
 
 def test_returned_observations_are_copies(tmp_path):
     obs = make_obs(0)
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
     buf.append(obs)
     obs["images"]["base_0_rgb"][:] = 0  # caller reuses its frame buffer
-    buf[0]["state"][:] = 99.0
+    buf[0].state[:] = 99.0
     assert_same_obs(buf[0], make_obs(0))  # pending
     buf.close()
-    buf[0]["images"]["base_0_rgb"][:] = 0
+    buf[0].images["base_0_rgb"][:] = 0
     assert_same_obs(buf[0], make_obs(0))  # read back from the shard
 
 
 def test_pending_observations_are_readable_before_flush(tmp_path):
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=4)
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=4)
     for i in range(5):
         buf.append(make_obs(i))
     assert len(buf) == 5 and buf.num_shards == 1
     assert_same_obs(buf[4], make_obs(4))
-    assert len(CalibrationBuffer.open(tmp_path)) == 4  # only the full shard is on disk yet
+    assert len(RecordedBuffer.open(tmp_path)) == 4  # only the full shard is on disk yet
     buf.close()
-    assert len(CalibrationBuffer.open(tmp_path)) == 5
+    assert len(RecordedBuffer.open(tmp_path)) == 5
     with pytest.raises(ValueError, match="closed"):
         buf.append(make_obs(5))
 
 
 def test_shard_rollover_writes_without_close(tmp_path):
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
     for i in range(4):
         buf.append(make_obs(i))
     assert shard_file(tmp_path, 1).is_file()
-    reader = CalibrationBuffer.open(tmp_path)
+    reader = RecordedBuffer.open(tmp_path)
     assert len(reader) == 4 and reader.num_shards == 2
     assert_same_obs(reader[3], make_obs(3))
 
 
 def test_append_across_reopen(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(4)])  # shards of 3 + 1
-    with CalibrationBuffer.open(tmp_path) as buf:
+    with RecordedBuffer.open(tmp_path) as buf:
         assert buf.shard_size == 3
         for i in range(4, 6):
             buf.append(make_obs(i))
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     assert len(buf) == 6
     index = json.loads((tmp_path / "index.json").read_text(encoding="utf-8"))
     assert [shard["samples"] for shard in index["shards"]] == [3, 1, 2]
@@ -162,9 +158,9 @@ def test_killed_mid_shard_keeps_previous_shards(tmp_path):
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_calib_buffer import CAMERAS, STATE_DIM, make_obs
-        from quantvla_ros.quant.calib_buffer import CalibrationBuffer
-        buf = CalibrationBuffer.create({str(tmp_path)!r}, CAMERAS, STATE_DIM, source="s",
+        from test_data_buffer import CAMERAS, STATE_DIM, make_obs
+        from quantvla_ros.data.buffer import RecordedBuffer
+        buf = RecordedBuffer.create({str(tmp_path)!r}, CAMERAS, STATE_DIM, source="s",
                                        shard_size=2)
         for i in range(4):
             buf.append(make_obs(i))
@@ -177,41 +173,41 @@ def test_killed_mid_shard_keeps_previous_shards(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".shard-00002.safetensors.")
 
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     assert len(buf) == 4
     buf.verify()
     with buf:  # recording resumes
         buf.append(make_obs(4))
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     for i in range(5):
         assert_same_obs(buf[i], make_obs(i))
 
 
 def test_crash_between_shard_and_index_leaves_unlisted_shard(tmp_path, monkeypatch):
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s", shard_size=2)
     for i in range(2):
         buf.append(make_obs(i))
-    real_write = calib_buffer._atomic_write
+    real_write = buffer_module.write_file_atomic
 
     def shard_then_fail(path, data):
         if path.name == "index.json":
             raise OSError("disk full")
         real_write(path, data)
 
-    monkeypatch.setattr(calib_buffer, "_atomic_write", shard_then_fail)
+    monkeypatch.setattr(buffer_module, "write_file_atomic", shard_then_fail)
     buf.append(make_obs(2))
     with pytest.raises(OSError, match="disk full"):
         buf.append(make_obs(3))
     assert shard_file(tmp_path, 1).is_file()  # renamed into place, never listed
     assert len(buf) == 4  # the observations stay pending for a retry
 
-    reopened = CalibrationBuffer.open(tmp_path)
+    reopened = RecordedBuffer.open(tmp_path)
     assert len(reopened) == 2
     assert_same_obs(reopened[1], make_obs(1))
 
-    monkeypatch.setattr(calib_buffer, "_atomic_write", real_write)
+    monkeypatch.setattr(buffer_module, "write_file_atomic", real_write)
     buf.close()  # the retry overwrites the unlisted shard
-    reopened = CalibrationBuffer.open(tmp_path)
+    reopened = RecordedBuffer.open(tmp_path)
     assert len(reopened) == 4
     reopened.verify()
     assert_same_obs(reopened[3], make_obs(3))
@@ -224,11 +220,11 @@ def test_flipped_byte_is_reported_by_shard_name(tmp_path):
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     assert_same_obs(buf[0], make_obs(0))  # shards load lazily: shard 0 is fine
-    with pytest.raises(CalibrationBufferError, match=r"shard-00001\.safetensors.*sha256"):
+    with pytest.raises(BufferFormatError, match=r"shard-00001\.safetensors.*sha256"):
         buf[4]
-    with pytest.raises(CalibrationBufferError, match=r"shard-00001\.safetensors"):
+    with pytest.raises(BufferFormatError, match=r"shard-00001\.safetensors"):
         buf.verify()
 
 
@@ -236,15 +232,15 @@ def test_truncated_shard_is_reported_by_name(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(6)])
     path = shard_file(tmp_path, 0)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CalibrationBufferError, match=r"shard-00000\.safetensors.*truncated"):
-        CalibrationBuffer.open(tmp_path)[0]
+    with pytest.raises(BufferFormatError, match=r"shard-00000\.safetensors.*truncated"):
+        RecordedBuffer.open(tmp_path)[0]
 
 
 def test_missing_shard_is_reported_on_open(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(6)])
     shard_file(tmp_path, 1).unlink()
-    with pytest.raises(CalibrationBufferError, match=r"shard-00001\.safetensors.*missing"):
-        CalibrationBuffer.open(tmp_path)
+    with pytest.raises(BufferFormatError, match=r"shard-00001\.safetensors.*missing"):
+        RecordedBuffer.open(tmp_path)
 
 
 def test_shard_with_wrong_tensor_dtype_is_rejected(tmp_path):
@@ -257,8 +253,8 @@ def test_shard_with_wrong_tensor_dtype_is_rejected(tmp_path):
     index = json.loads((tmp_path / "index.json").read_text(encoding="utf-8"))
     index["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     (tmp_path / "index.json").write_text(json.dumps(index), encoding="utf-8")
-    with pytest.raises(CalibrationBufferError, match=r"shard-00000\.safetensors.*tensor state"):
-        CalibrationBuffer.open(tmp_path).verify()
+    with pytest.raises(BufferFormatError, match=r"shard-00000\.safetensors.*tensor state"):
+        RecordedBuffer.open(tmp_path).verify()
 
 
 @pytest.mark.parametrize(
@@ -277,33 +273,33 @@ def test_bad_index_is_rejected(tmp_path, edit, match):
     index = json.loads(index_path.read_text(encoding="utf-8"))
     edit(index)
     index_path.write_text(json.dumps(index), encoding="utf-8")
-    with pytest.raises(CalibrationBufferError, match=match):
-        CalibrationBuffer.open(tmp_path)
+    with pytest.raises(BufferFormatError, match=match):
+        RecordedBuffer.open(tmp_path)
 
 
 def test_open_errors(tmp_path):
-    with pytest.raises(CalibrationBufferError, match="no such"):
-        CalibrationBuffer.open(tmp_path / "absent")
-    with pytest.raises(CalibrationBufferError, match="index.json"):
-        CalibrationBuffer.open(tmp_path)
+    with pytest.raises(BufferFormatError, match="no such"):
+        RecordedBuffer.open(tmp_path / "absent")
+    with pytest.raises(BufferFormatError, match="index.json"):
+        RecordedBuffer.open(tmp_path)
     (tmp_path / "index.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(CalibrationBufferError, match="not valid JSON"):
-        CalibrationBuffer.open(tmp_path)
+    with pytest.raises(BufferFormatError, match="not valid JSON"):
+        RecordedBuffer.open(tmp_path)
 
 
 def test_create_refuses_existing_buffer_and_bad_arguments(tmp_path):
     record(tmp_path, [])
     with pytest.raises(FileExistsError):
-        CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
+        RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
     other = tmp_path / "other"
     with pytest.raises(ValueError, match="image size"):
-        CalibrationBuffer.create(other, {"cam": (224, 224, 3)}, STATE_DIM, source="s")
+        RecordedBuffer.create(other, {"cam": (224, 224, 3)}, STATE_DIM, source="s")
     with pytest.raises(ValueError, match="non-empty"):
-        CalibrationBuffer.create(other, {}, STATE_DIM, source="s")
+        RecordedBuffer.create(other, {}, STATE_DIM, source="s")
     with pytest.raises(ValueError, match="state_dim"):
-        CalibrationBuffer.create(other, CAMERAS, 0, source="s")
+        RecordedBuffer.create(other, CAMERAS, 0, source="s")
     with pytest.raises(ValueError, match="shard_size"):
-        CalibrationBuffer.create(other, CAMERAS, STATE_DIM, source="s", shard_size=0)
+        RecordedBuffer.create(other, CAMERAS, STATE_DIM, source="s", shard_size=0)
 
 
 def _without_camera(obs):
@@ -347,7 +343,7 @@ def _set(key, value):
     ],
 )
 def test_append_rejects_bad_observations(tmp_path, corrupt, match):
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
     obs = make_obs(0)
     corrupt(obs)
     with pytest.raises(ValueError, match=match):
@@ -356,19 +352,19 @@ def test_append_rejects_bad_observations(tmp_path, corrupt, match):
 
 
 def test_append_accepts_float64_state_as_float32(tmp_path):
-    buf = CalibrationBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
+    buf = RecordedBuffer.create(tmp_path, CAMERAS, STATE_DIM, source="s")
     obs = make_obs(0)
     obs["state"] = [0.1, 0.2, 0.3, 0.4, 0.5]
     obs["timestamp"] = 3
     buf.append(obs)
-    assert buf[0]["state"].dtype == np.float32
-    assert buf[0]["state"].tolist() == np.float32([0.1, 0.2, 0.3, 0.4, 0.5]).tolist()
-    assert buf[0]["timestamp"] == 3.0
+    assert buf[0].state.dtype == np.float32
+    assert buf[0].state.tolist() == np.float32([0.1, 0.2, 0.3, 0.4, 0.5]).tolist()
+    assert buf[0].stamp == 3.0
 
 
 def test_split_is_deterministic_tail_holdout(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(7)])
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     assert buf.split(2) == ([0, 1, 2, 3, 4], [5, 6])
     assert buf.split(0) == (list(range(7)), [])
     assert split_indices(3, 1) == split_indices(3, 1)
@@ -380,7 +376,7 @@ def test_split_is_deterministic_tail_holdout(tmp_path):
 
 def test_summary(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(4)], synthetic=False)
-    summary = CalibrationBuffer.open(tmp_path).summary()
+    summary = RecordedBuffer.open(tmp_path).summary()
     assert summary == {
         "samples": 4,
         "cameras": {"base_0_rgb": [12, 16], "left_wrist_0_rgb": [8, 10]},
@@ -390,14 +386,14 @@ def test_summary(tmp_path):
         "instructions": 3,
         "path": str(tmp_path),
         "shards": 2,
-        "format_version": FORMAT_VERSION,
+        "format_version": SHARD_FORMAT_VERSION,
     }
     json.dumps(summary)
 
 
 def test_index_errors_and_types(tmp_path):
     record(tmp_path, [make_obs(i) for i in range(2)])
-    buf = CalibrationBuffer.open(tmp_path)
+    buf = RecordedBuffer.open(tmp_path)
     with pytest.raises(IndexError):
         buf[2]
     with pytest.raises(IndexError):
@@ -418,23 +414,23 @@ def test_synthetic_observations_are_deterministic_and_valid(tmp_path):
     other = synthetic_observations(6, seed=8, cameras=SMALL, state_dim=6)
     for a, b in zip(first, again, strict=True):
         assert_same_obs(a, b)
-    assert not np.array_equal(first[0]["images"]["cam"], other[0]["images"]["cam"])
+    assert not np.array_equal(first[0].images["cam"], other[0].images["cam"])
     assert_same_obs(synthetic_observations(3, seed=7, cameras=SMALL, state_dim=6)[2], first[2])
 
-    assert [obs["timestamp"] for obs in first] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [obs.stamp for obs in first] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     for obs in first:
-        assert obs["instruction"] in TASKS
-        assert obs["state"].dtype == np.float32 and obs["state"].shape == (6,)
-        assert np.all(np.abs(obs["state"]) <= 1.5)
+        assert obs.instruction in TASKS
+        assert obs.state.dtype == np.float32 and obs.state.shape == (6,)
+        assert np.all(np.abs(obs.state) <= 1.5)
     # They are valid calibration observations.
-    with CalibrationBuffer.create(tmp_path, SMALL, 6, source="x", synthetic=True) as buf:
+    with RecordedBuffer.create(tmp_path, SMALL, 6, source="x", synthetic=True) as buf:
         for obs in first:
             buf.append(obs)
-    assert CalibrationBuffer.open(tmp_path).summary()["synthetic"] is True
+    assert RecordedBuffer.open(tmp_path).summary()["synthetic"] is True
 
 
 def test_synthetic_images_are_smooth_not_noise():
-    image = synthetic_observations(1, seed=0)[0]["images"]["base_0_rgb"]
+    image = synthetic_observations(1, seed=0)[0].images["base_0_rgb"]
     assert image.shape == (224, 224, 3) and image.dtype == np.uint8
     pixels = image.astype(np.float64)
     neighbour_diff = np.abs(np.diff(pixels, axis=1)).mean()
@@ -444,8 +440,8 @@ def test_synthetic_images_are_smooth_not_noise():
     assert pixels.std() > 10  # not flat either
 
 
-def test_open_calibration_synthetic():
-    buf = open_calibration("synthetic:5", seed=3, cameras=SMALL, state_dim=4)
+def test_open_observations_synthetic():
+    buf = open_observations("synthetic:5", seed=3, cameras=SMALL, state_dim=4)
     assert isinstance(buf, SyntheticBuffer)
     assert len(buf) == 5 and len(list(buf)) == 5
     assert_same_obs(buf[-1], synthetic_observations(5, 3, SMALL, 4)[4])
@@ -455,8 +451,8 @@ def test_open_calibration_synthetic():
     assert summary["source"] == "synthetic:5 seed 3"
     assert summary["samples"] == 5 and summary["state_dim"] == 4
     assert summary["cameras"] == {"cam": [32, 40]}
-    assert summary["instructions"] == len({obs["instruction"] for obs in buf})
-    assert open_calibration("synthetic:2").cameras == {"base_0_rgb": (224, 224)}
+    assert summary["instructions"] == len({obs.instruction for obs in buf})
+    assert open_observations("synthetic:2").cameras == {"base_0_rgb": (224, 224)}
 
 
 @pytest.mark.parametrize(
@@ -470,14 +466,14 @@ def test_open_calibration_synthetic():
         ("synthetc:5", "no such calibration buffer directory"),
     ],
 )
-def test_open_calibration_rejects_bad_specs(spec, match):
-    with pytest.raises(CalibrationBufferError, match=match):
-        open_calibration(spec)
+def test_open_observations_rejects_bad_specs(spec, match):
+    with pytest.raises(BufferFormatError, match=match):
+        open_observations(spec)
 
 
-def test_open_calibration_directory(tmp_path):
+def test_open_observations_directory(tmp_path):
     record(tmp_path / "buf", [make_obs(i) for i in range(2)])
-    buf = open_calibration(str(tmp_path / "buf"))
-    assert isinstance(buf, CalibrationBuffer) and len(buf) == 2
-    with pytest.raises(CalibrationBufferError, match="no such"):
-        open_calibration(str(tmp_path / "missing"))
+    buf = open_observations(str(tmp_path / "buf"))
+    assert isinstance(buf, RecordedBuffer) and len(buf) == 2
+    with pytest.raises(BufferFormatError, match="no such"):
+        open_observations(str(tmp_path / "missing"))

@@ -1,6 +1,7 @@
 """Run a node executable as a child process, isolated on its own ROS domain.
 
-Used by the demo and the tests: ``python -m <module> --ros-args --params-file F -p k:=v``.
+Used by the demo and the tests: ``python -m <module> --ros-args --params-file F -p k:=v``, with
+this interpreter, so the child imports the installed package (never a repository path).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pick_domain_id(salt: int = 0) -> int:
@@ -29,8 +28,6 @@ def ros_env(domain_id: int, log_dir: str | os.PathLike[str] | None = None) -> di
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if log_dir is not None:
         env["ROS_LOG_DIR"] = str(log_dir)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -54,7 +51,7 @@ class NodeProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            cmd, stdout=self._log, stderr=subprocess.STDOUT,
             env=ros_env(domain_id, ros_log_dir), start_new_session=True)
 
     def alive(self) -> bool:

@@ -7,30 +7,30 @@ from pathlib import Path
 
 import torch
 
-from ..models.checkpoint import WEIGHTS as CKPT_WEIGHTS
-from ..quant.artifact import ArtifactError, sha256_file
-from ..quant.balance import ratio_table, run_batches, unfold_balance
-from ..quant.stats import StatsCollector
-from ..runtime.policy import Policy
-from .quantize import holdout_count, open_buffer_for, prepare_batches
+from quantvla_ros.models.checkpoint import WEIGHTS as CKPT_WEIGHTS
+from quantvla_ros.quant.balance import ratio_table, run_batches, unfold_balance
+from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
+from quantvla_ros.quant.stats import StatsCollector
+from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.quantize import holdout_count, open_buffer_for, prepare_batches
 
 REPORT_NOISE_SEED = 1234
 
 
-def load_teacher(manifest: dict, device="cpu", precision="fp32", checkpoint=None) -> Policy:
+def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
+                 checkpoint=None) -> Policy:
     """The float policy the artifact was made from; a checkpoint must match its sha256."""
-    src = manifest["source"]
-    if src["kind"] == "named":
-        return Policy.from_config(src["model"], seed=src["seed"], device=device,
-                                  precision=precision)
-    folder = Path(checkpoint or src["path"])
+    src = manifest.source
+    if src.kind == "named":
+        return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision)
+    folder = Path(checkpoint or src.path)
     if not (folder / CKPT_WEIGHTS).is_file():
         raise ArtifactError(f"source checkpoint {folder} not found; pass its current folder")
     digest = sha256_file(folder / CKPT_WEIGHTS)
-    if digest != src["sha256"]:
+    if digest != src.sha256:
         raise ArtifactError(
             f"source hash mismatch: {folder / CKPT_WEIGHTS} has sha256 {digest[:12]}..., "
-            f"the artifact was made from {src['sha256'][:12]}...")
+            f"the artifact was made from {src.sha256[:12]}...")
     return Policy.from_checkpoint(folder, device=device, precision=precision)
 
 
@@ -77,10 +77,11 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
         held, note = list(range(len(buffer))), "buffer too small to hold samples out"
     batches = prepare_batches(teacher, [buffer[i] for i in held], batch_size,
                               REPORT_NOISE_SEED)
-    towers = tuple(manifest["balance"]["config"]["towers"])
+    balance = manifest.balance
+    towers = balance.towers
     runs = {}
     unbalanced = copy.deepcopy(student.model)
-    unfold_balance(unbalanced, manifest["balance"]["alpha"], manifest["balance"]["beta"])
+    unfold_balance(unbalanced, balance.alpha, balance.beta)
     for name, model in (("teacher", teacher.model), ("student", student.model),
                         ("unbalanced", unbalanced)):
         stats = StatsCollector(towers)
@@ -91,17 +92,17 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
     keys = sorted({*after["logit_std"], *after["oproj_rms"]},
                   key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
     layers = [{"layer": key,
-               "alpha": manifest["balance"]["alpha"].get(key),
-               "beta": manifest["balance"]["beta"].get(key),
+               "alpha": balance.alpha.get(key),
+               "beta": balance.beta.get(key),
                **{f"{stat}_ratio_{when}": table[stat].get(key)
                   for stat in ("logit_std", "oproj_rms")
                   for when, table in (("before", before), ("after", after))}}
               for key in keys]
     summary = buffer.summary()
     return {
-        "artifact": str(artifact), "bits": manifest["quantization"]["bits"],
-        "preset": manifest["quantization"]["preset"],
-        "source": manifest["source"],
+        "artifact": str(artifact), "bits": manifest.bits,
+        "preset": manifest.quantization.preset,
+        "source": manifest.source.to_dict(),
         "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
                         "source": summary.get("source"), "held_out_samples": len(held),
                         "note": note},

@@ -26,9 +26,14 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from .convert import encode_compressed, ns_to_sec_nsec, rgb_to_image_fields, stamp_to_ns
-from .inputs import INSTRUCTION_QOS
-from .lifecycle_client import LifecycleClient
+from quantvla_ros.demo.lifecycle_client import LifecycleClient
+from quantvla_ros.ros.convert import (
+    encode_compressed,
+    ns_to_sec_nsec,
+    rgb_to_image_fields,
+    stamp_to_ns,
+)
+from quantvla_ros.ros.inputs import INSTRUCTION_QOS
 
 
 class Driver:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layouts import Layout, select
-from .qlinear import QuantLinear
-from .scheme import QuantScheme
+from quantvla_ros.quant.layouts import Layout, select
+from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.scheme import QuantScheme
 
 BF16 = 2
 

@@ -18,8 +18,8 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
-from .convert import ns_to_sec_nsec, stamp_to_ns
-from .inputs import INSTRUCTION_QOS
+from quantvla_ros.ros.convert import ns_to_sec_nsec, stamp_to_ns
+from quantvla_ros.ros.inputs import INSTRUCTION_QOS
 
 MSG_TYPES = {
     "sensor_msgs/msg/Image": Image,

@@ -1,4 +1,4 @@
-"""Synthetic calibration observations, and opening a calibration source by spec.
+"""Synthetic observations: a seeded, deterministic stand-in for a recorded buffer.
 
 Synthetic observations stand in for a recorded buffer in tests, smoke runs and demos: seeded
 and deterministic, images made of a few low-frequency colour waves plus mild noise (so they
@@ -10,23 +10,14 @@ odd pixel differently). Calibrating on them checks plumbing, not accuracy.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from quantvla_ros.quant.calib_buffer import (
-    CalibrationBuffer,
-    CalibrationBufferError,
-    Observation,
-    ObservationBuffer,
-    check_cameras,
-    check_state_dim,
-)
+from quantvla_ros.data.buffer import ObservationBuffer
+from quantvla_ros.data.observation import Observation, check_cameras, check_state_dim
 
 DEFAULT_CAMERAS: Mapping[str, tuple[int, int]] = MappingProxyType({"base_0_rgb": (224, 224)})
 DEFAULT_STATE_DIM = 8
@@ -101,12 +92,7 @@ def synthetic_observation(
     instruction = _task(rng)  # drawn first: SyntheticBuffer.summary() relies on it
     state = rng.uniform(-1.5, 1.5, size=check_state_dim(state_dim)).astype(np.float32)
     images = {name: _smooth_image(rng, h, w) for name, (h, w) in cameras.items()}
-    return {
-        "images": images,
-        "state": state,
-        "instruction": instruction,
-        "timestamp": index / CONTROL_HZ,
-    }
+    return Observation(images, state, instruction, index / CONTROL_HZ)
 
 
 def synthetic_observations(
@@ -117,41 +103,6 @@ def synthetic_observations(
 ) -> list[Observation]:
     """Return ``n`` seeded synthetic observations (cameras default to one 224x224 base camera)."""
     return list(SyntheticBuffer(n, seed, cameras, state_dim))
-
-
-def open_calibration(
-    spec: str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    cameras: Mapping[str, tuple[int, int]] | None = None,
-    state_dim: int = DEFAULT_STATE_DIM,
-) -> ObservationBuffer:
-    """Open a calibration source: ``"synthetic:N"`` or the path of a buffer directory.
-
-    ``seed``, ``cameras`` and ``state_dim`` shape synthetic observations only; a recorded
-    buffer brings its own cameras and state dim. Raises CalibrationBufferError (a ValueError)
-    for a malformed synthetic spec or a path that holds no buffer.
-    """
-    if isinstance(spec, str) and spec.startswith(SYNTHETIC_PREFIX):
-        count = spec[len(SYNTHETIC_PREFIX) :]
-        if not count:
-            raise CalibrationBufferError(
-                f"{spec!r}: give a sample count, e.g. '{SYNTHETIC_PREFIX}64'"
-            )
-        if not re.fullmatch(r"[0-9]+", count):
-            raise CalibrationBufferError(
-                f"{spec!r}: sample count {count!r} is not a positive integer"
-            )
-        if int(count) == 0:
-            raise CalibrationBufferError(f"{spec!r}: sample count must be positive")
-        return SyntheticBuffer(int(count), seed, cameras, state_dim)
-    path = Path(spec)
-    if not path.is_dir():
-        raise CalibrationBufferError(
-            f"{spec!s}: no such calibration buffer directory "
-            f"(give a directory recorded with CalibrationBuffer, or '{SYNTHETIC_PREFIX}N')"
-        )
-    return CalibrationBuffer.open(path)
 
 
 def _check_seed(seed: int) -> int:

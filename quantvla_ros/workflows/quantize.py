@@ -9,15 +9,22 @@ from pathlib import Path
 
 import torch
 
-from ..models.checkpoint import WEIGHTS as CKPT_WEIGHTS
-from ..quant.apply import QuantConfig, quantize_
-from ..quant.artifact import save_artifact, sha256_file
-from ..quant.balance import BalanceConfig, calibrate_balance, run_batches
-from ..quant.layouts import get_layout, select
-from ..quant.observe import LinearInputs, record_linear_inputs
-from ..quant.scheme import parse_bits
-from ..quant.synthetic import open_calibration
-from ..runtime.policy import Policy
+from quantvla_ros.data.buffer import ObservationBuffer
+from quantvla_ros.data.sources import open_observations
+from quantvla_ros.quant.apply import QuantConfig, quantize_
+from quantvla_ros.quant.artifact import save_artifact
+from quantvla_ros.quant.balance import BalanceConfig, calibrate_balance, run_batches
+from quantvla_ros.quant.layouts import get_layout, select
+from quantvla_ros.quant.manifest import (
+    ArtifactManifest,
+    BalanceRecord,
+    QuantizationRecord,
+    SourceRecord,
+)
+from quantvla_ros.quant.observe import LinearInputs, record_linear_inputs
+from quantvla_ros.quant.scheme import parse_bits
+from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.runtime.source import PolicySource
 
 
 @dataclass
@@ -45,9 +52,10 @@ def holdout_count(n: int) -> int:
     return max(1, n // 4) if n >= 2 else 0
 
 
-def open_buffer_for(policy: Policy, spec: str):
+def open_buffer_for(policy: Policy, spec: str) -> ObservationBuffer:
+    """Open ``spec``; synthetic observations take the policy's cameras and state length."""
     cams = {c: (policy.cfg.vision.image_size,) * 2 for c in policy.cfg.cameras}
-    return open_calibration(spec, cameras=cams, state_dim=policy.state_dim or 8)
+    return open_observations(spec, cameras=cams, state_dim=policy.state_dim or 8)
 
 
 def prepare_batches(policy: Policy, observations, batch_size: int, noise_seed: int = 0):
@@ -63,21 +71,16 @@ def prepare_batches(policy: Policy, observations, batch_size: int, noise_seed: i
     return batches
 
 
-def source_identity(source: str, seed: int) -> dict:
-    folder = Path(source)
-    if folder.is_dir():
-        return {"kind": "checkpoint", "path": str(folder.resolve()),
-                "sha256": sha256_file(folder / CKPT_WEIGHTS)}
-    return {"kind": "named", "model": source, "seed": seed, "sha256": f"seed:{seed}"}
-
-
-def quantize_policy(req: QuantizeRequest, out_dir, progress=None, log=print) -> dict:
+def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
+                    log=print) -> ArtifactManifest:
     """Quantize, calibrate ATM / OHB, write the artifact; returns its manifest."""
     scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search,
                         hadamard=req.hadamard)
     qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude),
                        req.smooth_alpha)
-    teacher = Policy.load(req.source, device=req.device, precision=req.precision, seed=req.seed)
+    source = PolicySource.resolve(req.source, seed=req.seed)
+    identity = source.identity()  # refuses an artifact as the source, before any work
+    teacher = Policy.load(source, device=req.device, precision=req.precision)
     buffer = open_buffer_for(teacher, req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
     if req.max_samples:
@@ -96,23 +99,19 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None, log=print) -> 
     log(f"quantized {len(names)} linears to {scheme.bits}")
     balance = calibrate_balance(teacher.model, student, batches, req.balance,
                                 progress=progress)
-    manifest = {
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model_config": student.cfg.to_dict(),
-        "source": source_identity(req.source, req.seed),
-        "quantization": {"bits": scheme.bits, "scheme": scheme.to_dict(),
-                         "preset": req.preset, "include": list(qcfg.layout.include),
-                         "exclude": list(qcfg.layout.exclude),
-                         "smooth_alpha": req.smooth_alpha},
-        "quantized_modules": names,
-        "balance": {"config": req.balance.to_dict(), **balance},
-        "calibration": {**buffer.summary(), "spec": req.calib,
-                        "calibration_samples": len(calib_idx), "held_out": len(held_idx),
-                        "noise_seed": 0},
-    }
-    tok = Path(req.source) / "tokenizer"
-    save_artifact(student, out_dir, manifest, teacher.normalizer,
-                  tok if tok.is_dir() else None)
+    manifest = ArtifactManifest(
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        model_config=student.cfg,
+        source=SourceRecord(**identity),
+        quantization=QuantizationRecord(scheme, req.preset, qcfg.layout.include,
+                                        qcfg.layout.exclude, req.smooth_alpha),
+        quantized_modules=tuple(names),
+        balance=BalanceRecord(config=req.balance.to_dict(), **balance),
+        calibration={**buffer.summary(), "spec": req.calib,
+                     "calibration_samples": len(calib_idx), "held_out": len(held_idx),
+                     "noise_seed": 0},
+    )
+    save_artifact(student, out_dir, manifest, teacher.normalizer, source.tokenizer)
     return manifest
 
 

@@ -8,18 +8,19 @@ import statistics
 import numpy as np
 import torch
 
-from ..models.config import get_config
-from .policy import Policy
+from quantvla_ros.data.observation import Observation
+from quantvla_ros.models.config import get_config
+from quantvla_ros.runtime.policy import Policy
 
 
-def synthetic_observation(policy: Policy, seed: int = 0) -> dict:
+def bench_observation(policy: Policy, seed: int = 0) -> Observation:
     """Every camera slot filled (the longest prefix), a plausible state and instruction."""
     rng = np.random.default_rng(seed)
     size = policy.cfg.vision.image_size
     images = {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
               for c in policy.cfg.cameras}
     state = rng.uniform(-1, 1, policy.state_dim or 8).astype(np.float32)
-    return {"images": images, "state": state, "instruction": "pick up the red block"}
+    return Observation(images, state, "pick up the red block")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -33,10 +34,10 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
                             preset: str = "quantvla") -> Policy:
     """A random-weight policy quantized round-to-nearest (latency does not depend on the
     calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime)."""
-    from ..quant.apply import QuantConfig, quantize_
-    from ..quant.fused import fuse_projections
-    from ..quant.layouts import get_layout
-    from ..quant.scheme import parse_bits
+    from quantvla_ros.quant.apply import QuantConfig, quantize_
+    from quantvla_ros.quant.fused import fuse_projections
+    from quantvla_ros.quant.layouts import get_layout
+    from quantvla_ros.quant.scheme import parse_bits
 
     act = "bf16" if device == "cuda" else "fp32"
     policy = Policy.from_config(model, seed=seed, device=device, precision=act)
@@ -56,7 +57,7 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
     """
     if artifact is None:
         get_config(model)  # an unknown name fails here, with suggestions
-    if device == "cpu" and artifact is None and not model.endswith("-tiny") \
+    if device == "cpu" and artifact is None and not model.endswith(("-tiny", "-micro")) \
             and not allow_full_on_cpu:
         raise ValueError(
             f"{model!r} is full size: on a CPU one chunk takes minutes. Use pi05-tiny or "
@@ -68,7 +69,7 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
         act = precision if precision in FLOAT_PRECISIONS else "fp32"
         policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed)
         model = policy.cfg.name
-        precision = policy.manifest["quantization"]["bits"]
+        precision = policy.manifest.bits
     elif precision in FLOAT_PRECISIONS:
         policy = Policy.from_config(model, seed=seed, device=device, precision=precision)
     else:
@@ -76,7 +77,7 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    obs = synthetic_observation(policy, seed)
+    obs = bench_observation(policy, seed)
     for _ in range(warmup):
         policy.infer(obs)
     timings = [policy.infer(obs).timing_ms for _ in range(runs)]

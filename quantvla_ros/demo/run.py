@@ -24,16 +24,17 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from trajectory_msgs.msg import JointTrajectory
 
-from ..runtime.policy import Policy
-from .bag_reader import calibrate_from_bags
-from .convert import joint_positions, stamp_to_ns, to_rgb
-from .lifecycle_client import LifecycleClient
-from .node_process import NodeProcess, pick_domain_id
-from .noise import policy_noise
-from .pairing import nearest_index
-from .player import BagPlayer, Played
-from .settings import InputSettings, load_topics_file
-from .synthetic_bag import topics_config, write_synthetic_bag, write_topics_file
+from quantvla_ros.data.observation import Observation
+from quantvla_ros.demo.lifecycle_client import LifecycleClient
+from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id
+from quantvla_ros.demo.player import BagPlayer, Played
+from quantvla_ros.demo.synthetic_bag import topics_config, write_synthetic_bag, write_topics_file
+from quantvla_ros.ros.bag_recorder import record_from_bags
+from quantvla_ros.ros.convert import joint_positions, stamp_to_ns, to_rgb
+from quantvla_ros.ros.noise import policy_noise
+from quantvla_ros.ros.pairing import nearest_index
+from quantvla_ros.ros.settings import InputSettings, load_topics_file
+from quantvla_ros.runtime.policy import Policy
 
 NODE_MODULE = "quantvla_ros.ros.inference_node"
 LATENCY_SOURCE = "observation stamp -> trajectory receipt, measured in the demo process"
@@ -70,7 +71,7 @@ def run_demo(
     topics_file = write_topics_file(work / "topics.yaml", topics_config())
     inputs = load_topics_file(topics_file)
     log(f"wrote {bag} ({info['frames']} frames per camera, {storage})")
-    buffer = calibrate_from_bags([bag], inputs, work / "calibration", samples=samples,
+    buffer = record_from_bags([bag], inputs, work / "calibration", samples=samples,
                                  rate_hz=camera_hz, log=log)
     policy_source = model
     if quantize_fn is not None:
@@ -239,8 +240,8 @@ def _compare(policy: Policy, seed: int, inputs: InputSettings, played: list[Play
         k = nearest_index([p.stamp_ns for p in joints], stamp, tol)
         if k is None:
             raise RuntimeError(f"no played joint state matches trajectory stamp {stamp}")
-        obs = {"images": images, "state": joint_positions(joints[k].msg, inputs.joint_names),
-               "instruction": instruction}
+        obs = Observation(images, joint_positions(joints[k].msg, inputs.joint_names),
+                          instruction)
         ref = policy.infer(obs, noise=policy_noise(policy, seed, stamp)).actions
         got = np.array([p.positions for p in traj.points], dtype=np.float64)
         ref = ref[: got.shape[0], : got.shape[1]].astype(np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .output import print_json
+from quantvla_ros.cli.output import print_json
 
 
 def register(sub) -> None:
@@ -31,10 +31,10 @@ def register(sub) -> None:
 def run(args) -> int:
     """Write the buffer; return the exit code (errors raise ValueError, see cli.main)."""
     # Imported here: rosbags is only needed by this subcommand.
-    from ..ros.bag_reader import calibrate_from_bags
+    from quantvla_ros.ros.bag_recorder import record_from_bags
 
     log = (lambda _: None) if args.json else (lambda line: print(line, file=sys.stderr))
-    summary = calibrate_from_bags(
+    summary = record_from_bags(
         args.bag, args.topics, args.out, samples=args.samples, rate_hz=args.rate,
         append=args.append, progress=not (args.no_progress or args.json), log=log)
     if args.json:

@@ -8,7 +8,8 @@ observations kept. With more pairable observations than ``samples``, the kept on
 evenly over all bags. Each bag is paired on its own (recordings are never mixed).
 
 Nothing partial is left behind: the buffer is written into a temporary directory next to
-``out`` and renamed into place at the end (appending copies the existing buffer first).
+``out`` and swapped into place at the end (appending copies the existing buffer first); see
+:func:`quantvla_ros.data.atomic.folder_atomic`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import bisect
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +28,19 @@ from rosbags.rosbag2.errors import ReaderError
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
-from ..quant.calib_buffer import CalibrationBuffer, CalibrationBufferError
-from ..runtime.preprocess import ObservationError, check_instruction
-from .convert import ImageError, JointStateError, joint_positions, stamp_to_ns, to_rgb
-from .pairing import nearest_index, select_by_rate, spread
-from .settings import InputSettings, load_topics_file
+from quantvla_ros.data.atomic import folder_atomic
+from quantvla_ros.data.buffer import RecordedBuffer
+from quantvla_ros.data.observation import Observation, ObservationError, check_instruction
+from quantvla_ros.data.shard_format import BufferFormatError
+from quantvla_ros.ros.convert import (
+    ImageError,
+    JointStateError,
+    joint_positions,
+    stamp_to_ns,
+    to_rgb,
+)
+from quantvla_ros.ros.pairing import nearest_index, select_by_rate, spread
+from quantvla_ros.ros.settings import InputSettings, load_topics_file
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_TYPE, STRING_TYPE = "sensor_msgs/msg/JointState", "std_msgs/msg/String"
@@ -183,7 +191,7 @@ def _last_at_or_before(times: Sequence[int], t: int) -> int | None:
 
 
 def load_observations(path: Path, inputs: InputSettings, candidates: list[Candidate],
-                      skipped: Counter, progress: bool = False) -> Iterator[dict]:
+                      skipped: Counter, progress: bool = False) -> Iterator[Observation]:
     """Pass two: decode the frames of ``candidates`` (all from bag ``path``).
 
     Yields buffer observations as each becomes complete; frames that fail to decode are
@@ -218,9 +226,11 @@ def load_observations(path: Path, inputs: InputSettings, candidates: list[Candid
                     images[n][slot] = rgb
                     if n not in failed and len(images[n]) == len(inputs.slots):
                         cand = candidates[n]
-                        yield {"images": images[n], "state": cand.state,
-                               "instruction": cand.instruction,
-                               "timestamp": cand.stamp_ns / 1e9}
+                        try:
+                            yield Observation(images[n], cand.state, cand.instruction,
+                                              cand.stamp_ns / 1e9)
+                        except ObservationError as exc:
+                            skipped[f"invalid observation ({exc})"] += 1
                         images[n] = {}
     except BagError:
         raise
@@ -230,7 +240,7 @@ def load_observations(path: Path, inputs: InputSettings, candidates: list[Candid
         reader.close()
 
 
-def calibrate_from_bags(
+def record_from_bags(
     bags: Sequence[str | os.PathLike[str]],
     topics: InputSettings | str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -257,8 +267,8 @@ def calibrate_from_bags(
         raise BagError(f"{out} exists; choose a new path, or append to the buffer with --append")
     if append and out.exists():
         try:
-            existing = CalibrationBuffer.open(out)
-        except CalibrationBufferError as exc:
+            existing = RecordedBuffer.open(out)
+        except BufferFormatError as exc:
             raise BagError(f"cannot append to {out}: {exc}") from exc
         if set(existing.cameras) != set(inputs.slots):
             raise BagError(f"{out} holds cameras {sorted(existing.cameras)}, the topics file "
@@ -278,25 +288,23 @@ def calibrate_from_bags(
 
 
 def _write(out, paths, inputs, keep, skipped, append, shard_size, progress, log) -> dict:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        target = tmp / "buffer"
+    with folder_atomic(out) as target:
         buffer = None
         if append and out.exists():
+            shutil.rmtree(target)
             shutil.copytree(out, target)
-            buffer = CalibrationBuffer.open(target)
+            buffer = RecordedBuffer.open(target)
         before = len(buffer) if buffer is not None else 0
         for path in paths:
             mine = [c for c in keep if c.bag == path]
             for obs in load_observations(path, inputs, mine, skipped, progress):
                 if buffer is None:
-                    cams = {s: img.shape[:2] for s, img in obs["images"].items()}
                     source = (f"rosbag {', '.join(p.name for p in paths)}: " + ", ".join(
                         f"{c.topic} -> {c.slot}" for c in inputs.cameras)
                         + f", joints {inputs.joint_state_topic}")
-                    buffer = CalibrationBuffer.create(target, cams, len(inputs.joint_names),
-                                                      source=source, shard_size=shard_size)
+                    buffer = RecordedBuffer.create(target, obs.image_sizes,
+                                                   len(inputs.joint_names), source=source,
+                                                   shard_size=shard_size)
                 try:
                     buffer.append(obs)
                 except ValueError as exc:  # e.g. a camera that changed resolution mid-bag
@@ -306,13 +314,7 @@ def _write(out, paths, inputs, keep, skipped, append, shard_size, progress, log)
                 f"{n} x {r}" for r, n in skipped.most_common()))
         buffer.close()
         summary = buffer.summary()
-        if out.exists():  # append: swap the grown copy in, then drop the old one
-            old = tmp / "old"
-            os.replace(out, old)
-        os.replace(target, out)
-        summary.update(path=str(out), added=len(buffer) - before,
-                       skipped={r: n for r, n in skipped.most_common()})
-        log(f"wrote {summary['added']} observations to {out} ({summary['samples']} in total)")
-        return summary
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    summary.update(path=str(out), added=len(buffer) - before,
+                   skipped={r: n for r, n in skipped.most_common()})
+    log(f"wrote {summary['added']} observations to {out} ({summary['samples']} in total)")
+    return summary

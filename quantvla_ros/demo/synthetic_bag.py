@@ -1,6 +1,6 @@
 """Write a small synthetic rosbag2 (sqlite3 or MCAP) for demos, tests and smoke runs.
 
-Camera frames come from :func:`quantvla_ros.quant.synthetic.synthetic_observation` (smooth
+Camera frames come from :func:`quantvla_ros.data.synthetic.synthetic_observation` (smooth
 colour waves), one raw rgb8 camera and one jpeg CompressedImage camera by default; joint
 states are slow sinusoids published ``joint_hz / camera_hz`` times per frame, one of them at
 each frame's exact stamp; a single std_msgs/String instruction comes first. Header stamps
@@ -17,8 +17,8 @@ import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from ..quant.synthetic import synthetic_observation
-from .convert import encode_compressed, ns_to_sec_nsec, rgb_to_image_fields
+from quantvla_ros.data.synthetic import synthetic_observation
+from quantvla_ros.ros.convert import encode_compressed, ns_to_sec_nsec, rgb_to_image_fields
 
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 IMAGE, COMPRESSED = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"
@@ -109,7 +109,7 @@ def write_synthetic_bag(
                 continue
             obs = synthetic_observation(k // int(round(per_frame)), seed, slots, 1)
             for cam in cameras:
-                rgb = obs["images"][cam.slot]
+                rgb = obs.images[cam.slot]
                 if cam.fmt is None:
                     msg = T[IMAGE](header=header(ns), **rgb_to_image_fields(rgb))
                     write(cam.topic, IMAGE, ns, msg)
