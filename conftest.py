@@ -22,9 +22,9 @@ import pytest
 
 def _cuda_available() -> bool:
     """Return True when torch is importable and sees a CUDA device."""
-    if os.environ.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    if importlib.util.find_spec('torch') is None:
+    if importlib.util.find_spec("torch") is None:
         return False
     import torch
 
@@ -34,29 +34,29 @@ def _cuda_available() -> bool:
 HAS_CUDA = _cuda_available()
 
 if not HAS_CUDA:
-    os.environ.setdefault('TRITON_INTERPRET', '1')
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # ROS 2: discovery on loopback only, logs out of ~/.ros, ament index over this environment.
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-_ROS_TMP = tempfile.mkdtemp(prefix='quantvla-ros-test-')
-os.environ['ROS_HOME'] = _ROS_TMP
-os.environ['ROS_LOG_DIR'] = os.path.join(_ROS_TMP, 'log')
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+_ROS_TMP = tempfile.mkdtemp(prefix="quantvla-ros-test-")
+os.environ["ROS_HOME"] = _ROS_TMP
+os.environ["ROS_LOG_DIR"] = os.path.join(_ROS_TMP, "log")
 
 _prefix = Path(sys.prefix)
-if (_prefix / 'share' / 'ament_index').is_dir():
-    _paths = [p for p in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep) if p]
+if (_prefix / "share" / "ament_index").is_dir():
+    _paths = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     if str(_prefix) not in _paths:
         _paths.append(str(_prefix))
-        os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(_paths)
+        os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(_paths)
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``gpu`` when no CUDA GPU is present."""
     if HAS_CUDA:
         return
-    skip_gpu = pytest.mark.skip(reason='needs a CUDA GPU (none present)')
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none present)")
     for item in items:
-        if item.get_closest_marker('gpu') is not None:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
 
 

@@ -95,7 +95,7 @@ def _tower_from_shapes(shapes, prefix: str, base: GemmaConfig) -> GemmaConfig:
 
 
 def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
-    """lerobot's config.json names Gemma variants; dimensions are read off tensor shapes."""
+    """Lerobot's config.json names Gemma variants; dimensions are read off tensor shapes."""
     variant = raw.get("type")
     if variant not in ("pi0", "pi05"):
         raise CheckpointError(f"config.json type {variant!r} is not 'pi0' or 'pi05'")

@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .config import GemmaConfig
-from .layers import (
+from quantvla_ros.models.config import GemmaConfig
+from quantvla_ros.models.layers import (
     AdaRMSNorm,
     Attention,
     AttentionInput,

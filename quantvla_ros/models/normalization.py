@@ -39,7 +39,7 @@ class Normalizer:
         return ((state - a) / (b + _EPS)).astype(np.float32)
 
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        """actions [..., A]: only the first len(stats) dims are the robot's."""
+        """Actions [..., A]: only the first len(stats) dims are the robot's."""
         if self.mode == "identity":
             return actions
         a, b = self._pair(ACTION_KEY)

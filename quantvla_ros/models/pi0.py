@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PiConfig
-from .gemma import AttentionObserver, GemmaTower, KVCache, joint_forward
-from .siglip import SiglipVision
+from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.gemma import AttentionObserver, GemmaTower, KVCache, joint_forward
+from quantvla_ros.models.siglip import SiglipVision
 
 
 @functools.lru_cache(maxsize=32)

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..models.gemma import AttentionObserver
-from .qlinear import QuantLinear
-from .stats import StatsCollector
+from quantvla_ros.models.gemma import AttentionObserver
+from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.stats import StatsCollector
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import dispatch
-from ..models.layers import (
+from quantvla_ros.kernels import dispatch
+from quantvla_ros.models.layers import (
     AttentionInput,
     GeGLU,
     MLPBlock,
@@ -28,7 +28,7 @@ from ..models.layers import (
     gated_residual,
     split_heads,
 )
-from .qlinear import QuantLinear
+from quantvla_ros.quant.qlinear import QuantLinear
 
 _MATMUL = {8: dispatch.matmul_w8a8, 4: dispatch.matmul_w4a8}
 

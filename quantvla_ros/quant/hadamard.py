@@ -34,7 +34,7 @@ def block_size(k: int) -> int:
 
 
 def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
-    """x [..., K] -> x H_blockdiag, computed in float32, returned in x's dtype."""
+    """X [..., K] -> x H_blockdiag, computed in float32, returned in x's dtype."""
     h = _hadamard_cpu(block).to(device=x.device, dtype=torch.float32)
     shape = x.shape
     y = x.float().reshape(*shape[:-1], shape[-1] // block, block) @ h

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from ..models.gemma import AttentionObserver
+from quantvla_ros.models.gemma import AttentionObserver
 
 TOWERS = ("backbone", "expert")
 

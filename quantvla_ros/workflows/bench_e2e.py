@@ -33,7 +33,8 @@ FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 def quantized_random_policy(model: str, bits: str, device: str, seed: int,
                             preset: str = "quantvla") -> Policy:
     """A random-weight policy quantized round-to-nearest (latency does not depend on the
-    calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime)."""
+    calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime).
+    """
     from quantvla_ros.quant.apply import QuantConfig, quantize_
     from quantvla_ros.quant.fused import fuse_projections
     from quantvla_ros.quant.layouts import get_layout
