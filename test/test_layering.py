@@ -1,11 +1,34 @@
-"""Only quantvla_ros/ros/ may import ROS: everything else must run and test without it."""
+"""The layer map, enforced: which subpackage may import which, and where ROS may appear.
+
+``ALLOWED_IMPORTS`` is the map drawn in README (Architecture): each subpackage of
+quantvla_ros lists the subpackages it may import. An import along any other edge (a back-edge
+such as quant -> ros, or runtime -> workflows) fails here, so the dependency direction cannot
+drift. A new subpackage fails until it is given a row (and a line in README's Layout).
+"""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "quantvla_ros"
-ROS_DIR = PACKAGE / "ros"
+
+# Top to bottom: a subpackage may import only what its row lists (always layers below it).
+ALLOWED_IMPORTS = {
+    "cli": {"demo", "ros", "workflows", "runtime", "quant", "models", "kernels", "data"},
+    "demo": {"ros", "workflows", "runtime", "data"},
+    "ros": {"workflows", "runtime", "data"},
+    "workflows": {"runtime", "quant", "models", "kernels", "data"},
+    "runtime": {"quant", "models", "kernels", "data"},
+    "quant": {"models", "kernels", "data"},
+    "models": set(),
+    "kernels": set(),
+    "data": set(),
+}
+# Only these subpackages may import ROS (rclpy, message packages, rosbags, launch).
+ROS_SUBPACKAGES = {"ros", "demo"}
+# data/ is a leaf that installs anywhere: the standard library, numpy and safetensors only.
+DATA_THIRD_PARTY = {"numpy", "safetensors"}
 
 ROS_MODULES = {
     "rclpy", "rosbags", "launch", "launch_ros", "launch_testing", "launch_testing_ros",
@@ -18,28 +41,114 @@ def _is_ros_module(name: str) -> bool:
     return top in ROS_MODULES or top.endswith(("_msgs", "_srvs", "_interfaces"))
 
 
-def _imported_modules(tree: ast.AST):
+def _subpackage(path: Path, package: Path = PACKAGE) -> str | None:
+    rel = path.relative_to(package)
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+def imported_modules(path: Path, root: Path = ROOT):
+    """Yield (line, absolute module name) for every import in ``path``, lazy ones included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.lineno, node.module
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                yield node.lineno, ".".join(base + ([node.module] if node.module else []))
+            elif node.module:
+                yield node.lineno, node.module
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr == "import_module" and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             yield node.lineno, node.args[0].value
 
 
-def test_ros_imports_only_in_ros_subpackage():
+def layer_violations(package: Path = PACKAGE) -> list[str]:
+    """Return one line per import that leaves the allowed-edges table."""
+    problems, root = [], package.parent
+    for path in sorted(package.rglob("*.py")):
+        here = _subpackage(path, package)
+        if here is None:
+            continue
+        if here not in ALLOWED_IMPORTS:
+            problems.append(f"{path.relative_to(root)}: subpackage {here!r} has no row in "
+                            "ALLOWED_IMPORTS (add it here and to README's Layout)")
+            continue
+        for lineno, module in imported_modules(path, root):
+            parts = module.split(".")
+            if parts[0] != "quantvla_ros" or len(parts) < 2 or parts[1] == here:
+                continue
+            if parts[1] not in ALLOWED_IMPORTS[here]:
+                problems.append(f"{path.relative_to(root)}:{lineno}: {here} -> {parts[1]} "
+                                f"(import {module}) is not an allowed edge")
+    return problems
+
+
+def test_imports_follow_the_layer_map():
+    problems = layer_violations()
+    assert not problems, "imports against the layer order:\n" + "\n".join(problems)
+
+
+def test_layer_map_has_no_cycles_and_points_down():
+    order = list(ALLOWED_IMPORTS)
+    for layer, allowed in ALLOWED_IMPORTS.items():
+        assert allowed <= set(order), (layer, allowed - set(order))
+        assert all(order.index(dep) > order.index(layer) for dep in allowed), layer
+
+
+def test_layering_check_catches_a_back_edge(tmp_path):
+    """The check itself can fail: back-edges (absolute, relative, lazy) are all reported."""
+    copy = tmp_path / "quantvla_ros"
+    for sub in ("quant", "runtime", "data", "extra"):
+        (copy / sub).mkdir(parents=True)
+    (copy / "quant" / "bad.py").write_text("from quantvla_ros.ros.convert import to_rgb\n")
+    (copy / "runtime" / "lazy.py").write_text(
+        "def f():\n    from ..workflows import quantize\n")
+    (copy / "data" / "fine.py").write_text("import numpy\nfrom quantvla_ros.data import x\n")
+    (copy / "extra" / "new.py").write_text("")
+    assert layer_violations(copy) == [
+        "quantvla_ros/extra/new.py: subpackage 'extra' has no row in ALLOWED_IMPORTS (add it "
+        "here and to README's Layout)",
+        "quantvla_ros/quant/bad.py:1: quant -> ros (import quantvla_ros.ros.convert) is not "
+        "an allowed edge",
+        "quantvla_ros/runtime/lazy.py:2: runtime -> workflows (import "
+        "quantvla_ros.workflows) is not an allowed edge",
+    ]
+
+
+def test_ros_imports_only_in_ros_and_demo():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if ROS_DIR in path.parents:
+        if _subpackage(path) in ROS_SUBPACKAGES:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for lineno, module in _imported_modules(tree):
+        for lineno, module in imported_modules(path):
             if _is_ros_module(module):
                 offenders.append(f"{path.relative_to(ROOT)}:{lineno}: imports {module}")
     assert not offenders, (
-        "ROS imports outside quantvla_ros/ros/ (move them into ros/):\n" + "\n".join(offenders)
+        "ROS imports outside quantvla_ros/ros/ and demo/ (move them there):\n"
+        + "\n".join(offenders)
     )
+
+
+def test_data_package_needs_only_numpy_and_safetensors():
+    import sys
+
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    offenders = []
+    for path in sorted((PACKAGE / "data").rglob("*.py")):
+        for lineno, module in imported_modules(path):
+            top = module.split(".")[0]
+            if top not in stdlib | DATA_THIRD_PARTY | {"quantvla_ros"}:
+                offenders.append(f"{path.relative_to(ROOT)}:{lineno}: imports {module}")
+    assert not offenders, "data/ must stay a numpy-only leaf:\n" + "\n".join(offenders)
+
+
+def test_readme_layout_lists_every_subpackage():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^  ([a-z_]+)/", layout, flags=re.M))
+    on_disk = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert listed == on_disk == set(ALLOWED_IMPORTS), (listed, on_disk)
