@@ -11,6 +11,7 @@ from quantvla_ros.workflows.bench_e2e import bench_e2e
 
 
 def register(sub) -> None:
+    """Add the `bench` command with its `e2e` and `kernels` subcommands."""
     p = sub.add_parser("bench", help="benchmarks")
     kinds = p.add_subparsers(dest="kind", required=True)
     e2e = kinds.add_parser("e2e", help="end-to-end chunk latency")
@@ -35,6 +36,7 @@ def register(sub) -> None:
 
 
 def run_e2e(args) -> int:
+    """Time full action chunks; print a summary (or JSON) and return 0."""
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
     r = bench_e2e(args.model, args.precision, args.device, args.runs, args.warmup, args.seed,
@@ -55,6 +57,10 @@ def run_e2e(args) -> int:
 
 
 def run_kernels(args) -> int:
+    """Check and / or time the integer GEMM kernels; return 1 if any check failed.
+
+    Without a CUDA GPU only `--check` runs, under Triton's CPU interpreter.
+    """
     if not torch.cuda.is_available():
         if not args.check:
             raise ValueError("no CUDA GPU: nothing to time. Use --check to verify the kernels "

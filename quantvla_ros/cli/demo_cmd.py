@@ -13,6 +13,7 @@ from quantvla_ros.cli.output import print_json
 
 
 def register(sub) -> None:
+    """Add the `demo` command."""
     p = sub.add_parser("demo", help="bag -> calibration -> quantized artifact -> ROS node")
     p.add_argument("--model", default="pi05-tiny")
     p.add_argument("--bits", default="w4a8")
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Run the whole demo chain and print its summary; return 1 if no trajectory arrived."""
     from quantvla_ros.demo.run import run_demo
     from quantvla_ros.workflows.quantize import quantize_hook
 

@@ -13,6 +13,7 @@ from quantvla_ros.quant.scheme import parse_bits
 
 
 def register(sub) -> None:
+    """Add the `inspect` command."""
     p = sub.add_parser("inspect", help="dry-run a quantization layout (allocates nothing)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a named config")
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Size a layout on the meta device: which linears it quantizes and the bytes it saves."""
     cfg = get_config(args.model) if args.model else read_config(args.checkpoint)[0]
     scheme = parse_bits(args.bits, group_size=args.group_size)
     layout = get_layout(None if args.preset == "custom" else args.preset,

@@ -26,6 +26,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the `quantvla` argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="quantvla", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; return its exit code, or 2 after printing a user error."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

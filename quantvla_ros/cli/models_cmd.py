@@ -8,12 +8,14 @@ from quantvla_ros.models.config import REGISTRY
 
 
 def register(sub) -> None:
+    """Add the `models` command."""
     p = sub.add_parser("models", help="list the named model configs")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    """List the named configs with parameter counts and bf16 sizes (a table or JSON)."""
     rows = []
     for name, cfg in REGISTRY.items():
         n = param_count(cfg)

@@ -9,6 +9,7 @@ from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
 
 def add_source_args(p) -> None:
+    """Add the float policy source (--model or --checkpoint) and --seed."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a named config (random weights, see `quantvla models`)")
     src.add_argument("--checkpoint", help="a lerobot-format pi0 / pi0.5 checkpoint folder")
@@ -16,6 +17,7 @@ def add_source_args(p) -> None:
 
 
 def add_layout_args(p) -> None:
+    """Add --preset, --bits, --include and --exclude (shared with `inspect`)."""
     p.add_argument("--preset", default="quantvla",
                    help="quantvla | backbone | expert_mlp | backbone_expert | none")
     p.add_argument("--bits", default="w4a8", help="w8a8 | w4a8 | w4a4")
@@ -26,6 +28,7 @@ def add_layout_args(p) -> None:
 
 
 def register(sub) -> None:
+    """Add the `quantize` command."""
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
     add_source_args(p)
     add_layout_args(p)
@@ -51,6 +54,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Quantize and calibrate as the arguments ask; print the ATM / OHB factors or JSON."""
     towers = ("expert", "backbone") if args.balance_backbone else ("expert",)
     req = QuantizeRequest(
         source=args.checkpoint or args.model, calib=args.calib, bits=args.bits,

@@ -8,6 +8,7 @@ from quantvla_ros.workflows.report_render import to_markdown, write_report
 
 
 def register(sub) -> None:
+    """Add the `report` command."""
     p = sub.add_parser("report", help="fidelity of a quantized artifact vs its float teacher")
     p.add_argument("--artifact", required=True)
     p.add_argument("--calib", required=True, help="buffer folder or synthetic:N (held-out part)")
@@ -20,6 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Build the fidelity report; print it (markdown or JSON) and write its files with --out."""
     r = build_report(args.artifact, args.calib, args.device, args.precision,
                      checkpoint=args.checkpoint)
     files = write_report(r, args.out) if args.out else []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def pick_domain_id(salt: int = 0) -> int:
-    """A domain id in 10..99 derived from the process id, to keep concurrent runs apart.
+    """Return a domain id in 10..99 derived from the process id, to keep concurrent runs apart.
 
     Ids above 101 clash with ephemeral ports on Linux; 0 is everybody's default.
     """
@@ -22,7 +22,7 @@ def pick_domain_id(salt: int = 0) -> int:
 
 
 def ros_env(domain_id: int, log_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """The current environment with the domain id, loopback discovery and a log directory."""
+    """Return the current environment with the domain id, loopback discovery and a log dir."""
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -195,7 +195,7 @@ def _wait_quiet(received: list, settle_s: float, limit_s: float) -> None:
 
 
 def _node_latency(diagnostics: list[DiagnosticArray]) -> dict:
-    """The node's own inference latency percentiles from its last diagnostics message."""
+    """Return the node's own inference latency percentiles from its last diagnostics message."""
     for msg in reversed(diagnostics):
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}

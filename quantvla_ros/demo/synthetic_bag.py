@@ -129,7 +129,7 @@ def topics_config(cameras: tuple[BagCamera, ...] = DEFAULT_CAMERAS,
                   joint_topic: str = "/joint_states",
                   instruction_topic: str = "/instruction",
                   default_instruction: str = "", sync_tolerance_s: float = 0.05) -> dict:
-    """The topics-file mapping (see config/topics.yaml) that matches a synthetic bag."""
+    """Return the topics-file mapping (see config/topics.yaml) that matches a synthetic bag."""
     return {
         "camera_topics": [c.topic for c in cameras],
         "camera_slots": [c.slot for c in cameras],

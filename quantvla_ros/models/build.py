@@ -9,18 +9,19 @@ from quantvla_ros.models.pi0 import PiModel
 
 
 def build_meta(cfg: PiConfig) -> PiModel:
-    """The module tree with no storage: loading later assigns tensors, never copies twice."""
+    """Build the module tree with no storage: loading assigns tensors later, never copying."""
     with torch.device("meta"):
         return PiModel(cfg)
 
 
 def param_count(cfg: PiConfig) -> int:
+    """Return the config's parameter count (counted on the meta device, no memory)."""
     return sum(p.numel() for p in build_meta(cfg).parameters())
 
 
 @torch.no_grad()
 def random_model(cfg: PiConfig, seed: int = 0, device="cpu", dtype=torch.float32) -> PiModel:
-    """A seeded random-weight model: same seed, device and dtype -> same weights.
+    """Build a seeded random-weight model: same seed, device and dtype -> same weights.
 
     Linear / embedding weights ~ N(0, 0.02); norms at identity; adaRMS gates biased to 1 so
     the expert's blocks pass signal (an all-zero gate would silence them).

@@ -38,6 +38,7 @@ class CheckpointError(ValueError):
 
 
 def to_lerobot_name(name: str) -> str:
+    """Map one of our parameter names to lerobot's."""
     for theirs, ours in _PREFIXES:
         if name.startswith(ours):
             return theirs + name[len(ours):]
@@ -45,6 +46,7 @@ def to_lerobot_name(name: str) -> str:
 
 
 def from_lerobot_name(key: str) -> str | None:
+    """Map a lerobot (or openpi-converted) parameter name to ours; None if unknown."""
     if not key.startswith("model."):
         key = "model." + key  # openpi-converted files omit the leading "model."
     for theirs, ours in _PREFIXES:
@@ -128,7 +130,7 @@ def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
 
 
 def read_config(folder) -> tuple[PiConfig, dict]:
-    """The checkpoint's PiConfig and its raw config.json."""
+    """Return the checkpoint's PiConfig and its raw config.json."""
     folder = _require(folder)
     raw = json.loads((folder / CONFIG).read_text())
     if "quantvla" in raw:
@@ -137,6 +139,10 @@ def read_config(folder) -> tuple[PiConfig, dict]:
 
 
 def read_stats(folder, variant: str) -> Normalizer:
+    """Build the variant's Normalizer from the folder's normalizer statistics files.
+
+    With no statistics files the normalizer is the identity.
+    """
     stats = {}
     for path in sorted(Path(folder).glob(f"*{STATS}")):
         with safe_open(str(path), "np") as f:

@@ -24,6 +24,7 @@ class VisionConfig:
 
     @property
     def num_tokens(self) -> int:
+        """Patch tokens per image."""
         return (self.image_size // self.patch_size) ** 2
 
 
@@ -68,6 +69,7 @@ class PiConfig:
     tokenizer_path: str | None = None
 
     def __post_init__(self) -> None:
+        """Reject unknown variants, towers with different layouts and configs without cameras."""
         if self.variant not in ("pi0", "pi05"):
             raise ValueError(f"unknown variant {self.variant!r}: expected 'pi0' or 'pi05'")
         b, e = self.backbone, self.expert
@@ -83,15 +85,18 @@ class PiConfig:
 
     @property
     def prefix_len(self) -> int:
+        """Prefix tokens per observation: every camera slot's patches plus the prompt."""
         return len(self.cameras) * self.vision.num_tokens + self.max_token_len
 
     def to_dict(self) -> dict:
+        """Return the config as JSON-ready nested dicts (cameras as a list)."""
         d = asdict(self)
         d["cameras"] = list(self.cameras)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PiConfig:
+        """Rebuild a config from `to_dict` output."""
         d = dict(d)
         d["vision"] = VisionConfig(**d["vision"])
         d["backbone"] = GemmaConfig(**d["backbone"])
@@ -100,6 +105,7 @@ class PiConfig:
         return cls(**d)
 
     def with_(self, **changes) -> PiConfig:
+        """Return a copy with ``changes`` applied."""
         return replace(self, **changes)
 
 

@@ -16,6 +16,8 @@ _EPS = 1e-8
 
 @dataclass
 class Normalizer:
+    """Dataset statistics that map robot state into model space and actions back."""
+
     mode: str  # "quantiles" | "mean_std" | "identity"
     stats: dict[str, np.ndarray]  # flat lerobot keys, e.g. "action.q01"
 
@@ -25,11 +27,13 @@ class Normalizer:
         return self.stats[f"{key}.mean"], self.stats[f"{key}.std"]
 
     def dim(self, key: str) -> int | None:
+        """Return the robot's vector length for ``key``; None in identity mode."""
         if self.mode == "identity":
             return None
         return int(self._pair(key)[0].shape[-1])
 
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        """Map a raw state to model space (quantiles to [-1, 1], or z-scores)."""
         state = np.asarray(state, dtype=np.float32)
         if self.mode == "identity":
             return state
@@ -50,6 +54,7 @@ class Normalizer:
 
     @classmethod
     def identity(cls) -> Normalizer:
+        """Return a normalizer that passes state and actions through unchanged."""
         return cls("identity", {})
 
     @classmethod

@@ -20,6 +20,7 @@ class ByteTokenizer:
     vocab_size = 256 + _BYTE_OFFSET
 
     def encode(self, text: str) -> list[int]:
+        """Return bos followed by the text's UTF-8 bytes, each shifted past the special ids."""
         return [BOS_ID] + [b + _BYTE_OFFSET for b in text.encode("utf-8")]
 
 
@@ -27,22 +28,26 @@ class HFTokenizer:
     """Wraps a local Hugging Face tokenizer folder (never downloads)."""
 
     def __init__(self, path: str):
+        """Load the tokenizer in the local folder ``path`` (no download)."""
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.vocab_size = len(self._tok)
 
     def encode(self, text: str) -> list[int]:
+        """Return the text's ids after bos (when the tokenizer has one), without eos."""
         ids = self._tok.encode(text, add_special_tokens=False)
         bos = self._tok.bos_token_id
         return ([bos] if bos is not None else []) + list(ids)
 
 
 def load_tokenizer(path: str | None):
+    """Return the Hugging Face tokenizer at ``path``, or ByteTokenizer for None."""
     return ByteTokenizer() if path is None else HFTokenizer(path)
 
 
 def clean_task(task: str) -> str:
+    """Trim a task and turn underscores and newlines into spaces."""
     return task.strip().replace("_", " ").replace("\n", " ")
 
 

@@ -16,11 +16,14 @@ from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups, sm
 
 @dataclass(frozen=True)
 class QuantConfig:
+    """What `quantize_` applies: the integer scheme, the layout and optional smoothing."""
+
     scheme: QuantScheme
     layout: Layout
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None = off
 
     def needs_calibration(self) -> bool:
+        """Return whether recorded linear inputs are needed (clip search or smoothing)."""
         return self.scheme.clip_search or self.smooth_alpha is not None
 
 

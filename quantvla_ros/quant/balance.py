@@ -22,6 +22,8 @@ from quantvla_ros.quant.stats import StatsCollector
 
 @dataclass(frozen=True)
 class BalanceConfig:
+    """Which corrections to calibrate (ATM, OHB), on which towers, with what clamp and band."""
+
     atm: bool = True
     ohb: bool = True
     towers: tuple[str, ...] = ("expert",)  # add "backbone" to balance the backbone too
@@ -29,6 +31,7 @@ class BalanceConfig:
     band: float = 0.05
 
     def __post_init__(self):
+        """Reject a clamp range excluding 1, a band outside [0, 1) and unknown towers."""
         lo, hi = self.clamp
         if not 0 < lo <= 1 <= hi:
             raise ValueError(f"clamp range must satisfy 0 < lo <= 1 <= hi, got {self.clamp}")
@@ -39,12 +42,14 @@ class BalanceConfig:
             raise ValueError(f"unknown towers {sorted(bad)}; use 'backbone' and/or 'expert'")
 
     def to_dict(self) -> dict:
+        """Return the config as JSON-ready data (tuples as lists)."""
         d = asdict(self)
         d["towers"], d["clamp"] = list(self.towers), list(self.clamp)
         return d
 
 
 def clamp_band(ratio: torch.Tensor, cfg: BalanceConfig) -> torch.Tensor:
+    """Clamp ratios to ``cfg.clamp``; snap those within ``cfg.band`` of 1 to exactly 1."""
     r = ratio.double().clamp(*cfg.clamp)
     return torch.where((r - 1).abs() < cfg.band, torch.ones_like(r), r)
 
@@ -85,6 +90,7 @@ def fold_atm(attn, alpha: torch.Tensor) -> None:
 
 @torch.no_grad()
 def fold_ohb(attn, beta: float) -> None:
+    """Scale the o_proj output by ``beta`` (float weight rows or dequant scales)."""
     _scale_rows(attn.o_proj, torch.full((attn.o_proj.out_features,), float(beta)))
 
 
@@ -103,6 +109,7 @@ def _attn(model, tower: str, layer: int):
 
 
 def measure(model, batches, towers, layers=None, logits=True, o_proj=True) -> StatsCollector:
+    """Run the batches with a StatsCollector on ``towers`` / ``layers``; return it."""
     c = StatsCollector(towers, layers, logits=logits, o_proj=o_proj)
     run_batches(model, batches, c)
     return c

@@ -12,7 +12,7 @@ BF16 = 2
 
 
 def _bytes(module: nn.Module, dtype_bytes: int) -> int:
-    """A float module's own parameter bytes at `dtype_bytes` per element (bf16 = 2)."""
+    """Return a float module's own parameter bytes at `dtype_bytes` per element (bf16 = 2)."""
     return sum(p.numel() for p in module.parameters(recurse=False)) * dtype_bytes
 
 

@@ -19,6 +19,8 @@ _EXPERT_ATTN = "expert.layers.*.self_attn.*"
 
 @dataclass(frozen=True)
 class Layout:
+    """A named set of include / exclude globs over linear module names."""
+
     name: str
     include: tuple[str, ...]
     exclude: tuple[str, ...] = field(default_factory=tuple)
@@ -38,7 +40,7 @@ PRESETS: dict[str, Layout] = {
 
 
 def get_layout(preset: str | None = None, include=(), exclude=()) -> Layout:
-    """A preset, optionally extended by user include / exclude patterns; or patterns alone."""
+    """Return a preset, optionally extended by include / exclude patterns, or patterns alone."""
     if preset is None and not include:
         raise ValueError("give a preset or include patterns")
     if preset is not None and preset not in PRESETS:
@@ -50,6 +52,7 @@ def get_layout(preset: str | None = None, include=(), exclude=()) -> Layout:
 
 
 def linear_names(model: nn.Module) -> list[str]:
+    """Return the names of every linear in the model, float or already quantized."""
     from quantvla_ros.quant.qlinear import QuantLinear
 
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | QuantLinear)]

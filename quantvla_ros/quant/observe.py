@@ -12,12 +12,14 @@ class LinearInputs:
     """Per linear: running absmax of each input channel and a bounded sample of input rows."""
 
     def __init__(self, max_rows: int = 256, seed: int = 0):
+        """Keep at most ``max_rows`` input rows per linear, drawn with a seeded generator."""
         self.max_rows = max_rows
         self.absmax: dict[str, torch.Tensor] = {}
         self.rows: dict[str, torch.Tensor] = {}
         self._gen = torch.Generator().manual_seed(seed)
 
     def record(self, name: str, x: torch.Tensor) -> None:
+        """Fold one input batch of linear ``name`` into its channel absmax and row sample."""
         x = x.detach().reshape(-1, x.shape[-1]).float()
         amax = x.abs().amax(0)
         self.absmax[name] = torch.maximum(self.absmax[name], amax) if name in self.absmax \
@@ -35,6 +37,10 @@ class LinearInputs:
 
 @contextmanager
 def record_linear_inputs(model: nn.Module, names: list[str], store: LinearInputs):
+    """Record the inputs of the linears ``names`` into ``store`` inside the block.
+
+    The forward pre-hooks are removed on exit, also on error.
+    """
     modules = dict(model.named_modules())
     handles = []
     for name in names:

@@ -25,6 +25,7 @@ class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, scheme: QuantScheme,
                  bias: bool = False, smooth: bool = False, device=None,
                  dtype: torch.dtype = torch.float32):
+        """Allocate empty buffers for the scheme's packed weight, scales, bias and smooth."""
         super().__init__()
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
         g = scheme.group_size
@@ -71,11 +72,11 @@ class QuantLinear(nn.Module):
         return q
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the kernel quantizes (before its own smoothing): x rotated if Hadamard is on."""
+        """Return x as the kernel quantizes it: rotated if Hadamard is on, before smoothing."""
         return hadamard.rotate(x, self.hadamard_block) if self.hadamard_block else x
 
     def int_weight(self) -> torch.Tensor:
-        """The integer weight values int8 [N, K] (unpacked for int4)."""
+        """Return the integer weight values int8 [N, K] (unpacked for int4)."""
         return reference.unpack_int4(self.weight_q) if self.scheme.w_bits == 4 else self.weight_q
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -90,6 +91,7 @@ class QuantLinear(nn.Module):
             self.bias.mul_(factor.to(self.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize x, run the integer GEMM and dequantize into x's dtype."""
         s = self.scheme
         return _LINEAR[s.bits](
             self.transform_input(x), self.weight_q, self.weight_scale, bias=self.bias,
@@ -97,6 +99,7 @@ class QuantLinear(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """Describe shape, bits, group size, Hadamard block and smoothing for repr()."""
         s = self.scheme
         return (f"in={self.in_features}, out={self.out_features}, {s.bits}, "
                 f"group={s.group_size}, hadamard={self.hadamard_block}, "

@@ -24,6 +24,7 @@ class QuantScheme:
     hadamard: bool = False
 
     def __post_init__(self) -> None:
+        """Reject unsupported bit pairs and group sizes that are not positive and even."""
         if f"w{self.w_bits}a{self.a_bits}" not in SUPPORTED_BITS:
             raise ValueError(f"unsupported bits w{self.w_bits}a{self.a_bits}; "
                              f"supported: {', '.join(SUPPORTED_BITS)}")
@@ -32,9 +33,11 @@ class QuantScheme:
 
     @property
     def bits(self) -> str:
+        """The scheme's name, e.g. ``w4a8``."""
         return f"w{self.w_bits}a{self.a_bits}"
 
     def to_dict(self) -> dict:
+        """Return the scheme's fields as a dict."""
         return asdict(self)
 
 

@@ -14,6 +14,10 @@ from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
 
 
 def smoothing_factors(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float):
+    """Return SmoothQuant factors s [K] for the linears reading one input.
+
+    The weight absmax per input channel is taken over all ``weights``; s is kept >= 1e-5.
+    """
     w_absmax = torch.stack([w.float().abs().amax(0) for w in weights]).amax(0)
     s = x_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
@@ -38,6 +42,7 @@ def fold_into_norm(norm: nn.Module, s: torch.Tensor) -> None:
 
 @torch.no_grad()
 def absorb(linear: nn.Linear, s: torch.Tensor) -> None:
+    """Multiply the weight's input columns by s, so that (x / s) W'^T equals x W^T."""
     linear.weight.copy_((linear.weight.float() * s[None, :]).to(linear.weight.dtype))
 
 

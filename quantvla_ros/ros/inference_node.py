@@ -1,5 +1,7 @@
-"""``quantvla_node``: a lifecycle node that turns camera frames, joint states and an
-instruction into trajectory_msgs/JointTrajectory action chunks.
+"""``quantvla_node``: the lifecycle node that serves a VLA policy over ROS 2.
+
+It turns camera frames, joint states and an instruction into trajectory_msgs/JointTrajectory
+action chunks.
 
 Lifecycle:
 - configure: validate parameters, load the policy (``Policy.load``: checkpoint, artifact or

@@ -102,7 +102,7 @@ class InputHub:
         return self.node.get_clock().now().nanoseconds
 
     def _stamp(self, msg) -> int:
-        """The header stamp, or the receipt time when the publisher left it zero."""
+        """Return the header stamp, or the receipt time when the publisher left it zero."""
         ns = stamp_to_ns(msg.header.stamp)
         return ns if ns > 0 else self._now_ns()
 
@@ -153,7 +153,7 @@ class InputHub:
         return out
 
     def current_instruction(self) -> str | None:
-        """The instruction to use now, or None (after reporting why there is none)."""
+        """Return the instruction to use now, or None (after reporting why there is none)."""
         if self.instruction is not None:
             return self.instruction
         s = self.settings

@@ -34,7 +34,7 @@ def nearest_index(stamps: Sequence[int], t: int, tolerance: int) -> int | None:
 
 
 def select_by_rate(stamps: Sequence[int], min_interval: int) -> list[int]:
-    """Indices of sorted ``stamps`` kept when sampling at most once per ``min_interval``."""
+    """Return the indices of sorted ``stamps`` to keep, at most one per ``min_interval``."""
     keep: list[int] = []
     last = None
     for i, t in enumerate(stamps):

@@ -17,6 +17,7 @@ class GraphedChunk:
 
     def __init__(self, model, inputs: dict, noise: torch.Tensor, num_steps: int,
                  warmup: int = 2):
+        """Copy the inputs into static buffers, warm up on a side stream, capture both graphs."""
         if noise.device.type != "cuda":
             raise ValueError("CUDA graphs need the model and inputs on a CUDA device")
         self.model, self.num_steps = model, num_steps
@@ -48,6 +49,7 @@ class GraphedChunk:
                                                self.num_steps)
 
     def matches(self, inputs: dict, noise: torch.Tensor) -> bool:
+        """Return whether inputs and noise have the shapes the graphs were captured for."""
         return all(inputs[k].shape == self.static[k].shape for k in INPUT_KEYS) and \
             noise.shape == self.static["noise"].shape
 

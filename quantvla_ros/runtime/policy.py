@@ -27,6 +27,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
+    """Return the torch dtype for "fp32" / "bf16" / "fp16"; a dtype passes through."""
     if isinstance(precision, torch.dtype):
         return precision
     if precision not in DTYPES:
@@ -36,6 +37,8 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
 
 @dataclass
 class PolicyOutput:
+    """One inference result: the unnormalized action chunk and its timings (ms)."""
+
     actions: np.ndarray  # [horizon, robot action dim], unnormalized
     timing_ms: dict[str, float] = field(default_factory=dict)
 
@@ -45,6 +48,7 @@ class Policy:
 
     def __init__(self, model, normalizer: Normalizer, tokenizer, device="cpu", seed: int = 0,
                  source: str = ""):
+        """Store the model with its pre / post-processing; seed the noise stream."""
         self.model, self.cfg = model, model.cfg
         self.normalizer, self.tokenizer = normalizer, tokenizer
         self.device = torch.device(device)
@@ -64,7 +68,7 @@ class Policy:
     @classmethod
     def from_config(cls, cfg: PiConfig | str, seed: int = 0, device="cpu", precision="fp32",
                     tokenizer: str | Path | None = None):
-        """A random-weight model of a named config (benchmarks, tests, demos)."""
+        """Build a random-weight policy of a named config (benchmarks, tests, demos)."""
         cfg = get_config(cfg) if isinstance(cfg, str) else cfg
         model = random_model(cfg, seed=seed, device=device, dtype=resolve_dtype(precision))
         tok = load_tokenizer(str(tokenizer) if tokenizer is not None else cfg.tokenizer_path)
@@ -74,7 +78,7 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
                         tokenizer: str | Path | None = None):
-        """A lerobot-format checkpoint folder (its own tokenizer/ unless ``tokenizer`` is set)."""
+        """Load a lerobot-format checkpoint (its own tokenizer/ unless ``tokenizer`` is set)."""
         src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
         cfg, raw = read_config(src.path)
         tok_path = str(src.tokenizer) if src.tokenizer is not None else cfg.tokenizer_path
@@ -89,7 +93,7 @@ class Policy:
     @classmethod
     def from_artifact(cls, folder, device="cpu", precision="fp32", seed: int = 0,
                       tokenizer: str | Path | None = None, fuse: bool = True):
-        """A quantized artifact written by `quantvla quantize`.
+        """Load a quantized artifact written by `quantvla quantize`.
 
         `fuse` merges projections that share an input (norm + q/k/v, norm + gate/up) into
         one activation quantization and one GEMM; reports keep them apart to unfold ATM/OHB.
@@ -108,7 +112,7 @@ class Policy:
     @classmethod
     def load(cls, source: str | PolicySource, seed: int = 0,
              tokenizer: str | Path | None = None, **kwargs) -> Policy:
-        """A named config (random weights), a checkpoint folder or a quantized artifact."""
+        """Load a named config (random weights), a checkpoint folder or a quantized artifact."""
         src = PolicySource.resolve(source, seed=seed, tokenizer=tokenizer)
         if src.kind == "artifact":
             return cls.from_artifact(src.path, seed=src.seed, tokenizer=src.tokenizer, **kwargs)
@@ -123,6 +127,7 @@ class Policy:
 
     # ---- inference -------------------------------------------------------------------------
     def draw_noise(self, batch: int = 1) -> torch.Tensor:
+        """Draw denoising start noise [batch, horizon, model action dim] from the stream."""
         shape = (batch, self.cfg.action_horizon, self.cfg.action_dim)
         return torch.randn(shape, generator=self._gen)
 
@@ -160,7 +165,7 @@ class Policy:
 
     @torch.no_grad()
     def infer(self, obs: Observation | Mapping, noise: torch.Tensor | None = None) -> PolicyOutput:
-        """Action chunk [horizon, action dim] for one observation, with a timing breakdown."""
+        """Return the action chunk [horizon, action dim] for one observation, with timings."""
         t0 = time.perf_counter()
         inputs = self.prepare(obs)
         noise = (self.draw_noise() if noise is None else noise).to(self.device)
@@ -189,7 +194,7 @@ class Policy:
         return actions, t1, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
 
     def _run_graphed(self, inputs, noise):
-        """The same from two CUDA-graph replays (captured on first use or a shape change)."""
+        """Do the same with two CUDA-graph replays (captured on first use or a shape change)."""
         if self._graphed is None or not self._graphed.matches(inputs, noise):
             self._graphed = GraphedChunk(self.model, inputs, noise, self.cfg.num_steps)
         t1 = time.perf_counter()

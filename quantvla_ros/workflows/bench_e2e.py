@@ -24,6 +24,7 @@ def bench_observation(policy: Policy, seed: int = 0) -> Observation:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Return the ``q``-th percentile (0 to 100) of ``values``."""
     return float(np.percentile(np.asarray(values), q))
 
 
@@ -32,8 +33,10 @@ FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 
 def quantized_random_policy(model: str, bits: str, device: str, seed: int,
                             preset: str = "quantvla") -> Policy:
-    """A random-weight policy quantized round-to-nearest (latency does not depend on the
-    calibration, and ATM / OHB are folded into weights, so they cost nothing at runtime).
+    """Build a random-weight policy quantized round-to-nearest, for latency only.
+
+    Latency does not depend on the calibration, and ATM / OHB are folded into weights, so
+    they cost nothing at runtime.
     """
     from quantvla_ros.quant.apply import QuantConfig, quantize_
     from quantvla_ros.quant.fused import fuse_projections

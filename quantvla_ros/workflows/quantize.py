@@ -29,6 +29,8 @@ from quantvla_ros.runtime.source import PolicySource
 
 @dataclass
 class QuantizeRequest:
+    """One quantization job: float source, calibration data, scheme, layout, balance."""
+
     source: str  # a named config (random weights, `seed`) or a checkpoint folder
     calib: str  # a buffer folder or synthetic:N
     bits: str = "w4a8"
@@ -48,7 +50,7 @@ class QuantizeRequest:
 
 
 def holdout_count(n: int) -> int:
-    """Samples kept out of calibration for `quantvla report` (a quarter, at least one)."""
+    """Return how many samples `quantvla report` holds out (a quarter, at least one; n < 2: 0)."""
     return max(1, n // 4) if n >= 2 else 0
 
 
@@ -117,7 +119,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
 
 def quantize_hook(source: str = "pi05-tiny", bits: str = "w4a8", preset: str = "quantvla",
                   seed: int = 0, device: str = "cpu", log=print):
-    """A `(buffer_path, out_dir) -> artifact path` callable for the calibration node / demo."""
+    """Build a `(buffer_path, out_dir) -> artifact path` hook for the calibration node / demo."""
     parse_bits(bits)  # fail at start-up, not after a recording
     get_layout(preset)
 

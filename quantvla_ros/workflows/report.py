@@ -19,7 +19,7 @@ REPORT_NOISE_SEED = 1234
 
 def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
                  checkpoint=None) -> Policy:
-    """The float policy the artifact was made from; a checkpoint must match its sha256."""
+    """Load the float policy the artifact was made from; a checkpoint must match its sha256."""
     src = manifest.source
     if src.kind == "named":
         return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision)
@@ -67,6 +67,11 @@ def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
 
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
                  checkpoint=None) -> dict:
+    """Compare teacher, student and student without ATM / OHB on held-out samples.
+
+    All three see the same noise (REPORT_NOISE_SEED). Returns JSON-ready action errors,
+    per-layer ratios before / after balancing and per-denoising-step ratios.
+    """
     student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False)
     manifest = student.manifest
     teacher = load_teacher(manifest, device, precision, checkpoint)

@@ -18,6 +18,7 @@ def _fmt(x, digits=3) -> str:
 
 
 def to_markdown(r: dict) -> str:
+    """Render the report as markdown: the action error and per-layer ratio tables."""
     cal = r["calibration"]
     e, u = r["action_error"], r["action_error_without_balance"]
     lines = [
@@ -51,6 +52,7 @@ def to_markdown(r: dict) -> str:
 
 
 def plot(r: dict, out: Path) -> list[str]:
+    """Write ratios.png and action_error.png into ``out``; return their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,6 +86,7 @@ def plot(r: dict, out: Path) -> list[str]:
 
 
 def write_report(r: dict, out_dir) -> list[str]:
+    """Write report.json, report.md and the plots into ``out_dir``; return the names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(r, indent=2))
