@@ -43,4 +43,4 @@ def test_maintainer_email(package):
 
 def test_version_matches_setup_py(package):
     setup_py = (ROOT / "setup.py").read_text()
-    assert f"version='{package.version}'" in setup_py
+    assert re.search(rf"version=[\"']{re.escape(package.version)}[\"']", setup_py)

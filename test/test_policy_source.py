@@ -2,9 +2,10 @@
 
 import pytest
 
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.manifest import MANIFEST
 from quantvla_ros.runtime.policy import Policy
-from quantvla_ros.runtime.source import TOKENIZER_DIR, PolicySource, PolicySourceError
+from quantvla_ros.runtime.source import PolicySource, PolicySourceError
 
 
 def test_named_model_with_seed():

@@ -18,7 +18,6 @@ from quantvla_ros.demo.synthetic_bag import (  # noqa: E402
     write_topics_file,
 )
 from quantvla_ros.ros.bag_recorder import BagError, record_from_bags  # noqa: E402
-from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 from quantvla_ros.runtime.policy import Policy  # noqa: E402
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy  # noqa: E402
 
@@ -47,7 +46,7 @@ def leftovers(folder):
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topics, tmp_path,
-                                                              storage):
+                                                              storage, micro_checkpoint):
     out = tmp_path / "buffer"
     code, stdout, err = calibrate(capsys, "--bag", bags[storage]["path"], "--topics", topics,
                                   "--out", out, "--samples", 6, "--rate", 5, "--json")
@@ -58,18 +57,17 @@ def test_calibrate_from_bag_gives_a_buffer_the_policy_runs_on(capsys, bags, topi
     buf.verify()
     assert buf.cameras == {c.slot: c.size for c in DEFAULT_CAMERAS}
     assert buf.state_dim == len(DEFAULT_JOINTS)
-    stamps = [buf[i]["timestamp"] for i in range(len(buf))]
+    stamps = [buf[i].stamp for i in range(len(buf))]
     assert stamps == sorted(stamps) and len(set(stamps)) == 6
     obs = buf[0]
-    assert obs["instruction"].startswith("pick up the red block")
+    assert obs.instruction.startswith("pick up the red block")
     # The buffer calibrates a real artifact, which loads the way the node loads a policy.
-    micro = write_micro_checkpoint(tmp_path / "micro")
+    micro = micro_checkpoint
     artifact = tmp_path / "artifact"
     quantize_policy(QuantizeRequest(source=str(micro), calib=str(out), bits="w8a8"), artifact,
                     log=lambda *_: None)
     policy = Policy.load(str(artifact))
     assert policy.manifest.calibration["samples"] == 6
-    del obs["timestamp"]
     actions = policy.infer(obs).actions
     assert actions.shape == (10, 8) and np.isfinite(actions).all()
     assert leftovers(tmp_path) == []
@@ -81,9 +79,9 @@ def test_both_storages_give_the_same_observations(bags, topics, tmp_path):
     b = record_from_bags([bags["mcap"]["path"]], topics, tmp_path / "b", samples=4, rate_hz=5)
     assert a["samples"] == b["samples"] == 4
     x, y = RecordedBuffer.open(tmp_path / "a")[2], RecordedBuffer.open(tmp_path / "b")[2]
-    np.testing.assert_array_equal(x["state"], y["state"])
-    for slot in x["images"]:
-        np.testing.assert_array_equal(x["images"][slot], y["images"][slot])
+    np.testing.assert_array_equal(x.state, y.state)
+    for slot in x.images:
+        np.testing.assert_array_equal(x.images[slot], y.images[slot])
 
 
 def test_several_bags_append_and_existing_out(capsys, bags, topics, tmp_path):
@@ -115,7 +113,7 @@ def test_bag_missing_a_topic_is_rejected(capsys, tmp_path):
                                      topics_config(default_instruction="wipe the table"))
     code, _, err = calibrate(capsys, "--bag", bag, "--topics", with_default, "--out", out)
     assert code == 0, err
-    assert RecordedBuffer.open(out)[0]["instruction"] == "wipe the table"
+    assert RecordedBuffer.open(out)[0].instruction == "wipe the table"
 
 
 def test_camera_topic_absent_from_bag(capsys, bags, tmp_path):

@@ -64,9 +64,9 @@ def test_records_then_resumes(driver, tmp_path):
     assert len(buf) == 3 and buf.state_dim == 3 and buf.num_shards == 2  # shard_size 2
     assert buf.cameras == {"base_0_rgb": (48, 64), "left_wrist_0_rgb": (48, 64)}
     obs = buf[0]
-    assert obs["instruction"] == "stack the cups"
-    assert obs["state"].tolist() == pytest.approx([0.0, 0.1, 0.2])
-    stamps = [buf[i]["timestamp"] for i in range(3)]
+    assert obs.instruction == "stack the cups"
+    assert obs.state.tolist() == pytest.approx([0.0, 0.1, 0.2])
+    stamps = [buf[i].stamp for i in range(3)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
     # Reopening appends until the buffer holds `samples`.
     assert record(driver, path, 5).recorded == 5

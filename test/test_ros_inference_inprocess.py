@@ -18,7 +18,6 @@ from quantvla_ros.demo.node_process import pick_domain_id  # noqa: E402
 from quantvla_ros.ros.convert import compressed_to_rgb  # noqa: E402
 from quantvla_ros.ros.inference_node import QuantVLANode  # noqa: E402
 from quantvla_ros.ros.noise import policy_noise  # noqa: E402
-from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 from quantvla_ros.runtime.policy import Policy  # noqa: E402
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
@@ -27,8 +26,8 @@ JOINTS = [f"j{i}" for i in range(7)]
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return str(write_micro_checkpoint(tmp_path_factory.mktemp("micro") / "ckpt"))
+def micro(micro_checkpoint):
+    return str(micro_checkpoint)
 
 
 @pytest.fixture(scope="module")

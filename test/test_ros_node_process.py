@@ -16,7 +16,6 @@ rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
 from ros_driver import Driver  # noqa: E402
 
 from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id  # noqa: E402
-from quantvla_ros.ros.testing import write_micro_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "config" / "quantvla.yaml"
@@ -32,8 +31,8 @@ NS = 1_000_000_000
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return write_micro_checkpoint(tmp_path_factory.mktemp("micro") / "ckpt")
+def micro(micro_checkpoint):
+    return micro_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import numpy as np
 
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
 _BYTE_OFFSET = 3
+# The folder a checkpoint or artifact keeps its own tokenizer in (read and written by name).
+TOKENIZER_DIR = "tokenizer"
 
 
 class ByteTokenizer:

@@ -18,12 +18,12 @@ from safetensors.torch import save_file
 from quantvla_ros.data.atomic import folder_atomic
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.apply import _set_module
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
 from quantvla_ros.quant.qlinear import QuantLinear
 
 WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
-TOKENIZER_DIR = "tokenizer"
 _KEEP_FP32 = (".weight_scale", ".smooth")
 
 

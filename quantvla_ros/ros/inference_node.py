@@ -66,7 +66,7 @@ def load_policy(s: InferenceSettings) -> Policy:
     try:
         source = PolicySource.resolve(s.policy, seed=s.seed)
     except PolicySourceError as exc:
-        raise ConfigureError(str(exc)) from exc
+        raise ConfigureError(f"cannot load policy {s.policy!r}: {exc}") from exc
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:

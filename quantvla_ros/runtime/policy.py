@@ -15,13 +15,13 @@ from quantvla_ros.models.build import random_model
 from quantvla_ros.models.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.config import PiConfig, get_config
 from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
-from quantvla_ros.models.tokenizer import build_prompt, load_tokenizer, tokenize
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.runtime.cuda_graph import GraphedChunk
 from quantvla_ros.runtime.preprocess import images_to_pixels
-from quantvla_ros.runtime.source import TOKENIZER_DIR, PolicySource
+from quantvla_ros.runtime.source import PolicySource
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

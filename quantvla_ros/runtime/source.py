@@ -17,9 +17,8 @@ from typing import Literal
 from quantvla_ros.models.checkpoint import CONFIG as CHECKPOINT_CONFIG
 from quantvla_ros.models.checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
 from quantvla_ros.models.config import REGISTRY
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.manifest import MANIFEST, sha256_file
-
-TOKENIZER_DIR = "tokenizer"  # a checkpoint's or artifact's own tokenizer folder
 
 Kind = Literal["named", "checkpoint", "artifact"]
 
