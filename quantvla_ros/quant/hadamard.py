@@ -33,9 +33,19 @@ def block_size(k: int) -> int:
     return b
 
 
+@functools.lru_cache(maxsize=32)
+def hadamard_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Return the orthonormal n x n Hadamard matrix on ``device``, made once per device/dtype.
+
+    Cached because a per-call host-to-device copy syncs the stream on every W4A4 linear and
+    is illegal inside CUDA-graph capture; the warm-up runs before capture fill the cache.
+    """
+    return _hadamard_cpu(n).to(device=device, dtype=dtype)
+
+
 def rotate(x: torch.Tensor, block: int) -> torch.Tensor:
     """X [..., K] -> x H_blockdiag, computed in float32, returned in x's dtype."""
-    h = _hadamard_cpu(block).to(device=x.device, dtype=torch.float32)
+    h = hadamard_matrix(block, x.device, torch.float32)
     shape = x.shape
     y = x.float().reshape(*shape[:-1], shape[-1] // block, block) @ h
     return y.reshape(shape).to(x.dtype)
