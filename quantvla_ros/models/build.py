@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
 from quantvla_ros.models.pi0 import PiModel
+
+# Norm parameters stay float32 in every precision, as lerobot keeps them: Gemma's (1 + w) and
+# SmoothQuant factors folded into it sit near -1 / 0 where bf16 is coarse (gain errors of
+# percents), and adaRMS scale / shift feed every expert block.
+FP32_MODULES = (RMSNorm, AdaRMSNorm)
 
 
 def build_meta(cfg: PiConfig) -> PiModel:
@@ -38,4 +44,39 @@ def random_model(cfg: PiConfig, seed: int = 0, device="cpu", dtype=torch.float32
             p.zero_()
         else:
             p.normal_(0.0, 0.02, generator=gen)
-    return model.to(dtype).eval()
+    return cast_floating(model, dtype).eval()
+
+
+def fp32_tensor_names(model: torch.nn.Module) -> frozenset[str]:
+    """Return the state-dict names kept float32 in every precision (norm parameters)."""
+    return frozenset(
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules() if isinstance(module, FP32_MODULES)
+        for name, _ in [*module.named_parameters(recurse=True),
+                        *module.named_buffers(recurse=True)]
+    )
+
+
+def tensor_dtype(name: str, stored: torch.dtype, dtype: torch.dtype | None,
+                 fp32_names: frozenset[str]) -> torch.dtype:
+    """Return the dtype a loaded floating tensor gets: float32 for norms, else ``dtype``."""
+    if name in fp32_names:
+        return torch.float32
+    return dtype or stored
+
+
+@torch.no_grad()
+def cast_floating(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast floating parameters and buffers to ``dtype`` in place, norms to float32."""
+    keep = fp32_tensor_names(model)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if name in keep else dtype)
+    return model
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """Return the model's activation dtype: that of its first non-norm floating tensor."""
+    keep = fp32_tensor_names(model)
+    return next(t.dtype for n, t in model.named_parameters()
+                if n not in keep and t.is_floating_point())

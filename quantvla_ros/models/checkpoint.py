@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
 from quantvla_ros.models.config import GEMMA_VARIANTS, GemmaConfig, PiConfig, VisionConfig
 from quantvla_ros.models.normalization import Normalizer
 from quantvla_ros.models.pi0 import PiModel
@@ -181,9 +181,11 @@ def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
         keys = {from_lerobot_name(k): k for k in f.keys()}
         if "backbone.embed_tokens.weight" not in keys:
             keys["backbone.embed_tokens.weight"] = _LM_HEAD
+        fp32 = fp32_tensor_names(model)
         for ours in model.state_dict():
             t = f.get_tensor(keys[ours])
-            state[ours] = t.to(device=device, dtype=dtype or t.dtype)
+            state[ours] = t.to(device=device, dtype=tensor_dtype(ours, t.dtype, dtype, fp32)
+                               if t.is_floating_point() else t.dtype)
     model.load_state_dict(state, assign=True)
     return model.eval(), cfg, read_stats(folder, cfg.variant)
 

@@ -48,7 +48,9 @@ class AdaRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor):
         """Return (normalized x [B, S, W], residual gate [B, 1, W]) for cond [B, W]."""
-        scale, shift, gate = self.dense(cond).unsqueeze(1).chunk(3, dim=-1)
+        # dense stays float32 whatever the model dtype (models/build.py FP32_MODULES).
+        mod = F.linear(cond.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias)
+        scale, shift, gate = mod.unsqueeze(1).chunk(3, dim=-1)
         y = _rms(x, self.eps) * (1.0 + scale.float()) + shift.float()
         return y.to(x.dtype), gate.to(x.dtype)
 

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from quantvla_ros.data.atomic import folder_atomic
-from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
 from quantvla_ros.models.normalization import Normalizer
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.apply import _set_module
@@ -72,6 +72,7 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
         keys = set(f.keys())
         model, cfg = _quantized_skeleton(manifest, keys)
         expected = model.state_dict()
+        fp32 = fp32_tensor_names(model)
         missing = sorted(set(expected) - keys)
         if missing:
             raise ArtifactError(f"{path}: {len(missing)} missing tensors: "
@@ -84,7 +85,8 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
                 raise ArtifactError(f"{path}: tensor {k} is {t.dtype} {tuple(t.shape)}, "
                                     f"expected {meta.dtype} {tuple(meta.shape)}")
             keep = not t.is_floating_point() or k.endswith(_KEEP_FP32)
-            state[k] = t.to(device=device, dtype=None if keep or dtype is None else dtype)
+            state[k] = t.to(device=device, dtype=None if keep else
+                            tensor_dtype(k, t.dtype, dtype, fp32))
     model.load_state_dict(state, assign=True)
     normalizer = Normalizer.identity()
     if (folder / STATS).is_file():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from quantvla_ros.data.observation import Observation, ObservationError
-from quantvla_ros.models.build import random_model
+from quantvla_ros.models.build import compute_dtype, random_model
 from quantvla_ros.models.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.config import PiConfig, get_config
 from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
@@ -52,7 +52,7 @@ class Policy:
         self.model, self.cfg = model, model.cfg
         self.normalizer, self.tokenizer = normalizer, tokenizer
         self.device = torch.device(device)
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = compute_dtype(model)
         self.source = source
         self.manifest: ArtifactManifest | None = None  # set for quantized artifacts
         # On CUDA each chunk replays two captured graphs (see cuda_graph.py); eager otherwise.
