@@ -22,6 +22,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -33,7 +34,11 @@ from quantvla_ros.ros.convert import (
     rgb_to_image_fields,
     stamp_to_ns,
 )
-from quantvla_ros.ros.inputs import INSTRUCTION_QOS
+
+# A latching publisher's own profile, as an operator's script would write it (not imported
+# from the node: the test must not share the QoS under test).
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class Driver:
@@ -55,8 +60,10 @@ class Driver:
             s: self.node.create_publisher(CompressedImage if c else Image, t, 10)
             for t, s, c in self.cameras}
         self._joint_pub = self.node.create_publisher(JointState, joint_topic, 10)
+        self.instruction_topic = instruction_topic
         self._instruction_pub = self.node.create_publisher(String, instruction_topic,
-                                                           INSTRUCTION_QOS)
+                                                           LATCHED_QOS)
+        self._live_instruction_pub = None  # made on first use: see publish_instruction
         self._lock = threading.Lock()
         self.trajectories: list[tuple[JointTrajectory, int]] = []
         self.diagnostics: list[tuple[DiagnosticArray, int]] = []
@@ -118,9 +125,27 @@ class Driver:
                              timeout)
 
     # ---- publishing ------------------------------------------------------------------------
-    def publish_instruction(self, text: str) -> None:
-        """Publish an instruction (transient local: late subscribers get it too)."""
-        self._instruction_pub.publish(String(data=text))
+    def publish_instruction(self, text: str, *, latched: bool = True,
+                            match_timeout: float = 15.0) -> None:
+        """Publish an instruction.
+
+        ``latched``: transient local, late subscribers get it too. Otherwise with the
+        default QoS (``qos_profile=10``: reliable, volatile, what ``ros2 topic pub`` uses),
+        once a subscription has matched (a volatile message sent before that is lost);
+        TimeoutError if none matches within ``match_timeout`` s.
+        """
+        if latched:
+            self._instruction_pub.publish(String(data=text))
+            return
+        if self._live_instruction_pub is None:
+            self._live_instruction_pub = self.node.create_publisher(
+                String, self.instruction_topic, 10)
+        pub = self._live_instruction_pub
+        if not self.wait_for(lambda: pub.get_subscription_count() > 0, match_timeout):
+            raise TimeoutError(
+                f"no subscription matched a default-QoS (volatile) publisher on "
+                f"{self.instruction_topic} within {match_timeout:g} s (incompatible QoS?)")
+        pub.publish(String(data=text))
 
     def publish_once(self, stamp_ns: int | None = None) -> int:
         """Publish one frame per camera and one joint state; return the stamp used."""

@@ -19,7 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from quantvla_ros.ros.convert import ns_to_sec_nsec, stamp_to_ns
-from quantvla_ros.ros.inputs import INSTRUCTION_QOS
+from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS
 
 MSG_TYPES = {
     "sensor_msgs/msg/Image": Image,
@@ -53,7 +53,8 @@ class BagPlayer:
         self.publishers = {}
         for _, topic, msgtype, _ in self.messages:
             if topic not in self.publishers:
-                qos = INSTRUCTION_QOS if msgtype == "std_msgs/msg/String" else 10
+                # Latched instruction: the node gets it when it subscribes (at configure).
+                qos = LATCHED_INSTRUCTION_QOS if msgtype == "std_msgs/msg/String" else 10
                 self.publishers[topic] = node.create_publisher(MSG_TYPES[msgtype], topic, qos)
         self.node = node
 

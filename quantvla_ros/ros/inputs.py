@@ -9,6 +9,10 @@ unpaired data, level WARN).
 An invalid instruction invalidates the current one: the operator meant to change the task,
 so the node waits for a valid instruction instead of going on with the old one (or with
 ``default_instruction``).
+
+The instruction is read from any reliable publisher, volatile (``ros2 topic pub``'s default)
+or transient local (latched: its last message reaches a node that subscribes later); see
+``LIVE_INSTRUCTION_QOS``. The newest message wins.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -43,8 +48,23 @@ from quantvla_ros.ros.settings import InputSettings
 
 Report = Callable[[str, int, str, str], None]
 
-# Late starters get the last instruction published before they subscribed.
-INSTRUCTION_QOS = QoSProfile(
+# The instruction must come from an ordinary (volatile) publisher at any time AND from a
+# latched (transient-local) one that published before the node subscribed. One DDS reader
+# cannot do both: a transient-local reader is incompatible with a volatile writer (nothing is
+# ever delivered), and a volatile reader never gets a writer's earlier, historical samples.
+# DurabilityPolicy.BEST_AVAILABLE does not solve it for a subscription: rmw_dds_common
+# resolves it once, when the subscription is created, to transient local if every publisher
+# known then is (also when there is none) and to volatile otherwise; a volatile publisher
+# that shows up later stays incompatible. So the hub keeps two reliable subscriptions on the
+# topic feeding one handler: LIVE_INSTRUCTION_QOS gets every live message of every reliable
+# publisher, LATCHED_INSTRUCTION_QOS the latched one of a transient-local publisher (and a
+# second copy of its live ones, dropped by the handler). Depth 1: the newest message wins.
+LIVE_INSTRUCTION_QOS = QoSProfile(
+    depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Also the profile for a publisher that wants late starters to get its last instruction.
+LATCHED_INSTRUCTION_QOS = QoSProfile(
     depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
@@ -71,6 +91,9 @@ class InputHub:
         self.joints = TimedBuffer(_JOINTS_KEPT)
         self.instruction: str | None = None
         self._instruction_problem: str | None = None
+        # Publisher gid + sequence number and source timestamp of the last instruction taken.
+        self._instruction_id: tuple | None = None
+        self._instruction_ns = 0
         self._last_stamp: int | None = None
         self.subscriptions = []
         for cam in settings.cameras:
@@ -80,8 +103,15 @@ class InputHub:
                 qos_profile_sensor_data))
         self.subscriptions.append(node.create_subscription(
             JointState, settings.joint_state_topic, self._on_joints, qos_profile_sensor_data))
+        topic = settings.instruction_topic
         self.subscriptions.append(node.create_subscription(
-            String, settings.instruction_topic, self._on_instruction, INSTRUCTION_QOS))
+            String, topic, self._instruction_callback(latched=False), LIVE_INSTRUCTION_QOS))
+        # A volatile publisher is incompatible with this one by design (the live subscription
+        # serves it): no "incompatible QoS" warning for that.
+        quiet = SubscriptionEventCallbacks(incompatible_qos=self._on_latched_incompatible)
+        self.subscriptions.append(node.create_subscription(
+            String, topic, self._instruction_callback(latched=True), LATCHED_INSTRUCTION_QOS,
+            event_callbacks=quiet))
 
     def destroy(self) -> None:
         """Destroy the subscriptions and forget buffered data."""
@@ -130,6 +160,43 @@ class InputHub:
                          f"joint states ({self.settings.joint_state_topic}): {exc}", "bad")
         except Exception as exc:
             self._report("joint_states", ERROR, f"joint states: unexpected error {exc!r}", "bad")
+
+    def _instruction_callback(self, latched: bool):
+        def callback(msg, info) -> None:
+            try:
+                if self._instruction_is_news(info, latched):
+                    self._on_instruction(msg)
+            except Exception as exc:
+                self._report("instruction", ERROR, f"instruction: unexpected error {exc!r}",
+                             "bad")
+        return callback
+
+    def _instruction_is_news(self, info, latched: bool) -> bool:
+        """Tell whether a message is not a copy of, nor (if latched) older than, the current one.
+
+        A transient-local publisher's message arrives on both subscriptions: the second copy
+        (same publisher gid and sequence number) is dropped. The live subscription delivers in
+        arrival order, so its messages always count; a latched-subscription message older
+        (source timestamp) than the instruction taken last is stale -- a latched instruction
+        handed over at subscription time, or the late second copy of a message that a newer
+        one has replaced -- and is dropped.
+        """
+        gid = info.get("publisher_gid") or {}
+        seq = info.get("publication_sequence_number")
+        ident = None if not gid.get("data") or seq is None else (bytes(gid["data"]), seq)
+        stamp = int(info.get("source_timestamp") or 0)
+        if ident is not None and ident == self._instruction_id:
+            return False
+        if latched and stamp and stamp < self._instruction_ns:
+            return False
+        self._instruction_id, self._instruction_ns = ident, stamp
+        return True
+
+    def _on_latched_incompatible(self, event) -> None:
+        self.node.get_logger().debug(
+            f"{self.settings.instruction_topic}: a publisher is incompatible with the "
+            f"transient-local subscription ({event.last_policy_kind}); a volatile one is read "
+            "by the volatile subscription")
 
     def _on_instruction(self, msg) -> None:
         try:

@@ -47,8 +47,9 @@ INPUT_PARAMS = (
           "Joints in the order of the policy's state vector and of the published action "
           "dimensions."),
     Param("instruction_topic", "str", "/instruction",
-          "std_msgs/String with the task (transient-local QoS: the last one reaches late "
-          "starters)."),
+          "std_msgs/String with the task, from any reliable publisher: volatile (e.g. "
+          "ros2 topic pub) or transient local (its last message reaches late starters). "
+          "The newest message wins."),
     Param("default_instruction", "str", "",
           "Instruction used until one arrives on instruction_topic; empty = wait for one."),
     Param("sync_tolerance_s", "float", 0.05,
