@@ -82,19 +82,47 @@ def test_joint_mask_prefix_never_sees_suffix():
 
 
 def test_prefix_outputs_ignore_suffix(model):
-    """Behaviour, not just the mask: changing the actions leaves the prefix stream unchanged."""
+    """Behaviour, not just the mask: changing the actions leaves the prefix stream unchanged.
+
+    The prefix stream leaves the backbone only as keys and values (the backbone's last layer
+    has no queries or MLP, and no final norm), so every layer's prefix K/V must be identical.
+    """
     cfg = model.cfg
     images, im, tok, tm, noise, state = make_inputs(cfg)
     embs, valid = model.embed_prefix(images, im, tok, tm)
+    p = embs.shape[1]
     t = torch.full((2,), 0.5)
-    outs = []
+    caches = []
     for x in (noise, noise * 3 + 1):
         s_embs, cond, ar = model.embed_suffix(x, t, state)
         mask, full_valid = joint_mask(valid, ar)
         pos = full_valid.long().cumsum(1) - 1
-        (prefix_out, _), _ = joint_forward(model.towers, [embs, s_embs], [None, cond], pos, mask)
-        outs.append(prefix_out[valid])
-    assert torch.equal(outs[0], outs[1])
+        (prefix_out, suffix_out), cache = joint_forward(
+            model.towers, [embs, s_embs], [None, cond], pos, mask, store=True)
+        assert prefix_out is None and suffix_out.shape[1] == s_embs.shape[1]
+        caches.append(cache)
+    assert len(caches[0].keys) == cfg.backbone.depth
+    for layer in range(cfg.backbone.depth):
+        for a, b in ((caches[0].keys, caches[1].keys), (caches[0].values, caches[1].values)):
+            # padding rows attend to nothing valid; no query ever reads their K/V
+            prefix_a = a[layer][:, :, :p].transpose(1, 2)[valid]
+            prefix_b = b[layer][:, :, :p].transpose(1, 2)[valid]
+            assert torch.equal(prefix_a, prefix_b), layer
+            assert not torch.equal(a[layer][:, :, p:], b[layer][:, :, p:]), layer
+
+
+def test_backbone_last_layer_is_key_value_only(model):
+    """Never-executed modules are not built: last backbone layer has only norm + k/v."""
+    last = model.backbone.layers[-1]
+    assert last.kv_only and not hasattr(model.backbone, "norm")
+    assert sorted(n for n, _ in last.named_parameters()) == [
+        "input_layernorm.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"]
+    assert not any(layer.kv_only for layer in model.backbone.layers[:-1])
+    assert not any(layer.kv_only for layer in model.expert.layers)
+    assert model.never_executed_modules() == (
+        "backbone.layers.1.self_attn.q_proj", "backbone.layers.1.self_attn.o_proj",
+        "backbone.layers.1.post_attention_layernorm", "backbone.layers.1.mlp",
+        "backbone.norm")
 
 
 def test_suffix_sees_prefix(model):
@@ -161,13 +189,24 @@ def test_state_dict_keys_unchanged(name):
     cfg = get_config(name)
     model = build_meta(cfg)
     keys = list(model.state_dict())
-    count, digest = STATE_DICT_KEYS[name]
-    assert len(keys) == count
-    assert hashlib.sha256("\n".join(keys).encode()).hexdigest() == digest
     assert [n for n, _ in model.named_parameters()] == keys  # the blocks add no second path
+    # The backbone's last layer lost exactly its never-executed modules (issue 9): put their
+    # keys back where a full model has them and the recorded list must come out unchanged.
+    last = f"backbone.layers.{cfg.backbone.depth - 1}."
+    live = [k[len(last):] for k in keys if k.startswith(last)]
+    assert live == ["input_layernorm.weight", "self_attn.k_proj.weight",
+                    "self_attn.v_proj.weight"]
+    first = keys.index(last + live[0])
+    full = (keys[:first] + [last + k for k in gemma_layer_keys(False)] + ["backbone.norm.weight"]
+            + keys[first + len(live):])
+    count, digest = STATE_DICT_KEYS[name]
+    assert len(full) == count and len(keys) == count - 7
+    assert hashlib.sha256("\n".join(full).encode()).hexdigest() == digest
     for tower, adaptive in (("backbone", False), ("expert", cfg.variant == "pi05")):
         for i in range(getattr(cfg, tower).depth):
             prefix = f"{tower}.layers.{i}."
+            if prefix == last:
+                continue
             assert [k[len(prefix):] for k in keys if k.startswith(prefix)] == \
                 gemma_layer_keys(adaptive)
 

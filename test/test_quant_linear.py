@@ -156,10 +156,10 @@ def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
 
 
 @pytest.mark.parametrize("name,bits,expected", [
-    ("pi05-tiny", "w8a8", {"norm_qkv": 2, "norm_gate_up": 2, "gate_up": 2}),
-    ("pi05-tiny", "w4a8", {"norm_qkv": 2, "norm_gate_up": 2, "gate_up": 2}),
-    ("pi0-tiny", "w4a8", {"norm_qkv": 2, "norm_gate_up": 4, "gate_up": 0}),
-    ("pi05-tiny", "w4a4", {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}),
+    ("pi05-tiny", "w8a8", {"norm_qkv": 1, "norm_kv": 1, "norm_gate_up": 1, "gate_up": 2}),
+    ("pi05-tiny", "w4a8", {"norm_qkv": 1, "norm_kv": 1, "norm_gate_up": 1, "gate_up": 2}),
+    ("pi0-tiny", "w4a8", {"norm_qkv": 1, "norm_kv": 1, "norm_gate_up": 3, "gate_up": 0}),
+    ("pi05-tiny", "w4a4", {"norm_qkv": 0, "norm_kv": 0, "norm_gate_up": 0, "gate_up": 0}),
 ])
 def test_fused_model_equals_unfused(name, bits, expected):
     """Norm + quantization + one GEMM per input gives the unfused model's chunk."""
@@ -197,7 +197,8 @@ def test_fused_model_equals_unfused(name, bits, expected):
     out = fused.sample_actions(images, im, tok, tm, noise, state)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     # fusing again finds nothing left to fuse and changes nothing
-    assert fuse_projections(fused) == {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}
+    assert fuse_projections(fused) == {"norm_qkv": 0, "norm_kv": 0, "norm_gate_up": 0,
+                                       "gate_up": 0}
     torch.testing.assert_close(fused.sample_actions(images, im, tok, tm, noise, state), out,
                                rtol=0, atol=0)
 
@@ -209,26 +210,37 @@ def test_fusion_swaps_whole_blocks(name, bits):
     from quantvla_ros.models.config import get_config
     from quantvla_ros.models.layers import AttentionInput, MLPBlock
     from quantvla_ros.quant.apply import QuantConfig, quantize_
-    from quantvla_ros.quant.fused import AdaNormGateUp, NormGateUp, NormQKV, fuse_projections
+    from quantvla_ros.quant.fused import (
+        AdaNormGateUp,
+        NormGateUp,
+        NormKV,
+        NormQKV,
+        fuse_projections,
+    )
     from quantvla_ros.quant.layouts import get_layout
 
     model = random_model(get_config(name), seed=0)
     quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))
     layers = [*model.backbone.layers, *model.expert.layers]
     assert all(isinstance(la.attention_input, AttentionInput) for la in layers)
-    assert all(isinstance(la.mlp_block, MLPBlock) for la in layers)
+    assert all(isinstance(la.mlp_block, MLPBlock) for la in layers if not la.kv_only)
+    last = model.backbone.layers[-1]
+    assert last.kv_only and not hasattr(last, "mlp_block")  # never executed: never built
+    before_kv = last.attention_input.kv(hb := torch.randn(2, 7, model.cfg.backbone.width), None)
     torch.manual_seed(0)
     cfg = model.cfg
-    hb = torch.randn(2, 7, cfg.backbone.width)
     he = torch.randn(2, 7, cfg.expert.width)
     cond = torch.randn(2, cfg.expert.width) if cfg.variant == "pi05" else None
     first, layer = model.backbone.layers[0], model.expert.layers[0]
     before_attn = first.attention_input(hb, None)
     before_mlp = layer.mlp_block(he, cond)
     fuse_projections(model)
-    for la in model.backbone.layers:
+    for la in model.backbone.layers[:-1]:
         assert isinstance(la.attention_input, NormQKV)
         assert isinstance(la.mlp_block, NormGateUp)
+    assert isinstance(last.attention_input, NormKV)
+    for a, b in zip(last.attention_input.kv(hb, None), before_kv, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     for la in model.expert.layers:  # the quantvla layout keeps the expert's attention float
         assert isinstance(la.attention_input, AttentionInput)
         assert isinstance(la.mlp_block, AdaNormGateUp if cfg.variant == "pi05" else NormGateUp)

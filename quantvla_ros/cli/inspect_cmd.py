@@ -46,4 +46,8 @@ def run(args) -> int:
           f"saving {100 * r['saving']:.1f}%)")
     print(f"  whole model: {human_bytes(r['total_bytes_bf16'])} bf16 -> "
           f"{human_bytes(r['total_bytes'])} (saving {100 * r['total_saving']:.1f}%)")
+    print(f"  never executed, not loaded: {', '.join(r['never_executed_modules'])} "
+          f"({r['never_executed_params'] / 1e6:.1f}M parameters, "
+          f"{human_bytes(r['never_executed_params'] * 2)} bf16; a full checkpoint is "
+          f"{human_bytes(r['checkpoint_bytes_bf16'])} bf16)")
     return 0

@@ -40,16 +40,23 @@ class GemmaLayer(nn.Module):
     `swap_mlp_block` install a replacement block (e.g. quantized, quant/fused.py).
     """
 
-    def __init__(self, cfg: GemmaConfig, adaptive: bool):
-        """Build the layer of `cfg`; `adaptive` selects pi0.5's time-conditioned norms."""
+    def __init__(self, cfg: GemmaConfig, adaptive: bool, kv_only: bool = False):
+        """Build the layer of `cfg`; `adaptive` selects pi0.5's time-conditioned norms.
+
+        A `kv_only` layer has only the input norm and k/v projections: no query, attention
+        output or MLP (nothing reads them), and no `mlp_block`.
+        """
         super().__init__()
         norm = AdaRMSNorm if adaptive else RMSNorm
+        self.kv_only = kv_only
         self.input_layernorm = norm(cfg.width, cfg.eps)
-        self.self_attn = Attention(cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        self.post_attention_layernorm = norm(cfg.width, cfg.eps)
-        self.mlp = GeGLU(cfg.width, cfg.mlp_dim)
+        self.self_attn = Attention(cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                   kv_only=kv_only)
         self.attention_input: nn.Module = AttentionInput(self.input_layernorm, self.self_attn)
-        self.mlp_block: nn.Module = MLPBlock(self.post_attention_layernorm, self.mlp)
+        if not kv_only:
+            self.post_attention_layernorm = norm(cfg.width, cfg.eps)
+            self.mlp = GeGLU(cfg.width, cfg.mlp_dim)
+            self.mlp_block: nn.Module = MLPBlock(self.post_attention_layernorm, self.mlp)
 
     def swap_attention_input(self, block: nn.Module) -> None:
         """Replace the input norm + q/k/v by `block`, which keeps `AttentionInput`'s contract.
@@ -60,7 +67,8 @@ class GemmaLayer(nn.Module):
         if isinstance(self.attention_input, AttentionInput):
             del self.input_layernorm
             for name in ("q_proj", "k_proj", "v_proj"):
-                delattr(self.self_attn, name)
+                if hasattr(self.self_attn, name):
+                    delattr(self.self_attn, name)
         self.attention_input = block
 
     def swap_mlp_block(self, block: nn.Module) -> None:
@@ -75,22 +83,37 @@ class GemmaLayer(nn.Module):
 
 
 class GemmaTower(nn.Module):
-    """Layers and final norm of one tower; the backbone also owns the token embedding."""
+    """Layers and final norm of one tower; the backbone also owns the token embedding.
 
-    def __init__(self, cfg: GemmaConfig, adaptive: bool, vocab_size: int | None = None):
+    A tower built with `outputs=False` is read only through its keys and values (pi0's
+    backbone: the action expert attends to the prefix K/V, nothing reads the prefix hidden
+    states). Its last layer is `kv_only` and it has no final norm, so the last layer's q/o
+    projections and MLP, never executed, are neither built, loaded, quantized nor stored.
+    """
+
+    def __init__(self, cfg: GemmaConfig, adaptive: bool, vocab_size: int | None = None,
+                 outputs: bool = True):
         """Build `cfg.depth` layers; `vocab_size` adds the token embedding (backbone)."""
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.outputs = cfg, outputs
         if vocab_size is not None:
             self.embed_tokens = nn.Embedding(vocab_size, cfg.width)
-        self.layers = nn.ModuleList(GemmaLayer(cfg, adaptive) for _ in range(cfg.depth))
-        self.norm = (AdaRMSNorm if adaptive else RMSNorm)(cfg.width, cfg.eps)
+        self.layers = nn.ModuleList(
+            GemmaLayer(cfg, adaptive, kv_only=not outputs and i == cfg.depth - 1)
+            for i in range(cfg.depth))
+        if outputs:
+            self.norm = (AdaRMSNorm if adaptive else RMSNorm)(cfg.width, cfg.eps)
 
 
-def mask_rows_valid(mask: torch.Tensor, sizes, active, tower: int) -> torch.Tensor:
-    """[B, S_i] True for tower i's query rows that attend to anything (i.e. not padding)."""
-    start = sum(sizes[: active.index(tower)])
-    return mask[:, start:start + sizes[active.index(tower)]].any(-1)
+def never_executed(prefix: str, cfg: GemmaConfig) -> tuple[str, ...]:
+    """Return the modules a full `outputs=False` tower at `prefix` has that never run.
+
+    Checkpoints (lerobot writes the full towers) and older artifacts hold these tensors;
+    the loaders skip them.
+    """
+    last = f"{prefix}.layers.{cfg.depth - 1}"
+    return (f"{last}.self_attn.q_proj", f"{last}.self_attn.o_proj",
+            f"{last}.post_attention_layernorm", f"{last}.mlp", f"{prefix}.norm")
 
 
 @dataclass
@@ -106,8 +129,9 @@ class AttentionObserver(Protocol):
     """What `joint_forward` reports to an observer (calibration: quant/stats.StatsCollector).
 
     Towers are numbered as in `joint_forward`'s lists (0 backbone, 1 expert); layers from 0.
-    Only active towers are reported, and nothing for a last layer skipped by a prefill
-    (`final_outputs=False`). The observer must not modify the tensors it is given.
+    Only active towers are reported, and nothing for a layer whose queries do not run (the
+    last layer of a tower built with `outputs=False`). The observer must not modify the
+    tensors it is given.
     """
 
     step: int | None
@@ -120,6 +144,13 @@ class AttentionObserver(Protocol):
         q [B, H, S_i, D] are the tower's post-RoPE queries; k [B, KVH, T, D] all post-RoPE
         keys it attends over (cached prefix, then every tower's new tokens); mask_rows
         [B, S_i, T] is the boolean mask of its query rows (True = may attend).
+        """
+
+    def tokens(self, tower: int, valid_rows: torch.Tensor) -> None:
+        """See which of a tower's new token rows are real, before any layer runs.
+
+        valid_rows [B, S_i] is True for rows that attend to anything (not padding). The
+        default ignores it; a recorder of linear inputs uses it to drop padding rows.
         """
 
     def o_proj(self, layer: int, tower: int, out: torch.Tensor,
@@ -138,18 +169,18 @@ def joint_forward(
     mask: torch.Tensor,
     past: KVCache | None = None,
     store: bool = False,
-    final_outputs: bool = True,
     observer: AttentionObserver | None = None,
 ):
     """Run all layers over the towers' tokens.
 
     hiddens[i] is tower i's input [B, S_i, W_i] or None (tower idle); positions [B, sum S_i]
     are RoPE positions of the new tokens; mask [B, sum S_i, P + sum S_i] is boolean over
-    [past keys, new keys]. Returns (outputs after the final norms, KVCache of the new keys if
-    `store`). With `final_outputs=False` the last layer's o_proj / MLP are skipped: a prefill
-    only needs the keys and values. An `observer` (calibration, see `AttentionObserver`)
+    [past keys, new keys]. Returns (outputs after the final norms, None for towers built
+    with `outputs=False` or idle; KVCache of the new keys if `store`). In the last layer a
+    tower without outputs only adds its keys and values: when no active tower has outputs
+    (a prefill) the loop ends there. An `observer` (calibration, see `AttentionObserver`)
     sees each tower's post-RoPE queries with all keys and the mask rows, and each tower's
-    o_proj output.
+    o_proj output, for every layer whose queries run.
     """
     active = [i for i, h in enumerate(hiddens) if h is not None]
     hiddens = list(hiddens)
@@ -158,17 +189,26 @@ def joint_forward(
     cos, sin = rope_cos_sin(positions, ref.head_dim, ref.rope_theta, dtype)
     bias = attention_bias(mask, dtype)  # once for all layers
     sizes = [hiddens[i].shape[1] for i in active]
+    ends = torch.tensor(sizes).cumsum(0).tolist()
+    rows = {i: (end - size, end) for i, size, end in zip(active, sizes, ends, strict=True)}
+    if observer is not None:
+        for i in active:
+            observer.tokens(i, mask[:, slice(*rows[i])].any(-1))
     stored = KVCache([], [])
     depth = len(towers[active[0]].layers)
     for li in range(depth):
         layers = {i: towers[i].layers[li] for i in active}
+        # towers whose queries run in this layer: all, except in the last layer
+        query = [i for i in active if li < depth - 1 or towers[i].outputs]
         qs, ks, vs, gates = [], [], [], {}
         for i in active:
-            q, k, v, gates[i] = layers[i].attention_input(hiddens[i], conds[i])
-            qs.append(q)
+            if i in query:
+                q, k, v, gates[i] = layers[i].attention_input(hiddens[i], conds[i])
+                qs.append(q)
+            else:
+                k, v = layers[i].attention_input.kv(hiddens[i], conds[i])
             ks.append(k)
             vs.append(v)
-        q = apply_rope(torch.cat(qs, 2), cos, sin)
         k = apply_rope(torch.cat(ks, 2), cos, sin)
         v = torch.cat(vs, 2)
         if store:
@@ -177,22 +217,30 @@ def joint_forward(
         if past is not None:
             k = torch.cat([past.keys[li], k], 2)
             v = torch.cat([past.values[li], v], 2)
-        if li == depth - 1 and not final_outputs:
+        if not query:
             break
+        if query == active:
+            q_cos, q_sin, q_bias, q_mask = cos, sin, bias, mask
+        else:
+            pick = torch.cat([torch.arange(*rows[i], device=mask.device) for i in query])
+            q_cos, q_sin = cos[:, :, pick], sin[:, :, pick]
+            q_bias, q_mask = bias[:, :, pick], mask[:, pick]
+        q = apply_rope(torch.cat(qs, 2), q_cos, q_sin)
+        q_sizes = [sizes[active.index(i)] for i in query]
         if observer is not None:
-            rows = torch.tensor(sizes).cumsum(0).tolist()
-            for i, start, end in zip(active, [0] + rows[:-1], rows, strict=True):
-                observer.attention(li, i, q[:, :, start:end], k, mask[:, start:end])
-        att = attend(q, k, v, bias).split(sizes, dim=1)
-        for i, a in zip(active, att, strict=True):
+            q_ends = torch.tensor(q_sizes).cumsum(0).tolist()
+            for i, size, end in zip(query, q_sizes, q_ends, strict=True):
+                observer.attention(li, i, q[:, :, end - size:end], k, q_mask[:, end - size:end])
+        att = attend(q, k, v, q_bias).split(q_sizes, dim=1)
+        for i, a in zip(query, att, strict=True):
             layer = layers[i]
             out = layer.self_attn.o_proj(a)
             if observer is not None:
-                observer.o_proj(li, i, out, mask_rows_valid(mask, sizes, active, i))
+                observer.o_proj(li, i, out, mask[:, slice(*rows[i])].any(-1))
             h = gated_residual(hiddens[i], out, gates[i])
             hiddens[i] = layer.mlp_block(h, conds[i])
     outputs = [None] * len(hiddens)
-    if final_outputs:
-        for i in active:
+    for i in active:
+        if towers[i].outputs:
             outputs[i], _ = towers[i].norm(hiddens[i], conds[i])
     return outputs, (stored if store else None)

@@ -80,18 +80,33 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     """q/k/v/o projections of one tower; the attention itself runs jointly across towers."""
 
-    def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int):
-        """Projections for `num_heads` query and `num_kv_heads` key/value heads of `head_dim`."""
+    def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 kv_only: bool = False):
+        """Projections for `num_heads` query and `num_kv_heads` key/value heads of `head_dim`.
+
+        `kv_only` builds k_proj / v_proj alone: a layer whose queries and output nothing reads
+        (the backbone's last layer, see GemmaTower) only supplies keys and values.
+        """
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
+        self.kv_only = kv_only
+        if not kv_only:
+            self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
         self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+        if not kv_only:
+            self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
 
     def qkv(self, x: torch.Tensor):
         """Project to q [B, H, S, D] and k, v [B, KVH, S, D] (before RoPE)."""
         return self.split_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x))
+
+    def kv(self, x: torch.Tensor):
+        """Project to k, v [B, KVH, S, D] only (before RoPE)."""
+        b, s, _ = x.shape
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return k, v
 
     def split_heads(self, q, k, v):
         """Reshape [B, S, H*D] projections to [B, heads, S, D]."""
@@ -168,6 +183,11 @@ class AttentionInput(nn.Module):
         """Normalize h [B, S, W] (with cond for the adaptive norm) and project to q, k, v."""
         x, gate = self.norm(h, cond)
         return (*self.attn.qkv(x), gate)
+
+    def kv(self, h: torch.Tensor, cond: torch.Tensor | None):
+        """Normalize h and project to k, v only (what a key/value-only layer computes)."""
+        x, _ = self.norm(h, cond)
+        return self.attn.kv(x)
 
     def extra_repr(self) -> str:
         """Say that the block views its layer's modules."""

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantvla_ros.models.config import PiConfig
-from quantvla_ros.models.gemma import AttentionObserver, GemmaTower, KVCache, joint_forward
+from quantvla_ros.models.gemma import (
+    AttentionObserver,
+    GemmaTower,
+    KVCache,
+    joint_forward,
+    never_executed,
+)
 from quantvla_ros.models.siglip import SiglipVision
 
 
@@ -72,7 +78,10 @@ class PiModel(nn.Module):
         e = cfg.expert.width
         self.vision = SiglipVision(cfg.vision)
         self.projector = nn.Linear(cfg.vision.width, cfg.backbone.width)
-        self.backbone = GemmaTower(cfg.backbone, adaptive=False, vocab_size=cfg.vocab_size)
+        # Only the prefix K/V leaves the backbone: its last layer's q/o/MLP and final norm
+        # never run, so they are not built (GemmaTower, never_executed_modules).
+        self.backbone = GemmaTower(cfg.backbone, adaptive=False, vocab_size=cfg.vocab_size,
+                                   outputs=False)
         self.expert = GemmaTower(cfg.expert, adaptive=cfg.variant == "pi05")
         self.action_in_proj = nn.Linear(cfg.action_dim, e)
         self.action_out_proj = nn.Linear(e, cfg.action_dim)
@@ -83,6 +92,10 @@ class PiModel(nn.Module):
             self.state_proj = nn.Linear(cfg.state_dim, e)
             self.action_time_mlp_in = nn.Linear(2 * e, e)
             self.action_time_mlp_out = nn.Linear(e, e)
+
+    def never_executed_modules(self) -> tuple[str, ...]:
+        """Names of modules a full-size checkpoint holds that this model never runs."""
+        return never_executed("backbone", self.cfg.backbone)
 
     @property
     def towers(self) -> list[GemmaTower]:
@@ -110,7 +123,7 @@ class PiModel(nn.Module):
         mask = prefix_valid[:, None, :] & prefix_valid[:, :, None]
         _, cache = joint_forward(
             self.towers, [prefix_embs, None], [None, None], positions, mask,
-            store=True, final_outputs=False, observer=self.observer,
+            store=True, observer=self.observer,
         )
         return cache
 

@@ -63,13 +63,13 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
         for name in names:
             if name not in folded and not config.scheme.hadamard:
                 w = model.get_submodule(name).weight
-                divisor[name] = smoothing_factors(inputs.absmax[name], [w],
+                divisor[name] = smoothing_factors(_recorded(inputs.absmax, name), [w],
                                                   config.smooth_alpha).to(w.device)
     for name in (progress(names) if progress else names):
         linear = model.get_submodule(name)
         x = None
         if config.scheme.clip_search:
-            x = inputs.rows[name].to(linear.weight.device)
+            x = _recorded(inputs.rows, name).to(linear.weight.device)
             if name in divisor:
                 x = x / divisor[name]
         smooth = divisor.get(name) if name not in folded else None
@@ -82,4 +82,14 @@ def _absmax_of(inputs: LinearInputs, names: list[str]) -> torch.Tensor:
     for n in names:
         if n in inputs.absmax:
             return inputs.absmax[n]
-    raise ValueError(f"no calibration inputs recorded for {names}")
+    return _recorded(inputs.absmax, names[0])
+
+
+def _recorded(table: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Return the statistics recorded for linear ``name``, or say why there are none."""
+    if name not in table:
+        raise ValueError(
+            f"no calibration inputs recorded for {name}: it never ran during the calibration "
+            "passes (or saw only padding rows), so its smoothing factor or clip ratio cannot "
+            "be chosen; exclude it from the layout (--exclude) or check the calibration data")
+    return table[name]

@@ -106,6 +106,27 @@ class NormQKV(nn.Module):
         return (*split_heads(*self.proj(h), *self.heads), None)
 
 
+class NormKV(nn.Module):
+    """Quantized key/value-only `AttentionInput`: norm + int8 quantization, one k/v GEMM.
+
+    For a tower's last layer when nothing reads its outputs. Only `kv(h, cond)` is defined.
+    """
+
+    def __init__(self, block: AttentionInput):
+        """Fuse the float block's RMSNorm and its (fusable) k/v projections."""
+        super().__init__()
+        attn = block.attn
+        self.proj = NormQuantProjections(block.norm, [attn.k_proj, attn.v_proj])
+        self.heads = (attn.num_kv_heads, attn.head_dim)
+
+    def kv(self, h: torch.Tensor, cond: torch.Tensor | None = None):
+        """Return k, v [B, KVH, S, D] (before RoPE)."""
+        k, v = self.proj(h)
+        b, s, _ = k.shape
+        kvh, d = self.heads
+        return (k.view(b, s, kvh, d).transpose(1, 2), v.view(b, s, kvh, d).transpose(1, 2))
+
+
 class NormGateUp(nn.Module):
     """Quantized `MLPBlock` after an RMSNorm: norm + int8 quantization, one gate/up GEMM.
 
@@ -159,13 +180,16 @@ def fuse_projections(model: nn.Module) -> dict[str, int]:
 
     Only float blocks are fused, so a second call finds nothing more to do.
     """
-    counts = {"norm_qkv": 0, "norm_gate_up": 0, "gate_up": 0}
+    counts = {"norm_qkv": 0, "norm_kv": 0, "norm_gate_up": 0, "gate_up": 0}
     for tower in (getattr(model, "backbone", None), getattr(model, "expert", None)):
         for layer in (tower.layers if tower is not None else []):
-            attn_in, mlp_block = layer.attention_input, layer.mlp_block
+            attn_in, mlp_block = layer.attention_input, getattr(layer, "mlp_block", None)
             if isinstance(attn_in, AttentionInput) and isinstance(attn_in.norm, RMSNorm):
                 attn = attn_in.attn
-                if fusable([attn.q_proj, attn.k_proj, attn.v_proj]):
+                if attn.kv_only and fusable([attn.k_proj, attn.v_proj]):
+                    layer.swap_attention_input(NormKV(attn_in))
+                    counts["norm_kv"] += 1
+                elif not attn.kv_only and fusable([attn.q_proj, attn.k_proj, attn.v_proj]):
                     layer.swap_attention_input(NormQKV(attn_in))
                     counts["norm_qkv"] += 1
             if not isinstance(mlp_block, MLPBlock):

@@ -7,20 +7,46 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from quantvla_ros.models.gemma import AttentionObserver
 
-class LinearInputs:
-    """Per linear: running absmax of each input channel and a bounded sample of input rows."""
+TOWERS = ("backbone", "expert")  # joint_forward's tower numbering
+
+
+class LinearInputs(AttentionObserver):
+    """Per linear: running absmax of each input channel and a bounded sample of input rows.
+
+    Attached as the model's observer while recording, it learns from ``tokens`` which rows
+    of each tower are padding, and leaves those out of both statistics: a padded prompt
+    position carries no robot data and must not set a smoothing factor or a clip ratio.
+    """
 
     def __init__(self, max_rows: int = 256, seed: int = 0):
         """Keep at most ``max_rows`` input rows per linear, drawn with a seeded generator."""
         self.max_rows = max_rows
         self.absmax: dict[str, torch.Tensor] = {}
         self.rows: dict[str, torch.Tensor] = {}
+        self.step: int | None = None
+        self._valid: dict[str, torch.Tensor] = {}  # tower name -> valid rows [B, S]
         self._gen = torch.Generator().manual_seed(seed)
+
+    def tokens(self, tower: int, valid_rows: torch.Tensor) -> None:
+        """Remember which rows of ``tower``'s tokens are real for the linears that follow."""
+        self._valid[TOWERS[tower]] = valid_rows
+
+    def attention(self, layer, tower, q, k, mask_rows) -> None:
+        """Ignore attention logits (only linear inputs are recorded)."""
+
+    def o_proj(self, layer, tower, out, valid_rows) -> None:
+        """Ignore o_proj outputs (its input is recorded by its hook)."""
 
     def record(self, name: str, x: torch.Tensor) -> None:
         """Fold one input batch of linear ``name`` into its channel absmax and row sample."""
+        valid = self._valid.get(name.split(".")[0])
+        if valid is not None and x.dim() == 3 and tuple(valid.shape) == tuple(x.shape[:2]):
+            x = x[valid.to(x.device)]  # drop padding rows
         x = x.detach().reshape(-1, x.shape[-1]).float()
+        if x.shape[0] == 0:
+            return
         amax = x.abs().amax(0)
         self.absmax[name] = torch.maximum(self.absmax[name], amax) if name in self.absmax \
             else amax
@@ -39,7 +65,8 @@ class LinearInputs:
 def record_linear_inputs(model: nn.Module, names: list[str], store: LinearInputs):
     """Record the inputs of the linears ``names`` into ``store`` inside the block.
 
-    The forward pre-hooks are removed on exit, also on error.
+    Attach ``store`` as the model's observer for the runs inside the block so that padding
+    rows are left out. The forward pre-hooks are removed on exit, also on error.
     """
     modules = dict(model.named_modules())
     handles = []

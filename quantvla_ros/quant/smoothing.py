@@ -47,13 +47,17 @@ def absorb(linear: nn.Linear, s: torch.Tensor) -> None:
 
 
 def norm_groups(model) -> list[tuple[str, list[str]]]:
-    """(norm name, names of the linears reading its output) in every Gemma layer."""
+    """(norm name, names of the linears reading its output) in every Gemma layer.
+
+    A key/value-only layer contributes its input norm with k/v and no MLP group.
+    """
     groups = []
     for tower in ("backbone", "expert"):
-        for i in range(len(getattr(model, tower).layers)):
+        for i, layer in enumerate(getattr(model, tower).layers):
             p = f"{tower}.layers.{i}"
-            groups.append((f"{p}.input_layernorm",
-                           [f"{p}.self_attn.{x}_proj" for x in ("q", "k", "v")]))
-            groups.append((f"{p}.post_attention_layernorm",
-                           [f"{p}.mlp.{x}_proj" for x in ("gate", "up")]))
+            qkv = ("k", "v") if layer.kv_only else ("q", "k", "v")
+            groups.append((f"{p}.input_layernorm", [f"{p}.self_attn.{x}_proj" for x in qkv]))
+            if not layer.kv_only:
+                groups.append((f"{p}.post_attention_layernorm",
+                               [f"{p}.mlp.{x}_proj" for x in ("gate", "up")]))
     return groups

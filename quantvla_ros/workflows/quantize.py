@@ -96,7 +96,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     if qcfg.needs_calibration():
         inputs = LinearInputs()
         with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
-            run_batches(teacher.model, batches, None)
+            run_batches(teacher.model, batches, inputs)  # observer: drops padding rows
     names = quantize_(student, qcfg, inputs, progress=progress)
     log(f"quantized {len(names)} linears to {scheme.bits}")
     balance = calibrate_balance(teacher.model, student, batches, req.balance,
