@@ -7,15 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from quantvla_ros.models.build import random_model
+from quantvla_ros.models.build import build_meta, random_model
 from quantvla_ros.models.checkpoint import (
     WEIGHTS,
     CheckpointError,
+    config_from_lerobot,
     load_checkpoint,
     read_config,
     save_checkpoint,
 )
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.config import GEMMA_VARIANTS, get_config
 from quantvla_ros.models.normalization import Normalizer
 
 
@@ -131,3 +132,89 @@ def test_tied_embedding_and_dimensions_from_lerobot_config(saved, tmp_path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="missing config.json"):
         load_checkpoint(tmp_path)
+
+
+def _as_lerobot(folder, dst, **config_changes):
+    """Copy a saved folder as lerobot would hold it: no `quantvla` block, keys changed."""
+    dst.mkdir()
+    (dst / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes())
+    raw = json.loads((folder / "config.json").read_text())
+    del raw["quantvla"]
+    for key, value in config_changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    (dst / "config.json").write_text(json.dumps(raw))
+    return dst
+
+
+def _lerobot_shapes(cfg):
+    """Tensor shapes (our names) of a config, as read_shapes returns them; no memory."""
+    return {k: tuple(v.shape) for k, v in build_meta(cfg).state_dict().items()}
+
+
+def test_vision_heads_not_in_the_shapes_are_read_from_config_json(tmp_path):
+    """A 128-wide tower with 4 heads of 32: the old width // 64 guess said 2 heads."""
+    tiny = get_config("pi05-tiny")
+    cfg = tiny.with_(vision=tiny.vision.__class__(**{**tiny.vision.__dict__, "num_heads": 4}))
+    model = random_model(cfg, seed=2)
+    folder = save_checkpoint(model, tmp_path / "ours")
+    stated = _as_lerobot(folder, tmp_path / "stated")
+    assert read_config(stated)[0].vision.num_heads == 4
+    loaded, _, _ = load_checkpoint(stated)
+    x = torch.randn(1, 3, cfg.vision.image_size, cfg.vision.image_size)
+    with torch.no_grad():
+        assert torch.equal(loaded.vision(x), model.vision(x))
+    silent = _as_lerobot(folder, tmp_path / "silent", vision_num_heads=None)
+    with pytest.raises(CheckpointError, match='128 wide, not SigLIP So400m.s 1152 .*state it in '
+                                              'config.json as "vision_num_heads": N'):
+        read_config(silent)
+    for bad in (0, 3, "4"):
+        with pytest.raises(CheckpointError, match="vision_num_heads"):
+            read_config(_as_lerobot(folder, tmp_path / f"bad{bad}", vision_num_heads=bad))
+
+
+def test_so400m_and_lerobot_gemma_variants_need_no_head_counts():
+    """Width 1152 is So400m (16 heads of 72); lerobot's gemma_2b / gemma_300m: 8 of 256."""
+    tiny = get_config("pi05-tiny")
+    b, e = GEMMA_VARIANTS["gemma_2b"], GEMMA_VARIANTS["gemma_300m"]
+    cfg = tiny.with_(vision=tiny.vision.__class__(width=1152, depth=1, mlp_dim=4304),
+                     backbone=b.__class__(**{**b.__dict__, "depth": 2}),
+                     expert=e.__class__(**{**e.__dict__, "depth": 2}))
+    raw = {"type": "pi05", "input_features": {}}
+    got = config_from_lerobot(raw, _lerobot_shapes(cfg), "full")
+    assert got.vision.num_heads == 16
+    assert (got.backbone.num_heads, got.backbone.head_dim, got.backbone.num_kv_heads) \
+        == (8, 256, 1)
+    assert (got.expert.width, got.expert.num_heads, got.expert.head_dim) == (1024, 8, 256)
+
+
+def test_gemma_heads_of_other_sizes_must_be_stated(saved, tmp_path):
+    """pi05-tiny's towers have 8 heads of 32: not a lerobot variant, so config.json says so."""
+    model, folder = saved
+    silent = _as_lerobot(folder, tmp_path / "silent", gemma_num_heads=None)
+    with pytest.raises(CheckpointError, match=r"backbone tower: q_proj has 256 rows and k_proj "
+                                              r"32, not gemma_2b's 8 heads of 256.*"
+                                              r'"gemma_num_heads": N'):
+        read_config(silent)
+    other = read_config(_as_lerobot(folder, tmp_path / "16", gemma_num_heads=16))[0]
+    assert (other.backbone.num_heads, other.backbone.head_dim, other.expert.num_kv_heads) \
+        == (16, 16, 2)  # what config.json says, not a guess
+    for bad in (3, 4):  # 256 rows in 3 heads; heads of 64 that k_proj's 32 rows cannot hold
+        with pytest.raises(CheckpointError, match=f"gemma_num_heads {bad} does not divide"):
+            read_config(_as_lerobot(folder, tmp_path / f"bad{bad}", gemma_num_heads=bad))
+    stated = read_config(_as_lerobot(folder, tmp_path / "stated"))[0]
+    assert (stated.backbone, stated.expert) == (model.cfg.backbone, model.cfg.expert)
+
+
+def test_own_checkpoints_without_the_head_keys_still_load(saved, tmp_path):
+    """Folders written before these keys existed carry the full config under `quantvla`."""
+    model, folder = saved
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / WEIGHTS).write_bytes((folder / WEIGHTS).read_bytes())
+    raw = json.loads((folder / "config.json").read_text())
+    del raw["vision_num_heads"], raw["gemma_num_heads"]
+    (old / "config.json").write_text(json.dumps(raw))
+    assert read_config(old)[0] == model.cfg

@@ -54,10 +54,8 @@ def test_checkpoint_policy_unnormalizes_with_statistics(tmp_path):
     assert out.actions.shape == (50, 7)
     # the same chunk, normalized, from the raw model: (a + 1)(q99 - q01)/2 + q01
     reference = Policy(model, Normalizer.identity(), ByteTokenizer())
-    obs9 = observation(state_dim=9)
-    # q01=-1, q99=1 normalizes the state to itself; the policy then zero-pads it to 32
-    padded = {**obs9, "state": np.pad(obs9["state"], (0, 23))}
-    raw = reference.infer(padded, noise=noise).actions
+    # q01=-1, q99=1 normalizes the state to itself; both prompts show the robot's 9 values
+    raw = reference.infer(observation(state_dim=9), noise=noise).actions
     np.testing.assert_allclose(out.actions, (raw[:, :7] + 1) * (q99 - q01) / 2 + q01,
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ObservationError, match="state has 32 values, the policy expects 9"):
@@ -135,3 +133,72 @@ def test_lerobot_checkpoint_needs_a_tokenizer(tmp_path):
     (tmp_path / "ck" / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="without a tokenizer"):
         Policy.from_checkpoint(tmp_path / "ck")
+
+
+def _prompt(policy, obs) -> str:
+    inputs = policy.prepare(obs)
+    ids = inputs["tokens"][0][inputs["token_masks"][0]].tolist()
+    assert ids[0] == 2  # bos, then ByteTokenizer's bytes shifted by 3
+    return bytes(i - 3 for i in ids[1:]).decode()
+
+
+def test_pi05_prompt_shows_the_robot_state_not_the_padded_vector():
+    """8 robot values give 8 bins (lerobot 0.6.1, openpi), not 32 with 24 zero bins."""
+    obs = observation(state_dim=8)
+    bins = " ".join(str(int(b)) for b in discretize_state(obs["state"]))
+    policy = Policy.from_config("pi05-tiny")
+    assert policy.state_prompt == "unpadded"
+    assert policy.source == "pi05-tiny (random weights, seed 0) [state prompt: unpadded, default]"
+    assert _prompt(policy, obs) == f"Task: put the bowl on the plate, State: {bins};\nAction: "
+    padded = Policy.from_config("pi05-tiny", state_prompt="padded")
+    assert padded.source.endswith("[state prompt: padded, set explicitly]")
+    assert _prompt(padded, obs) == (
+        f"Task: put the bowl on the plate, State: {bins}{' 128' * 24};\nAction: ")
+    assert Policy.from_config("pi0-tiny").state_prompt is None  # pi0 has no state in its prompt
+
+
+def test_state_prompt_choice_travels_with_the_model_config(tmp_path):
+    """The choice is in the model's config, so a checkpoint (or artifact) keeps it."""
+    padded = Policy.from_config("pi05-tiny", state_prompt="padded")
+    assert padded.cfg.state_prompt == padded.model.cfg.state_prompt == "padded"
+    save_checkpoint(padded.model, tmp_path / "ck")
+    again = Policy.from_checkpoint(tmp_path / "ck")
+    assert again.state_prompt == "padded"
+    assert again.source.endswith("[state prompt: padded, declared by the source]")
+    assert Policy.from_checkpoint(tmp_path / "ck", state_prompt="unpadded").state_prompt \
+        == "unpadded"
+
+
+def test_quantized_artifact_records_the_state_prompt(tmp_path):
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+
+    req = QuantizeRequest(source="pi05-micro", calib="synthetic:4", bits="w8a8",
+                          state_prompt="padded")
+    manifest = quantize_policy(req, tmp_path / "art", log=lambda *_: None)
+    assert manifest.model_config.state_prompt == "padded"
+    loaded = Policy.load(str(tmp_path / "art"))
+    assert loaded.state_prompt == "padded" and "declared by the source" in loaded.source
+
+
+def test_state_prompt_cli_flag_and_node_parameter():
+    from quantvla_ros.cli.main import build_parser
+    from quantvla_ros.ros.inference_node import load_policy
+    from quantvla_ros.ros.settings import (
+        INFERENCE_PARAMS,
+        SettingsError,
+        defaults,
+        parse_inference,
+    )
+
+    for argv in (["quantize", "--model", "pi05-tiny", "--calib", "synthetic:2", "--out", "x"],
+                 ["report", "--artifact", "a", "--calib", "synthetic:2"], ["bench", "e2e"]):
+        assert build_parser().parse_args(argv).state_prompt == "auto"
+        assert build_parser().parse_args([*argv, "--state-prompt", "padded"]).state_prompt \
+            == "padded"
+    values = {**defaults(INFERENCE_PARAMS), "policy": "pi05-micro", "camera_topics": ["/cam"],
+              "camera_slots": ["base_0_rgb"], "joint_names": ["j1", "j2"]}
+    assert parse_inference(values).state_prompt == "auto"
+    with pytest.raises(SettingsError, match="state_prompt must be auto, unpadded or padded"):
+        parse_inference({**values, "state_prompt": "pad"})
+    policy = load_policy(parse_inference({**values, "state_prompt": "padded"}))
+    assert policy.state_prompt == "padded"

@@ -61,6 +61,7 @@ def test_missing_tokenizer_folder_is_reported(micro_checkpoint, tmp_path):
 
 def test_policy_load_uses_the_resolved_source(micro_checkpoint):
     policy = Policy.load(PolicySource.resolve(micro_checkpoint, seed=5))
-    assert policy.source == str(micro_checkpoint) and policy.cfg.name == "pi05-micro"
+    assert policy.source == f"{micro_checkpoint} [state prompt: unpadded, default]"
+    assert policy.cfg.name == "pi05-micro"
     with pytest.raises(PolicySourceError, match="does not exist as a folder"):
         Policy.load("pi05-tiy")

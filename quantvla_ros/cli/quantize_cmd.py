@@ -16,6 +16,20 @@ def add_source_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="weights seed for --model")
 
 
+def add_state_prompt_arg(p) -> None:
+    """Add --state-prompt (pi0.5: how the robot state is written into the prompt)."""
+    p.add_argument("--state-prompt", default="auto", choices=["auto", "unpadded", "padded"],
+                   help="pi0.5: write the robot's own state values into the prompt (unpadded: "
+                        "lerobot >= 0.5, openpi) or the vector zero-padded to the model's "
+                        "state dim (padded: lerobot 0.4.x); auto: what the checkpoint or "
+                        "artifact declares, else unpadded")
+
+
+def state_prompt_of(args) -> str | None:
+    """Return the --state-prompt choice as the Policy takes it (None for auto)."""
+    return None if args.state_prompt == "auto" else args.state_prompt
+
+
 def add_layout_args(p) -> None:
     """Add --preset, --bits, --include and --exclude (shared with `inspect`)."""
     p.add_argument("--preset", default="quantvla",
@@ -31,6 +45,7 @@ def register(sub) -> None:
     """Add the `quantize` command."""
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
     add_source_args(p)
+    add_state_prompt_arg(p)
     add_layout_args(p)
     p.add_argument("--calib", required=True, help="calibration buffer folder or synthetic:N")
     p.add_argument("--out", required=True, help="artifact folder to write")
@@ -65,7 +80,7 @@ def run(args) -> int:
         clip_search=args.clip_search, smooth_alpha=args.smooth, group_size=args.group_size,
         hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, state_prompt=state_prompt_of(args),
     )
     log = (lambda *_: None) if args.json else print
     manifest = quantize_policy(req, args.out, progress=None if args.json else progress_bar,

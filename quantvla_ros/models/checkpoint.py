@@ -1,8 +1,15 @@
 """Load and save pi0 / pi0.5 checkpoints in lerobot's folder format.
 
 A folder holds `config.json` and `model.safetensors` with lerobot parameter names, plus
-optional `*normalizer_processor.safetensors` statistics. Our module names differ from
-lerobot's by a prefix only (see `_PREFIXES`), so mapping is a rename in both directions.
+optional `*normalizer_processor.safetensors` statistics and lerobot's saved pipeline
+(`policy_preprocessor.json`). Our module names differ from lerobot's by a prefix only (see
+`_PREFIXES`), so mapping is a rename in both directions.
+
+Dimensions come from the tensor shapes where the shapes determine them. Head counts do not
+(a q_proj of 2048 rows is 8 heads of 256 or 16 of 128), so they come from what defines them:
+SigLIP So400m (width 1152) has 16 heads, lerobot's named Gemma variants 8 of 256; any other
+tower must state its count in config.json (`vision_num_heads`, `gemma_num_heads`: this
+package's extension, which lerobot's own loader would reject) or it is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from quantvla_ros.models.normalization import Normalizer
 from quantvla_ros.models.pi0 import PiModel
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "normalizer_processor.safetensors"
+PREPROCESSOR = "policy_preprocessor.json"
+VISION_HEADS, GEMMA_HEADS = "vision_num_heads", "gemma_num_heads"
+_SO400M_WIDTH, _SO400M_HEADS = 1152, 16
+_STATE_STEP = "pi05_prepare_state_tokenizer_processor_step"
 _PWE = "model.paligemma_with_expert."
 _PREFIXES = [
     (_PWE + "paligemma.model.vision_tower.", "vision."),
@@ -83,17 +94,54 @@ def _count_layers(shapes, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _tower_from_shapes(shapes, prefix: str, base: GemmaConfig) -> GemmaConfig:
+def _heads(raw: dict, key: str) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"config.json {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _tower_from_shapes(shapes, prefix: str, base: GemmaConfig, variant: str,
+                       heads: int | None) -> GemmaConfig:
     q = shapes.get(f"{prefix}layers.0.self_attn.q_proj.weight")
     kv = shapes.get(f"{prefix}layers.0.self_attn.k_proj.weight")
     mlp = shapes.get(f"{prefix}layers.0.mlp.gate_proj.weight")
     if q is None or kv is None or mlp is None:
-        return base
-    head_dim = q[0] // base.num_heads
+        return base  # the key check reports the missing tensors
+    if heads is None:
+        # lerobot's variants (modeling_pi05.get_gemma_config): 8 heads of 256, 1 KV head.
+        if (q[0], kv[0]) != (base.num_heads * base.head_dim, base.num_kv_heads * base.head_dim):
+            raise CheckpointError(
+                f"{prefix.rstrip('.')} tower: q_proj has {q[0]} rows and k_proj {kv[0]}, not "
+                f"{variant}'s {base.num_heads} heads of {base.head_dim}; the head count is not in "
+                f'the weights: state it in config.json as "{GEMMA_HEADS}": N (query heads of '
+                "each Gemma tower)")
+        heads = base.num_heads
+    if q[0] % heads or kv[0] % (q[0] // heads):
+        raise CheckpointError(f"{prefix.rstrip('.')} tower: {GEMMA_HEADS} {heads} does not "
+                              f"divide q_proj's {q[0]} rows into heads that k_proj's {kv[0]} "
+                              "rows fit")
+    head_dim = q[0] // heads
     return GemmaConfig(
         width=q[1], depth=_count_layers(shapes, f"{prefix}layers."), mlp_dim=mlp[0],
-        num_heads=base.num_heads, num_kv_heads=kv[0] // head_dim, head_dim=head_dim,
+        num_heads=heads, num_kv_heads=kv[0] // head_dim, head_dim=head_dim,
     )
+
+
+def _vision_heads(raw: dict, width: int) -> int:
+    heads = _heads(raw, VISION_HEADS)
+    if heads is None:
+        if width != _SO400M_WIDTH:
+            raise CheckpointError(
+                f"the vision tower is {width} wide, not SigLIP So400m's {_SO400M_WIDTH} "
+                f"({_SO400M_HEADS} heads of 72), and its head count is not in the weights: "
+                f'state it in config.json as "{VISION_HEADS}": N')
+        heads = _SO400M_HEADS
+    if width % heads:
+        raise CheckpointError(f"{VISION_HEADS} {heads} does not divide the vision width {width}")
+    return heads
 
 
 def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
@@ -101,12 +149,16 @@ def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
     variant = raw.get("type")
     if variant not in ("pi0", "pi05"):
         raise CheckpointError(f"config.json type {variant!r} is not 'pi0' or 'pi05'")
-    backbone = _tower_from_shapes(
-        shapes, "backbone.", GEMMA_VARIANTS[raw.get("paligemma_variant", "gemma_2b")]
-    )
-    expert = _tower_from_shapes(
-        shapes, "expert.", GEMMA_VARIANTS[raw.get("action_expert_variant", "gemma_300m")]
-    )
+    heads = _heads(raw, GEMMA_HEADS)
+    towers = []
+    for prefix, key, default in (("backbone.", "paligemma_variant", "gemma_2b"),
+                                 ("expert.", "action_expert_variant", "gemma_300m")):
+        gemma = raw.get(key, default)
+        if gemma not in GEMMA_VARIANTS:
+            raise CheckpointError(f"config.json {key} {gemma!r}: expected one of "
+                                  f"{list(GEMMA_VARIANTS)}")
+        towers.append(_tower_from_shapes(shapes, prefix, GEMMA_VARIANTS[gemma], gemma, heads))
+    backbone, expert = towers
     vision = VisionConfig()
     patch = shapes.get("vision.vision_model.embeddings.patch_embedding.weight")
     if patch is not None:
@@ -115,7 +167,7 @@ def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
             image_size=int(round(n_pos**0.5)) * patch[2], patch_size=patch[2], width=patch[0],
             depth=_count_layers(shapes, "vision.vision_model.encoder.layers."),
             mlp_dim=shapes["vision.vision_model.encoder.layers.0.mlp.fc1.weight"][0],
-            num_heads=16 if patch[0] == 1152 else max(1, patch[0] // 64),
+            num_heads=_vision_heads(raw, patch[0]),
         )
     cams = [k.split(".")[-1] for k, v in raw.get("input_features", {}).items()
             if v.get("type") == "VISUAL"]
@@ -129,13 +181,50 @@ def config_from_lerobot(raw: dict, shapes: dict, name: str) -> PiConfig:
     )
 
 
+def read_state_prompt(folder) -> str | None:
+    """How the checkpoint's own pi0.5 preprocessor writes the state into the prompt.
+
+    Returns "padded", "unpadded", or None when the folder has no saved pipeline saying so.
+    lerobot v0.4.0-v0.4.4 padded the normalized state to max_state_dim before discretizing it
+    (`pad_vector` in `Pi05PrepareStateTokenizerProcessorStep.__call__`, file
+    src/lerobot/policies/pi05/processor_pi05.py at tag v0.4.4); commit f0d2b37 (#2964, which
+    squashes aca4348 "fix(pi): remove state padding before tokenization"), first released in
+    v0.5.0 and unchanged to v0.6.1, writes the robot's own values, as openpi does. In all of
+    these tags the step keeps `max_state_dim` as a field but never overrides `get_config`, so
+    each saves the step with `"config": {}` (`ProcessorStep.get_config` returns {}): only a
+    pipeline whose step serialises `max_state_dim` (a fork's) says it padded. A checkpoint
+    fine-tuned with lerobot 0.4.x therefore reads as unpadded and needs an explicit
+    state_prompt="padded".
+    """
+    path = Path(folder) / PREPROCESSOR
+    if not path.is_file():
+        return None
+    try:
+        steps = json.loads(path.read_text()).get("steps", [])
+        entries = [s for s in steps if s.get("registry_name") == _STATE_STEP]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a lerobot processor pipeline ({exc})") from exc
+    if not entries:
+        return None
+    config = entries[0].get("config") or {}
+    return "padded" if "max_state_dim" in config else "unpadded"
+
+
 def read_config(folder) -> tuple[PiConfig, dict]:
-    """Return the checkpoint's PiConfig and its raw config.json."""
+    """Return the checkpoint's PiConfig and its raw config.json.
+
+    For pi0.5 the config's `state_prompt` is what the folder declares: our own config block,
+    else lerobot's saved preprocessor (see `read_state_prompt`), else None.
+    """
     folder = _require(folder)
     raw = json.loads((folder / CONFIG).read_text())
     if "quantvla" in raw:
-        return PiConfig.from_dict(raw["quantvla"]), raw
-    return config_from_lerobot(raw, read_shapes(folder), name=folder.name), raw
+        cfg = PiConfig.from_dict(raw["quantvla"])
+    else:
+        cfg = config_from_lerobot(raw, read_shapes(folder), name=folder.name)
+    if cfg.variant == "pi05" and cfg.state_prompt is None:
+        cfg = cfg.with_(state_prompt=read_state_prompt(folder))
+    return cfg, raw
 
 
 def read_stats(folder, variant: str) -> Normalizer:
@@ -210,6 +299,8 @@ def save_checkpoint(model: PiModel, folder, normalizer: Normalizer | None = None
         "chunk_size": cfg.action_horizon, "n_action_steps": cfg.action_horizon,
         "max_state_dim": cfg.state_dim, "max_action_dim": cfg.action_dim,
         "num_inference_steps": cfg.num_steps, "tokenizer_max_length": cfg.max_token_len,
+        # our extension: the head counts the shapes cannot tell (see the module docstring)
+        VISION_HEADS: cfg.vision.num_heads, GEMMA_HEADS: cfg.backbone.num_heads,
         "input_features": {
             f"observation.images.{c}": {"type": "VISUAL", "shape": [3, 224, 224]}
             for c in cfg.cameras

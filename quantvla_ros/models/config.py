@@ -42,6 +42,9 @@ class GemmaConfig:
     rope_theta: float = 10_000.0
 
 
+# How pi0.5 writes the robot state into its prompt (see PiConfig.state_prompt).
+STATE_PROMPTS = ("unpadded", "padded")
+
 GEMMA_VARIANTS = {
     "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384),
     "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096),
@@ -67,11 +70,17 @@ class PiConfig:
     min_period: float = 4e-3
     max_period: float = 4.0
     tokenizer_path: str | None = None
+    # pi0.5: the prompt's state bins are the robot's own values ("unpadded") or the vector
+    # zero-padded to state_dim ("padded"); None = not declared (the Policy then uses unpadded).
+    state_prompt: str | None = None
 
     def __post_init__(self) -> None:
         """Reject unknown variants, towers with different layouts and configs without cameras."""
         if self.variant not in ("pi0", "pi05"):
             raise ValueError(f"unknown variant {self.variant!r}: expected 'pi0' or 'pi05'")
+        if self.state_prompt not in (None, *STATE_PROMPTS):
+            raise ValueError(f"state_prompt {self.state_prompt!r}: expected one of "
+                             f"{list(STATE_PROMPTS)} or None")
         b, e = self.backbone, self.expert
         if (b.depth, b.num_heads, b.num_kv_heads, b.head_dim) != (
             e.depth, e.num_heads, e.num_kv_heads, e.head_dim

@@ -60,7 +60,11 @@ def discretize_state(state_norm: np.ndarray, bins: int = 256) -> np.ndarray:
 
 
 def build_prompt(variant: str, task: str, state_norm: np.ndarray | None) -> str:
-    """pi0.5 writes the discretized state into the prompt; pi0 feeds it as a token instead."""
+    """pi0.5 writes the discretized state into the prompt; pi0 feeds it as a token instead.
+
+    ``state_norm`` holds exactly the values the prompt shows: the robot's normalized state
+    (lerobot >= 0.5, openpi) or that state zero-padded to the model's width (lerobot 0.4.x).
+    """
     task = clean_task(task)
     if variant == "pi05":
         bins = " ".join(str(int(b)) for b in discretize_state(state_norm))

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 COMPRESSED_SUFFIX = "/compressed"
+STATE_PROMPT_CHOICES = ("auto", "unpadded", "padded")
 
 
 class SettingsError(ValueError):
@@ -64,6 +65,11 @@ INFERENCE_PARAMS = (
           "Checkpoint folder, quantized artifact folder, or a named model (random weights)."),
     Param("device", "str", "cpu", "Torch device: cpu, cuda or cuda:N."),
     Param("precision", "str", "fp32", "Floating-point precision: fp32, bf16 or fp16."),
+    Param("state_prompt", "str", "auto",
+          "pi0.5: how the robot state is written into the prompt: unpadded (the robot's own "
+          "values: lerobot >= 0.5, openpi), padded (zero-padded to the model's state dim "
+          "first: lerobot 0.4.x) or auto (what the checkpoint or artifact declares, else "
+          "unpadded)."),
     *INPUT_PARAMS,
     Param("output_topic", "str", "/quantvla/joint_trajectory",
           "trajectory_msgs/JointTrajectory output."),
@@ -143,6 +149,7 @@ class InferenceSettings:
     actions_per_chunk: int
     warmup_runs: int
     seed: int
+    state_prompt: str = "auto"
 
     @property
     def inference_period_s(self) -> float:
@@ -253,6 +260,9 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         problems.append(f"precision must be fp32, bf16 or fp16, got {v['precision']!r}")
     if "device" in v and not (v["device"] == "cpu" or v["device"].startswith("cuda")):
         problems.append(f"device must be cpu, cuda or cuda:N, got {v['device']!r}")
+    if "state_prompt" in v and v["state_prompt"] not in STATE_PROMPT_CHOICES:
+        problems.append(f"state_prompt must be auto, unpadded or padded, got "
+                        f"{v['state_prompt']!r}")
     if "policy" in v and not v["policy"].strip():
         problems.append("policy must name a checkpoint / artifact folder or a model")
     inputs = _inputs(v, problems)
@@ -261,6 +271,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         inputs=inputs, policy=v["policy"], device=v["device"], precision=v["precision"],
         output_topic=v["output_topic"], control_rate_hz=v["control_rate_hz"],
         actions_per_chunk=v["actions_per_chunk"], warmup_runs=v["warmup_runs"], seed=v["seed"],
+        state_prompt=v["state_prompt"],
     )
 
 

@@ -13,7 +13,7 @@ import torch
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.models.build import compute_dtype, random_model
 from quantvla_ros.models.checkpoint import load_checkpoint, read_config
-from quantvla_ros.models.config import PiConfig, get_config
+from quantvla_ros.models.config import STATE_PROMPTS, PiConfig, get_config
 from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.artifact import load_artifact
@@ -47,8 +47,13 @@ class Policy:
     """Wraps a PiModel with tokenization, normalization and image preprocessing."""
 
     def __init__(self, model, normalizer: Normalizer, tokenizer, device="cpu", seed: int = 0,
-                 source: str = ""):
-        """Store the model with its pre / post-processing; seed the noise stream."""
+                 source: str = "", state_prompt: str | None = None):
+        """Store the model with its pre / post-processing; seed the noise stream.
+
+        ``state_prompt`` (pi0.5): "unpadded" writes the robot's own state values into the
+        prompt (lerobot >= 0.5, openpi), "padded" the vector zero-padded to the model's
+        state_dim (lerobot 0.4.x); None takes what the source declares, else "unpadded".
+        """
         self.model, self.cfg = model, model.cfg
         self.normalizer, self.tokenizer = normalizer, tokenizer
         self.device = torch.device(device)
@@ -62,22 +67,42 @@ class Policy:
         # length up to the model's padded state_dim is accepted.
         self.state_dim = normalizer.dim(STATE_KEY)
         self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
+        self._choose_state_prompt(state_prompt)
         self.reseed(seed)
+
+    def _choose_state_prompt(self, explicit: str | None) -> None:
+        """Resolve the pi0.5 state prompt; note it in `source` and in the model's config.
+
+        The model's config carries the choice so that an artifact quantized from this policy
+        records it in its manifest.
+        """
+        self.state_prompt = None
+        if explicit is not None and explicit not in STATE_PROMPTS:
+            raise ValueError(f"state_prompt {explicit!r}: expected one of {list(STATE_PROMPTS)}"
+                             " or None (what the source declares)")
+        if self.cfg.variant != "pi05":
+            return
+        declared = self.cfg.state_prompt
+        self.state_prompt = explicit or declared or "unpadded"
+        why = "set explicitly" if explicit else "declared by the source" if declared else "default"
+        if self.state_prompt != declared:
+            self.model.cfg = self.cfg = self.cfg.with_(state_prompt=self.state_prompt)
+        self.source += f" [state prompt: {self.state_prompt}, {why}]"
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: PiConfig | str, seed: int = 0, device="cpu", precision="fp32",
-                    tokenizer: str | Path | None = None):
+                    tokenizer: str | Path | None = None, state_prompt: str | None = None):
         """Build a random-weight policy of a named config (benchmarks, tests, demos)."""
         cfg = get_config(cfg) if isinstance(cfg, str) else cfg
         model = random_model(cfg, seed=seed, device=device, dtype=resolve_dtype(precision))
         tok = load_tokenizer(str(tokenizer) if tokenizer is not None else cfg.tokenizer_path)
         return cls(model, Normalizer.identity(), tok, device, seed,
-                   source=f"{cfg.name} (random weights, seed {seed})")
+                   source=f"{cfg.name} (random weights, seed {seed})", state_prompt=state_prompt)
 
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", precision="fp32", seed: int = 0,
-                        tokenizer: str | Path | None = None):
+                        tokenizer: str | Path | None = None, state_prompt: str | None = None):
         """Load a lerobot-format checkpoint (its own tokenizer/ unless ``tokenizer`` is set)."""
         src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
         cfg, raw = read_config(src.path)
@@ -88,11 +113,13 @@ class Policy:
                              f"PaliGemma tokenizer in its {TOKENIZER_DIR}/ folder or pass "
                              "tokenizer=")
         model, _, normalizer = load_checkpoint(src.path, device, resolve_dtype(precision))
-        return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder))
+        return cls(model, normalizer, load_tokenizer(tok_path), device, seed, source=str(folder),
+                   state_prompt=state_prompt)
 
     @classmethod
     def from_artifact(cls, folder, device="cpu", precision="fp32", seed: int = 0,
-                      tokenizer: str | Path | None = None, fuse: bool = True):
+                      tokenizer: str | Path | None = None, fuse: bool = True,
+                      state_prompt: str | None = None):
         """Load a quantized artifact written by `quantvla quantize`.
 
         `fuse` merges projections that share an input (norm + q/k/v, norm + gate/up) into
@@ -105,7 +132,7 @@ class Policy:
             fuse_projections(model)
         tok_path = str(src.tokenizer) if src.tokenizer is not None else cfg.tokenizer_path
         policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
-                     source=f"{folder} ({manifest.bits})")
+                     source=f"{folder} ({manifest.bits})", state_prompt=state_prompt)
         policy.manifest = manifest
         return policy
 
@@ -149,7 +176,9 @@ class Policy:
             raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
         padded = np.zeros(cfg.state_dim, np.float32)
         padded[: state.shape[0]] = state
-        prompt = build_prompt(cfg.variant, obs.instruction, padded)
+        # pi0.5's prompt bins: the robot's own values, or the padded vector (see __init__)
+        bins = padded if self.state_prompt == "padded" else state
+        prompt = build_prompt(cfg.variant, obs.instruction, bins)
         ids, mask = tokenize(self.tokenizer, prompt, cfg.max_token_len)
         dev = self.device
         return {

@@ -32,7 +32,7 @@ FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def quantized_random_policy(model: str, bits: str, device: str, seed: int,
-                            preset: str = "quantvla") -> Policy:
+                            preset: str = "quantvla", state_prompt: str | None = None) -> Policy:
     """Build a random-weight policy quantized round-to-nearest, for latency only.
 
     Latency does not depend on the calibration, and ATM / OHB are folded into weights, so
@@ -44,7 +44,8 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
     from quantvla_ros.quant.scheme import parse_bits
 
     act = "bf16" if device == "cuda" else "fp32"
-    policy = Policy.from_config(model, seed=seed, device=device, precision=act)
+    policy = Policy.from_config(model, seed=seed, device=device, precision=act,
+                                state_prompt=state_prompt)
     quantize_(policy.model, QuantConfig(parse_bits(bits), get_layout(preset)))
     fused = fuse_projections(policy.model)  # as Policy.from_artifact serves it
     policy.source += f", {bits} {preset} round-to-nearest, fused {fused}"
@@ -53,7 +54,7 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
 
 def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: int = 10,
               warmup: int = 2, seed: int = 0, allow_full_on_cpu: bool = False,
-              artifact: str | None = None) -> dict:
+              artifact: str | None = None, state_prompt: str | None = None) -> dict:
     """Median / p90 chunk latency after warm-up, prefix vs denoise split and peak memory.
 
     `precision` is a float dtype (fp32 / bf16 / fp16) or integer bits (w8a8 / w4a8 / w4a4,
@@ -71,13 +72,16 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
         raise ValueError("--device cuda requested but no CUDA GPU is available")
     if artifact is not None:
         act = precision if precision in FLOAT_PRECISIONS else "fp32"
-        policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed)
+        policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed,
+                                      state_prompt=state_prompt)
         model = policy.cfg.name
         precision = policy.manifest.bits
     elif precision in FLOAT_PRECISIONS:
-        policy = Policy.from_config(model, seed=seed, device=device, precision=precision)
+        policy = Policy.from_config(model, seed=seed, device=device, precision=precision,
+                                    state_prompt=state_prompt)
     else:
-        policy = quantized_random_policy(model, precision, device, seed)
+        policy = quantized_random_policy(model, precision, device, seed,
+                                         state_prompt=state_prompt)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

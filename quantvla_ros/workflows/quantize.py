@@ -47,6 +47,7 @@ class QuantizeRequest:
     precision: str = "fp32"
     batch_size: int = 8
     max_samples: int | None = None
+    state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | None (as declared)
 
 
 def holdout_count(n: int) -> int:
@@ -82,7 +83,8 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
                        req.smooth_alpha)
     source = PolicySource.resolve(req.source, seed=req.seed)
     identity = source.identity()  # refuses an artifact as the source, before any work
-    teacher = Policy.load(source, device=req.device, precision=req.precision)
+    teacher = Policy.load(source, device=req.device, precision=req.precision,
+                          state_prompt=req.state_prompt)
     buffer = open_buffer_for(teacher, req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
     if req.max_samples:

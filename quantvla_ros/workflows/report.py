@@ -18,11 +18,12 @@ REPORT_NOISE_SEED = 1234
 
 
 def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
-                 checkpoint=None) -> Policy:
+                 checkpoint=None, state_prompt: str | None = None) -> Policy:
     """Load the float policy the artifact was made from; a checkpoint must match its sha256."""
     src = manifest.source
     if src.kind == "named":
-        return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision)
+        return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision,
+                                  state_prompt=state_prompt)
     folder = Path(checkpoint or src.path)
     if not (folder / CKPT_WEIGHTS).is_file():
         raise ArtifactError(f"source checkpoint {folder} not found; pass its current folder")
@@ -31,7 +32,8 @@ def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
         raise ArtifactError(
             f"source hash mismatch: {folder / CKPT_WEIGHTS} has sha256 {digest[:12]}..., "
             f"the artifact was made from {src.sha256[:12]}...")
-    return Policy.from_checkpoint(folder, device=device, precision=precision)
+    return Policy.from_checkpoint(folder, device=device, precision=precision,
+                                  state_prompt=state_prompt)
 
 
 def action_error(ref: torch.Tensor, out: torch.Tensor) -> dict:
@@ -66,15 +68,17 @@ def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
 
 
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
-                 checkpoint=None) -> dict:
+                 checkpoint=None, state_prompt: str | None = None) -> dict:
     """Compare teacher, student and student without ATM / OHB on held-out samples.
 
     All three see the same noise (REPORT_NOISE_SEED). Returns JSON-ready action errors,
     per-layer ratios before / after balancing and per-denoising-step ratios.
     """
-    student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False)
+    student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False,
+                                   state_prompt=state_prompt)
     manifest = student.manifest
-    teacher = load_teacher(manifest, device, precision, checkpoint)
+    # the teacher writes the prompt the way the student does
+    teacher = load_teacher(manifest, device, precision, checkpoint, student.state_prompt)
     buffer = open_buffer_for(teacher, calib)
     _, held = buffer.split(holdout_count(len(buffer)))
     note = None
