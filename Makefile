@@ -31,6 +31,7 @@ help:
 	@echo 'make test   colcon build + colcon test in ws/ (fails on any test failure)'
 	@echo 'make demo   run `quantvla demo`'
 	@echo 'make lint   ruff check'
+	@echo 'make libero create .venv-libero (LIBERO simulator, its own numpy/mujoco) for the LIBERO tools'
 	@echo 'make clean  remove ws/, build/, install/, log/ (keeps .venv)'
 
 setup: $(STAMP)
@@ -77,6 +78,12 @@ test: setup $(WS)/src/quantvla_ros
 
 demo: setup
 	$(VBIN)/quantvla demo
+
+# The LIBERO simulator pins numpy 1.26 and mujoco 2.3.7, so it gets its own venv; the policy
+# side (.venv) talks to it through quantvla_ros/sim/ (a subprocess and a pipe).
+.PHONY: libero
+libero:
+	@bash scripts/libero_setup.sh
 
 lint: setup
 	$(VBIN)/ruff check .
