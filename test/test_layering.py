@@ -24,6 +24,7 @@ ALLOWED_IMPORTS = {
     "models": set(),
     "kernels": set(),
     "data": set(),
+    "sim": set(),  # runs in .venv-libero too: nothing else of the package
 }
 # Only these subpackages may import ROS (rclpy, message packages, rosbags, launch).
 ROS_SUBPACKAGES = {"ros", "demo"}
