@@ -23,6 +23,7 @@ from quantvla_ros.quant.balance import (
 )
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.scheme import parse_bits
+from quantvla_ros.quant.stats import StatsCollector
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.workflows.quantize import prepare_batches
 
@@ -120,3 +121,41 @@ def test_calibration_removes_injected_drift(setup):
     err_drift = (run_batches(drifted, batches, None) - t).norm()
     err_fixed = (run_batches(student, batches, None) - t).norm()
     assert err_fixed < 0.5 * err_drift
+
+
+def test_stats_collector_streams_without_large_buffers():
+    """Moments match a float64 reference; no temporary near the [B, H, S, T] logits size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen = {x.untyped_storage().data_ptr() for x in tree_leaves((args, kwargs))
+                    if isinstance(x, torch.Tensor)}
+            for t in tree_leaves(out):  # new storage only: views of the inputs are free
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    Largest.largest = max(Largest.largest, t.untyped_storage().nbytes())
+            return out
+
+    torch.manual_seed(0)
+    b, h, s, t, d = 2, 8, 512, 512, 32
+    q, k = torch.randn(b, h, s, d) + 0.3, torch.randn(b, 1, t, d)
+    mask = torch.rand(b, s, t) > 0.25
+    out, valid = torch.randn(b, s, 2048) * 2, torch.rand(b, s) > 0.1
+    c = StatsCollector(chunk_elems=1 << 18)  # 1 MB chunks
+    c.step = None
+    with Largest():
+        c.attention(0, 0, q, k, mask)
+        c.o_proj(0, 0, out, valid)
+    logits64 = b * h * s * t * 8  # what the float64 logits alone took
+    assert Largest.largest <= 2 * (1 << 18) * 4 < logits64 / 8, Largest.largest
+    ref = (q.double() @ k.double().transpose(-1, -2)) / d**0.5
+    m = mask[:, None].expand_as(ref)
+    want = torch.stack([ref[:, i][m[:, i]].std(unbiased=False) for i in range(h)])
+    torch.testing.assert_close(c.logit_std()[("backbone", 0)].double(), want, rtol=1e-6,
+                               atol=0)
+    rms = out[valid].double().pow(2).mean().sqrt()
+    assert c.oproj_rms()[("backbone", 0)] == pytest.approx(float(rms), rel=1e-6)
