@@ -14,6 +14,8 @@ from quantvla_ros.models.tokenizer import ByteTokenizer
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.balance import (
     BalanceConfig,
+    CalibrationError,
+    balance_ratio,
     calibrate_balance,
     clamp_band,
     fold_atm,
@@ -121,6 +123,98 @@ def test_calibration_removes_injected_drift(setup):
     err_drift = (run_batches(drifted, batches, None) - t).norm()
     err_fixed = (run_batches(student, batches, None) - t).norm()
     assert err_fixed < 0.5 * err_drift
+
+
+def test_nonfinite_or_degenerate_ratios_refused():
+    cfg = BalanceConfig()
+    with pytest.raises(CalibrationError, match="non-finite"):
+        clamp_band(torch.tensor([1.0, float("nan")]), cfg)
+    with pytest.raises(CalibrationError, match=r"expert\.3 head 2: student logit std is nan"):
+        balance_ratio(torch.ones(4), torch.tensor([1.0, 1.0, float("nan"), 1.0]),
+                      "expert.3", "logit std")
+    with pytest.raises(CalibrationError, match=r"backbone\.0: teacher o_proj RMS is inf"):
+        balance_ratio(torch.tensor(float("inf")), torch.tensor(1.0), "backbone.0", "o_proj RMS")
+    with pytest.raises(CalibrationError, match="head 1: student logit std is 0"):
+        balance_ratio(torch.ones(2), torch.tensor([1.0, 0.0]), "expert.0", "logit std")
+    # a head dead in both models has nothing to match: factor 1
+    assert balance_ratio(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0]), "e.0",
+                         "x").tolist() == [2.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def one_step():
+    """pi05-tiny with one denoising step: a NaN stays where it was injected."""
+    model = random_model(get_config("pi05-tiny").with_(num_steps=1), seed=0)
+    policy = Policy(model, Normalizer.identity(), ByteTokenizer())
+    cams = {c: (224, 224) for c in model.cfg.cameras}
+    obs = synthetic_observations(2, seed=0, cameras=cams, state_dim=8)
+    return model, prepare_batches(policy, obs, batch_size=2)
+
+
+def test_nan_statistics_refused_with_layer_and_head(one_step):
+    teacher, batches = one_step
+    d = teacher.cfg.expert.head_dim
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.expert.layers[0].self_attn.q_proj.weight[3 * d, 0] = float("nan")
+    with pytest.raises(CalibrationError,
+                       match=r"expert\.0 head 3: student attention logit std is nan"):
+        calibrate_balance(teacher, student, batches, BalanceConfig())
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.expert.layers[0].self_attn.o_proj.weight[0, 0] = float("inf")
+    with pytest.raises(CalibrationError, match=r"expert\.0: student o_proj output RMS is"):
+        calibrate_balance(teacher, student, batches, BalanceConfig())
+
+
+def _count_prefix_runs(monkeypatch, run):
+    """Call run(); count the vision tower's and the prefill's runs meanwhile."""
+    from quantvla_ros.models.pi0 import PiModel
+    from quantvla_ros.models.siglip import SiglipVision
+
+    counts = {"vision": 0, "prefill": 0}
+    vision, prefill = SiglipVision.forward, PiModel.prefill
+
+    def counted(key, f):
+        def wrapper(self, *a, **k):
+            counts[key] += 1
+            return f(self, *a, **k)
+        return wrapper
+
+    with monkeypatch.context() as m:
+        m.setattr(SiglipVision, "forward", counted("vision", vision))
+        m.setattr(PiModel, "prefill", counted("prefill", prefill))
+        out = run()
+    return out, counts
+
+
+@pytest.mark.parametrize("towers", [("expert",), ("expert", "backbone")])
+def test_cached_calibration_equals_uncached(setup, monkeypatch, towers):
+    """Cached prefixes give the same factors and actions; the prefix runs far fewer times."""
+    teacher, batches = setup
+    batches = [{k: v[:2] for k, v in batches[0].items()}]  # two samples are enough
+    base = copy.deepcopy(teacher)
+    quantize_(base, QuantConfig(parse_bits("w4a8"), get_layout("quantvla")))
+    cfg = BalanceConfig(band=0.0, towers=towers)
+    results, calls = {}, {}
+    for cache in (False, True):
+        student = copy.deepcopy(base)
+        results[cache], calls[cache] = _count_prefix_runs(
+            monkeypatch, lambda s=student, c=cache: calibrate_balance(teacher, s, batches, cfg,
+                                                                     cache=c))
+        results[cache] = (results[cache], run_batches(student, batches, None))
+    (ref, ref_act), (got, got_act) = results[False], results[True]
+    assert ref["alpha"].keys() == got["alpha"].keys() and ref["beta"].keys() == got["beta"].keys()
+    for key in ref["alpha"]:
+        assert got["alpha"][key] == pytest.approx(ref["alpha"][key], abs=1e-6)
+        assert got["beta"][key] == pytest.approx(ref["beta"][key], abs=1e-6)
+    assert any(a != 1.0 for heads in got["alpha"].values() for a in heads)
+    torch.testing.assert_close(got_act, ref_act, rtol=0, atol=1e-6)
+    passes = 2 * len(teacher.expert.layers) + 2  # teacher once, student 2 x depth + 1
+    assert calls[False] == {"vision": passes, "prefill": passes}
+    # the prefix embedding once in all (the quantvla layout keeps vision and projector float);
+    # the prefill once per model with expert-only balancing, every pass with the backbone
+    assert calls[True] == {"vision": 1, "prefill": 2 if towers == ("expert",) else passes}
 
 
 def test_stats_collector_streams_without_large_buffers():
