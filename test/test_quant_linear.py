@@ -51,6 +51,28 @@ def test_clip_search_never_worse_than_no_clip():
         return (x @ dequantize_weight(q, s, 128).t() - x @ w.t()).pow(2).sum(0)
 
     assert torch.all(err(clip) <= err(None) + 1e-6)
+    # and it gains: int4 round-to-nearest of Gaussian-like weights wastes range on the tails
+    assert (clip < 1).sum() > 8 and err(clip).sum() < 0.9 * err(None).sum()
+
+
+def test_clip_search_clips_outlier_heavy_weights():
+    """One outlier per channel stretches the int4 grid: the search clips it, and must gain.
+
+    A search that returned 1 everywhere (a no-op) fails both the ratio and the strict MSE
+    checks.
+    """
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 256, generator=gen)
+    w[torch.arange(32), torch.randint(0, 256, (32,), generator=gen)] *= 8.0  # outliers
+    x = torch.randn(128, 256, generator=gen)
+    clip = search_clip(w, x, 4, None)
+
+    def err(c):
+        q, s = quantize_weight(w, 4, None, c)
+        return (x @ dequantize_weight(q, s, None).t() - x @ w.t()).pow(2).sum(0)
+
+    assert torch.all(clip < 1.0), clip
+    assert torch.all(err(clip) < err(None)) and err(clip).sum() < 0.8 * err(None).sum()
 
 
 def fake_quant(ql: QuantLinear, x: torch.Tensor) -> torch.Tensor:
