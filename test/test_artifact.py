@@ -1,6 +1,7 @@
 """Quantized artifacts, the quantize / report / inspect commands and their error paths."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -149,23 +150,53 @@ def test_report_fields_and_w8a8_beats_w4a8(artifacts, tmp_path):
     reports = {b: build_report(artifacts[b][0], CALIB) for b in ("w8a8", "w4a8")}
     r = reports["w4a8"]
     assert r["calibration"]["synthetic"] and r["calibration"]["held_out_samples"] == 2
-    for key in ("rel_l2", "max_abs", "sqnr_db", "per_step_rel_l2"):
-        assert key in r["action_error"] and key in r["action_error_without_balance"]
-    assert len(r["action_error"]["per_step_rel_l2"]) == 50
+    assert r["calibration"]["held_out_indices"] == [6, 8]  # after the 6 calibration samples
+    e = r["action_error"]
+    for key in ("rel_l2_vs_displacement", "sqnr_db", "rel_l2_vs_actions_incl_noise",
+                "max_abs_model", "robot_rms_per_joint", "robot_max_abs_per_joint",
+                "per_sample", "per_step_rel_l2_vs_displacement"):
+        assert key in e and key in r["action_error_without_balance"]
+    assert "rel_l2" not in e  # the flattering figure only under a name that says so
+    assert len(e["per_step_rel_l2_vs_displacement"]) == 50
+    assert len(e["per_sample"]) == 2 and len(e["robot_rms_per_joint"]) == 32
+    # against the displacement the error is several times what it looks against the actions
+    assert e["rel_l2_vs_displacement"] > 2 * e["rel_l2_vs_actions_incl_noise"]
+    assert e["sqnr_db"] == pytest.approx(-20 * math.log10(e["rel_l2_vs_displacement"]))
     layers = {row["layer"]: row for row in r["layers"]}
     assert set(layers) == {"expert.0", "expert.1"}
     assert len(layers["expert.0"]["logit_std_ratio_after"]) == 8
     steps = r["per_step_after"]["expert.1"]  # ratios per denoising step as well as pooled
     assert len(steps) == 10 and all(0.5 < s["logit_std"] < 2 and 0.5 < s["oproj_rms"] < 2
                                     for s in steps)
-    assert reports["w8a8"]["action_error"]["rel_l2"] < r["action_error"]["rel_l2"]
-    assert 0 < r["action_error"]["rel_l2"] < 0.1  # a random tiny model quantizes gently
+    w8 = reports["w8a8"]["action_error"]["rel_l2_vs_displacement"]
+    assert w8 < e["rel_l2_vs_displacement"]
+    assert 0 < e["rel_l2_vs_displacement"] < 0.2  # a random tiny model quantizes gently
     from quantvla_ros.workflows.report_render import write_report
 
     files = write_report(r, tmp_path / "rep")
     assert {"report.md", "report.json", "ratios.png", "action_error.png"} == set(files)
     assert (tmp_path / "rep" / "ratios.png").read_bytes()[:4] == b"\x89PNG"
-    assert "SYNTHETIC" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "SYNTHETIC" in md and "rel. L2 vs displacement" in md
+    assert f"{e['rel_l2_vs_displacement']:.4f}" in md
+
+
+def test_buffer_too_small_refused_with_the_minimum(capsys, tmp_path):
+    code = main(["quantize", "--model", "pi05-tiny", "--calib", "synthetic:1",
+                 "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 1 sample; at least 2 are needed" in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_never_scores_calibration_samples(artifacts):
+    folder, manifest = artifacts["w4a8"]  # calibrated on samples 0-5 of synthetic:8
+    assert manifest.calibration["calibration_samples"] == 6
+    for spec in ("synthetic:6", "synthetic:4"):  # the same observations, all used
+        with pytest.raises(ValueError, match="calibrated on the first 6"):
+            build_report(folder, spec)
+    r = build_report(folder, "synthetic:7")  # a longer run extends a shorter one
+    assert r["calibration"]["held_out_indices"] == [6, 7]
 
 
 def test_inspect_full_pi05_meets_memory_target(capsys):

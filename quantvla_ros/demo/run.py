@@ -6,8 +6,11 @@ served), starts quantvla_node as a child process on its own ROS domain, configur
 activates it through its change_state service, plays the bag, collects the trajectories,
 deactivates and shuts it down. Each published chunk is then recomputed in this process by the
 float policy on the same observation with the same noise (the node draws noise from (seed,
-stamp) and stamps each trajectory with its observation), giving ``action_rel_error``: about 0
-when the float model is served, the quantization error otherwise.
+stamp) and stamps each trajectory with its observation), giving ``action_error``
+(workflows/action_metrics.py): about 0 when the float model is served, the quantization error
+otherwise. ``action_rel_error`` is its relative L2 against the float policy's displacement
+(actions minus the shared noise, model space; ``action_rel_error_max`` the worst chunk's):
+against the actions themselves most of the size is that shared noise.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from quantvla_ros.ros.noise import policy_noise
 from quantvla_ros.ros.pairing import nearest_index
 from quantvla_ros.ros.settings import InputSettings, load_topics_file
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.action_metrics import robot_space_error
 
 NODE_MODULE = "quantvla_ros.ros.inference_node"
 LATENCY_SOURCE = "observation stamp -> trajectory receipt, measured in the demo process"
@@ -100,8 +104,9 @@ def run_demo(
         "joint_names": list(inputs.joint_names),
         "latency_ms": {**_percentiles(latency), "source": LATENCY_SOURCE},
         "node_latency_ms": run["node_latency_ms"],
-        "action_rel_error": errors["overall"],
-        "action_rel_error_max": errors["max"],
+        "action_rel_error": errors["rel_l2_vs_displacement"],
+        "action_rel_error_max": errors["worst_chunk_rel_l2_vs_displacement"],
+        "action_error": errors,
         "reference": f"float {model} (seed {seed}) in-process, same observations and noise",
         "elapsed_s": round(time.monotonic() - t_start, 2),
     }
@@ -214,7 +219,11 @@ def _percentiles(values: list[float]) -> dict:
 
 def _compare(policy: Policy, seed: int, inputs: InputSettings, played: list[Played],
              trajectories: list) -> dict:
-    """Relative L2 error of the published chunks against ``policy`` on the same inputs."""
+    """Error of the published chunks against ``policy`` on the same inputs and noise.
+
+    Returns `action_metrics.robot_space_error`'s figures over all chunks (None where there
+    are none) and the worst chunk's relative L2 against the displacement.
+    """
     slot_of = {c.topic: c.slot for c in inputs.cameras}
     frames: dict[str, list[Played]] = {slot: [] for slot in inputs.slots}
     joints: list[Played] = []
@@ -227,8 +236,7 @@ def _compare(policy: Policy, seed: int, inputs: InputSettings, played: list[Play
         elif p.topic == inputs.instruction_topic:
             instruction = p.msg.data
     tol = int(inputs.sync_tolerance_s * 1e9)
-    diff_sq = ref_sq = 0.0
-    worst = 0.0
+    refs, gots, noises = [], [], []
     for traj, _ in trajectories:
         stamp = stamp_to_ns(traj.header.stamp)
         images = {}
@@ -242,11 +250,17 @@ def _compare(policy: Policy, seed: int, inputs: InputSettings, played: list[Play
             raise RuntimeError(f"no played joint state matches trajectory stamp {stamp}")
         obs = Observation(images, joint_positions(joints[k].msg, inputs.joint_names),
                           instruction)
-        ref = policy.infer(obs, noise=policy_noise(policy, seed, stamp)).actions
+        noise = policy_noise(policy, seed, stamp)
+        ref = policy.infer(obs, noise=noise).actions
         got = np.array([p.positions for p in traj.points], dtype=np.float64)
-        ref = ref[: got.shape[0], : got.shape[1]].astype(np.float64)
-        d, r = float(((got - ref) ** 2).sum()), float((ref**2).sum())
-        diff_sq, ref_sq = diff_sq + d, ref_sq + r
-        worst = max(worst, (d / max(r, 1e-30)) ** 0.5)
-    overall = (diff_sq / ref_sq) ** 0.5 if ref_sq > 0 else None
-    return {"overall": overall, "max": worst if trajectories else None}
+        refs.append(ref[: got.shape[0], : got.shape[1]].astype(np.float64))
+        gots.append(got)
+        noises.append(noise[0].numpy())
+    if not refs:
+        return {"rel_l2_vs_displacement": None, "worst_chunk_rel_l2_vs_displacement": None}
+    errors = robot_space_error(np.stack(refs), np.stack(gots), np.stack(noises),
+                               policy.normalizer)
+    per_chunk = [s["rel_l2_vs_displacement"] for s in errors["per_sample"]]
+    errors["worst_chunk_rel_l2_vs_displacement"] = max(
+        (x for x in per_chunk if x is not None), default=None)
+    return errors

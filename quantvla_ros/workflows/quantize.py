@@ -50,9 +50,21 @@ class QuantizeRequest:
     state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | None (as declared)
 
 
+MIN_SAMPLES = 2  # at least one to calibrate on and one held out for `quantvla report`
+
+
 def holdout_count(n: int) -> int:
     """Return how many samples `quantvla report` holds out (a quarter, at least one; n < 2: 0)."""
-    return max(1, n // 4) if n >= 2 else 0
+    return max(1, n // 4) if n >= MIN_SAMPLES else 0
+
+
+def check_buffer_size(n: int, spec: str) -> None:
+    """Refuse a buffer too small to calibrate on and hold samples out of."""
+    if n < MIN_SAMPLES:
+        raise ValueError(
+            f"calibration buffer {spec!r} has {n} sample{'s' if n != 1 else ''}; at least "
+            f"{MIN_SAMPLES} are needed (calibration samples plus at least one held out, so "
+            "that `quantvla report` never scores a sample used for calibration)")
 
 
 def open_buffer_for(policy: Policy, spec: str) -> ObservationBuffer:
@@ -86,11 +98,10 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     teacher = Policy.load(source, device=req.device, precision=req.precision,
                           state_prompt=req.state_prompt)
     buffer = open_buffer_for(teacher, req.calib)
+    check_buffer_size(len(buffer), req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
     if req.max_samples:
         calib_idx = calib_idx[: req.max_samples]
-    if not calib_idx:
-        raise ValueError(f"calibration buffer {req.calib!r} has too few samples")
     log(f"calibrating on {len(calib_idx)} samples ({len(held_idx)} held out for the report)")
     batches = prepare_batches(teacher, [buffer[i] for i in calib_idx], req.batch_size)
     inputs = None

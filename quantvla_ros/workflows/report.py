@@ -1,4 +1,10 @@
-"""Fidelity report: teacher vs quantized student on held-out buffer samples, same noise."""
+"""Fidelity report: teacher vs quantized student on held-out buffer samples, same noise.
+
+Held-out means not used for calibration: on the calibration buffer itself (or what may be
+it: a synthetic buffer of the same seed, a recorded one of the same path or source) the
+samples after the artifact's calibration samples; on another buffer, all of them. Action
+errors are measured against the teacher's displacement (workflows/action_metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from quantvla_ros.quant.balance import ratio_table, run_batches, unfold_balance
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
 from quantvla_ros.quant.stats import StatsCollector
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.action_metrics import model_space_error
 from quantvla_ros.workflows.quantize import holdout_count, open_buffer_for, prepare_batches
 
 REPORT_NOISE_SEED = 1234
@@ -36,17 +43,34 @@ def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
                                   state_prompt=state_prompt)
 
 
-def action_error(ref: torch.Tensor, out: torch.Tensor) -> dict:
-    """Relative L2, max-abs error and SQNR (dB) of action chunks [N, H, A]."""
-    err = (out.double() - ref.double())
-    ref_norm, err_norm = ref.double().norm(), err.norm()
-    return {
-        "rel_l2": float(err_norm / ref_norm.clamp(min=1e-30)),
-        "max_abs": float(err.abs().max()),
-        "sqnr_db": float(20 * torch.log10(ref_norm / err_norm.clamp(min=1e-30))),
-        "per_step_rel_l2": (err.norm(dim=(0, 2)) / ref.double().norm(dim=(0, 2))
-                            .clamp(min=1e-30)).tolist(),
-    }
+def held_out(calibration: dict, buffer) -> tuple[list[int], str]:
+    """Return the indices of `buffer` not used for calibration, and how they were chosen.
+
+    `calibration` is the manifest's record. Raises ValueError where none are left.
+    """
+    summary, n = buffer.summary(), len(buffer)
+    used = calibration.get("calibration_samples")
+    if summary.get("synthetic") != bool(calibration.get("synthetic")):
+        same = False
+    elif summary.get("synthetic"):  # observation i depends on (seed, i, cameras, state_dim)
+        same = all(summary.get(k) == calibration.get(k) for k in ("seed", "cameras",
+                                                                  "state_dim"))
+    else:
+        same = (summary.get("path") == calibration.get("path")
+                or summary.get("source") == calibration.get("source"))
+    if not same:
+        return list(range(n)), "a buffer other than the calibration buffer: every sample"
+    if used is None:  # an artifact that did not record it: the split quantize made
+        start = n - holdout_count(n)
+        how = "the tail quarter quantize holds out"
+    else:
+        start, how = int(used), f"the samples after the {used} calibration samples"
+    if start >= n:
+        raise ValueError(
+            f"the calibration buffer has {n} samples and the artifact was calibrated on the "
+            f"first {start}: nothing is held out to report on (give a buffer with more than "
+            f"{start} samples, e.g. a longer recording or synthetic:{start + 1}+)")
+    return list(range(start, n)), how
 
 
 def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
@@ -80,12 +104,10 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
     # the teacher writes the prompt the way the student does
     teacher = load_teacher(manifest, device, precision, checkpoint, student.state_prompt)
     buffer = open_buffer_for(teacher, calib)
-    _, held = buffer.split(holdout_count(len(buffer)))
-    note = None
-    if not held:
-        held, note = list(range(len(buffer))), "buffer too small to hold samples out"
+    held, how = held_out(manifest.calibration, buffer)
     batches = prepare_batches(teacher, [buffer[i] for i in held], batch_size,
                               REPORT_NOISE_SEED)
+    noise = torch.cat([b["noise"] for b in batches]).float().cpu()
     balance = manifest.balance
     towers = balance.towers
     runs = {}
@@ -114,9 +136,10 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
         "source": manifest.source.to_dict(),
         "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
                         "source": summary.get("source"), "held_out_samples": len(held),
-                        "note": note},
-        "action_error": action_error(t_act, s_act),
-        "action_error_without_balance": action_error(t_act, u_act),
+                        "held_out_indices": [held[0], held[-1] + 1], "held_out": how},
+        "action_error": model_space_error(t_act, s_act, noise, teacher.normalizer),
+        "action_error_without_balance": model_space_error(t_act, u_act, noise,
+                                                          teacher.normalizer),
         "layers": layers,
         "per_step_after": _per_step(t_stats, s_stats),
     }

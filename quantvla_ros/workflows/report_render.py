@@ -17,6 +17,19 @@ def _fmt(x, digits=3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _joints(values, digits=4) -> str:
+    """Mean and largest of a per-joint list."""
+    if not values:
+        return "-"
+    return f"{sum(values) / len(values):.{digits}g} / {max(values):.{digits}g}"
+
+
+def _error_row(label: str, e: dict) -> str:
+    return (f"| {label} | {_fmt(e['rel_l2_vs_displacement'], 4)} | {_fmt(e['sqnr_db'], 2)} | "
+            f"{_joints(e['robot_rms_per_joint'])} | {_joints(e['robot_max_abs_per_joint'])} | "
+            f"{_fmt(e['rel_l2_vs_actions_incl_noise'], 4)} |")
+
+
 def to_markdown(r: dict) -> str:
     """Render the report as markdown: the action error and per-layer ratio tables."""
     cal = r["calibration"]
@@ -25,17 +38,32 @@ def to_markdown(r: dict) -> str:
         f"# QuantVLA fidelity report: {r['bits']} ({r['preset']})", "",
         f"- artifact: `{r['artifact']}`",
         f"- teacher: {r['source'].get('model') or r['source'].get('path')}",
-        f"- held-out samples: {cal['held_out_samples']} from `{cal['spec']}`"
+        f"- held-out samples: {cal['held_out_samples']} from `{cal['spec']}` "
+        f"({cal.get('held_out', 'held out')})"
         + (" — **SYNTHETIC observations, not robot data**" if cal["synthetic"] else ""),
     ]
     if cal.get("note"):
         lines.append(f"- note: {cal['note']}")
     lines += [
         "", "## Action chunk error vs the float teacher (same noise)", "",
-        "| student | rel. L2 | max abs | SQNR (dB) |", "|---|---|---|---|",
-        f"| quantized + ATM/OHB | {e['rel_l2']:.4g} | {e['max_abs']:.4g} | {e['sqnr_db']:.2f} |",
-        f"| quantized, no ATM/OHB | {u['rel_l2']:.4g} | {u['max_abs']:.4g} | "
-        f"{u['sqnr_db']:.2f} |",
+        "Relative L2 and SQNR are against the teacher's displacement (its actions minus the "
+        "shared start noise, model space); robot units are the error unnormalized through "
+        "the policy's normalizer (per joint: mean / worst joint). The last column divides "
+        "by the actions themselves, noise included, which flatters.", "",
+        "| student | rel. L2 vs displacement | SQNR (dB) | RMS error, robot units | "
+        "max abs error, robot units | rel. L2 vs actions incl. noise |",
+        "|---|---|---|---|---|---|",
+        _error_row("quantized + ATM/OHB", e),
+        _error_row("quantized, no ATM/OHB", u),
+        "", "Per held-out sample (quantized + ATM/OHB):", "",
+        "| sample | rel. L2 vs displacement | SQNR (dB) | RMS error, robot units |",
+        "|---|---|---|---|",
+    ]
+    first = cal.get("held_out_indices", [0])[0]
+    for i, s in enumerate(e["per_sample"]):
+        lines.append(f"| {first + i} | {_fmt(s['rel_l2_vs_displacement'], 4)} | "
+                     f"{_fmt(s['sqnr_db'], 2)} | {s['robot_rms']:.4g} |")
+    lines += [
         "", "## Per layer: teacher / student ratios (1.0 = matched)", "",
         "| layer | alpha (mean) | beta | logit std before | after | o_proj RMS before | after |",
         "|---|---|---|---|---|---|---|",
@@ -74,10 +102,12 @@ def plot(r: dict, out: Path) -> list[str]:
     fig.savefig(out / "ratios.png", dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(r["action_error"]["per_step_rel_l2"], label="with ATM/OHB")
-    ax.plot(r["action_error_without_balance"]["per_step_rel_l2"], label="without")
+    for key, label in (("action_error", "with ATM/OHB"),
+                       ("action_error_without_balance", "without")):
+        ys = r[key]["per_step_rel_l2_vs_displacement"]
+        ax.plot([float("nan") if y is None else y for y in ys], label=label)
     ax.set_xlabel("action step in chunk")
-    ax.set_ylabel("relative L2 error")
+    ax.set_ylabel("rel. L2 error vs the teacher's displacement")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "action_error.png", dpi=100)
