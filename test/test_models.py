@@ -253,6 +253,9 @@ class RecordingObserver:
         self.calls.append(("o_proj", self.step, layer, tower, out.shape, valid_rows.shape,
                            valid_rows.dtype))
 
+    def tokens(self, tower, valid_rows):
+        self.calls.append(("tokens", self.step, tower, valid_rows.shape, valid_rows.dtype))
+
 
 def test_observer_protocol(model):
     from quantvla_ros.quant.stats import StatsCollector
@@ -274,7 +277,7 @@ def test_observer_protocol(model):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)  # observing changes nothing
     b, p, bk, ex = 2, cfg.prefix_len, cfg.backbone, cfg.expert
     s = cfg.action_horizon + (cfg.variant == "pi0")  # pi0 adds a state token
-    expected = []
+    expected = [("tokens", None, 0, (b, p), torch.bool)]
     for li in range(bk.depth - 1):  # prefill: the backbone, its last layer only makes k/v
         expected += [
             ("attention", None, li, 0, (b, bk.num_heads, p, bk.head_dim),
@@ -282,6 +285,7 @@ def test_observer_protocol(model):
             ("o_proj", None, li, 0, (b, p, bk.width), (b, p), torch.bool),
         ]
     for step in range(2):  # each denoising step: the expert, over cached prefix + suffix keys
+        expected.append(("tokens", step, 1, (b, s), torch.bool))
         for li in range(ex.depth):
             expected += [
                 ("attention", step, li, 1, (b, ex.num_heads, s, ex.head_dim),
