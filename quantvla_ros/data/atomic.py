@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import tempfile
@@ -87,6 +88,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(errno, f"cannot swap {a} and {b}: {os.strerror(errno)}")
 
 
+@functools.cache
 def _libc():
     name = ctypes.util.find_library("c")
     if name is None:

@@ -242,8 +242,8 @@ def read_stats(folder, variant: str) -> Normalizer:
 def _check_keys(model: PiModel, shapes: dict) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(k for k in expected if k not in shapes)
-    dead = model.never_executed_modules()  # held by full checkpoints, skipped at load
-    unexpected = sorted(k for k in shapes if k not in expected and not _under(k, dead))
+    # full checkpoints hold the never-executed modules: skipped at load, not unexpected
+    unexpected = sorted(k for k in shapes if k not in expected and not model.never_executes(k))
     wrong = sorted(
         f"{to_lerobot_name(k)}: file {shapes[k]} vs model {expected[k]}"
         for k in expected if k in shapes and shapes[k] != expected[k]
@@ -258,11 +258,6 @@ def _check_keys(model: PiModel, shapes: dict) -> None:
             problems.append(f"  {len(items)} {title} keys:\n    {shown}{more}")
     if problems:
         raise CheckpointError("checkpoint does not match the model:\n" + "\n".join(problems))
-
-
-def _under(key: str, modules: tuple[str, ...]) -> bool:
-    """Return True if state-dict ``key`` belongs to one of ``modules``."""
-    return any(key.startswith(m + ".") for m in modules)
 
 
 def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):

@@ -7,6 +7,7 @@ runs once over the concatenation, so action tokens (expert) see image/language t
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -189,7 +190,7 @@ def joint_forward(
     cos, sin = rope_cos_sin(positions, ref.head_dim, ref.rope_theta, dtype)
     bias = attention_bias(mask, dtype)  # once for all layers
     sizes = [hiddens[i].shape[1] for i in active]
-    ends = torch.tensor(sizes).cumsum(0).tolist()
+    ends = list(itertools.accumulate(sizes))
     rows = {i: (end - size, end) for i, size, end in zip(active, sizes, ends, strict=True)}
     if observer is not None:
         for i in active:
@@ -228,7 +229,7 @@ def joint_forward(
         q = apply_rope(torch.cat(qs, 2), q_cos, q_sin)
         q_sizes = [sizes[active.index(i)] for i in query]
         if observer is not None:
-            q_ends = torch.tensor(q_sizes).cumsum(0).tolist()
+            q_ends = itertools.accumulate(q_sizes)
             for i, size, end in zip(query, q_sizes, q_ends, strict=True):
                 observer.attention(li, i, q[:, :, end - size:end], k, q_mask[:, end - size:end])
         att = attend(q, k, v, q_bias).split(q_sizes, dim=1)

@@ -97,6 +97,10 @@ class PiModel(nn.Module):
         """Names of modules a full-size checkpoint holds that this model never runs."""
         return never_executed("backbone", self.cfg.backbone)
 
+    def never_executes(self, name: str) -> bool:
+        """Return True if ``name`` (a module or a tensor) lies in a never-executed module."""
+        return any(name == m or name.startswith(m + ".") for m in self.never_executed_modules())
+
     @property
     def towers(self) -> list[GemmaTower]:
         """The backbone and the expert, in `joint_forward`'s tower order."""

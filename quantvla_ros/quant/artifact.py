@@ -48,9 +48,8 @@ def _quantized_skeleton(manifest: ArtifactManifest, keys: set[str]):
     cfg = manifest.model_config
     model = build_meta(cfg)
     scheme = manifest.quantization.scheme
-    dead = model.never_executed_modules()  # stored by artifacts written before they were cut
     for name in manifest.quantized_modules:
-        if any(name == m or name.startswith(m + ".") for m in dead):
+        if model.never_executes(name):  # stored by artifacts written before they were cut
             continue
         try:
             linear = model.get_submodule(name)

@@ -33,12 +33,6 @@ class LinearInputs(AttentionObserver):
         """Remember which rows of ``tower``'s tokens are real for the linears that follow."""
         self._valid[TOWERS[tower]] = valid_rows
 
-    def attention(self, layer, tower, q, k, mask_rows) -> None:
-        """Ignore attention logits (only linear inputs are recorded)."""
-
-    def o_proj(self, layer, tower, out, valid_rows) -> None:
-        """Ignore o_proj outputs (its input is recorded by its hook)."""
-
     def record(self, name: str, x: torch.Tensor) -> None:
         """Fold one input batch of linear ``name`` into its channel absmax and row sample."""
         valid = self._valid.get(name.split(".")[0])
