@@ -13,7 +13,9 @@ loop; Gaussian noise (``--noise``, action units, on the six pose dimensions) is 
 is executed, so the data shows recoveries. One file per episode,
 ``OUT/task{T:02d}_ep{E:04d}.npz`` (compressed; written to a temporary name, then renamed):
 
-- ``agentview``, ``wrist``: uint8 (T, R, R, 3), rotated 180 degrees as the policy sees them
+- ``agentview``, ``wrist``: uint8 (F, R, R, 3), rotated 180 degrees as the policy sees them,
+  at the steps ``image_step`` (int, F): every ``--image-every``-th step (cameras render only
+  there, which is most of a step's cost; see ``LiberoTask.set_rendering``)
 - ``state``: float32 (T, 8) eef pos, eef axis-angle, gripper qpos, before each action
 - ``action``: float32 (T, 7) the executed (noisy) action; ``expert_action``: the clean one
 - ``instruction``, ``suite``: str; ``task``, ``seed``, ``steps``: int; ``success``: bool
@@ -40,26 +42,30 @@ from quantvla_ros.sim.libero_env import (
 from quantvla_ros.sim.libero_expert import LiberoObjectExpert
 
 
-def record_episode(task: LiberoTask, expert, seed: int, noise: float, max_steps: int) -> dict:
+def record_episode(task: LiberoTask, expert, seed: int, noise: float, max_steps: int,
+                   image_every: int = 1) -> dict:
     """Run one noisy expert episode from a fresh placement; return its arrays."""
     rng = np.random.default_rng(seed + 7)
     obs = task.reset_fresh(seed)
-    for _ in range(10):
-        obs, _ = task.step(SETTLE_ACTION)
+    for k in range(10):
+        obs, _ = task.step(SETTLE_ACTION, render=k == 9)
     expert.reset()
-    frames = {"agentview": [], "wrist": [], "state": [], "action": [], "expert_action": []}
+    frames = {"agentview": [], "wrist": [], "image_step": [], "state": [], "action": [],
+              "expert_action": []}
     done = False
-    for _ in range(max_steps):
+    for t in range(max_steps):
         clean = expert.act(obs).astype(np.float32)
         action = clean.copy()
         action[:6] = np.clip(action[:6] + rng.normal(0.0, noise, 6), -1.0, 1.0)
         images = policy_images(obs)
-        frames["agentview"].append(images["agentview"])
-        frames["wrist"].append(images["wrist"])
+        if images:
+            frames["agentview"].append(images["agentview"])
+            frames["wrist"].append(images["wrist"])
+            frames["image_step"].append(t)
         frames["state"].append(libero_state(obs))
         frames["action"].append(action)
         frames["expert_action"].append(clean)
-        obs, done = task.step(action)
+        obs, done = task.step(action, render=(t + 1) % image_every == 0)
         if done:
             break
     out = {k: np.stack(v) for k, v in frames.items()}
@@ -78,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", default="", help="comma-separated task indices (all)")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--image-every", type=int, default=1,
+                        help="render the cameras every N-th step only (state/action: all)")
     parser.add_argument("--seed-base", type=int, default=1_000_000)
     args = parser.parse_args(argv)
     if args.suite != "libero_object":
@@ -97,7 +105,8 @@ def main(argv=None) -> int:
             task, expert = envs[t]
             seed = args.seed_base + 1000 * t + episode
             start = time.time()
-            data = record_episode(task, expert, seed, args.noise, MAX_STEPS[args.suite])
+            data = record_episode(task, expert, seed, args.noise, MAX_STEPS[args.suite],
+                                  args.image_every)
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez_compressed(tmp, **data)
             os.replace(tmp, path)

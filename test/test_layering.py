@@ -15,10 +15,11 @@ PACKAGE = ROOT / "quantvla_ros"
 
 # Top to bottom: a subpackage may import only what its row lists (always layers below it).
 ALLOWED_IMPORTS = {
-    "cli": {"demo", "ros", "workflows", "runtime", "quant", "models", "kernels", "data"},
+    "cli": {"demo", "ros", "workflows", "runtime", "quant", "models", "kernels", "data", "sim"},
     "demo": {"ros", "workflows", "runtime", "data"},
     "ros": {"workflows", "runtime", "data"},
-    "workflows": {"runtime", "quant", "models", "kernels", "data"},
+    "workflows": {"runtime", "quant", "models", "kernels", "data", "sim"},
+    "training": {"runtime", "models", "data"},
     "runtime": {"quant", "models", "kernels", "data"},
     "quant": {"models", "kernels", "data"},
     "models": set(),

@@ -13,6 +13,7 @@ import sys
 from quantvla_ros.cli import (
     bench_cmd,
     demo_cmd,
+    eval_cmd,
     inspect_cmd,
     models_cmd,
     quantize_cmd,
@@ -21,7 +22,8 @@ from quantvla_ros.cli import (
 )
 
 COMMANDS = [
-    models_cmd, inspect_cmd, record_cmd, quantize_cmd, report_cmd, bench_cmd, demo_cmd,
+    models_cmd, inspect_cmd, record_cmd, quantize_cmd, report_cmd, bench_cmd, eval_cmd,
+    demo_cmd,
 ]
 
 

@@ -173,9 +173,10 @@ class LiberoClient:
         fields.update({"init": int(init)} if init is not None else {"seed": int(seed)})
         return self.request("reset", **fields)
 
-    def step(self, action) -> dict:
-        """Apply one 7-dim action; return the observation."""
-        return self.request("step", action=np.asarray(action, dtype=np.float64).reshape(-1))
+    def step(self, action, render: bool = True) -> dict:
+        """Apply one 7-dim action; return the observation (without images if not ``render``)."""
+        return self.request("step", action=np.asarray(action, dtype=np.float64).reshape(-1),
+                            render=bool(render))
 
     def expert_action(self) -> np.ndarray:
         """Return the scripted expert's next action for the current episode."""

@@ -17,6 +17,8 @@ RENDER_ENV = {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl"}
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300,
              "libero_10": 520, "libero_90": 400}
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
+# The camera observables robosuite renders (once per control step while enabled).
+CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")
 
 
 def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -36,7 +38,12 @@ def libero_state(obs: dict) -> np.ndarray:
 
 
 def policy_images(obs: dict) -> dict[str, np.ndarray]:
-    """Return both camera images rotated by 180 degrees (contiguous uint8 HxWx3)."""
+    """Return both camera images rotated by 180 degrees (contiguous uint8 HxWx3).
+
+    Returns {} for an observation of a step without rendering.
+    """
+    if "agentview_image" not in obs:
+        return {}
     return {"agentview": np.ascontiguousarray(obs["agentview_image"][::-1, ::-1]),
             "wrist": np.ascontiguousarray(obs["robot0_eye_in_hand_image"][::-1, ::-1])}
 
@@ -99,6 +106,7 @@ class LiberoTask:
                   {"use_camera_obs": False, "has_offscreen_renderer": False})
         self.env = OffScreenRenderEnv(bddl_file_name=self.task.bddl_file, **kwargs)
         self._init_states = None
+        self._rendering = self.resolution > 0
         self.steps = 0
         self.last_obs = None
 
@@ -115,6 +123,7 @@ class LiberoTask:
         if not 0 <= init_index < len(states):
             raise ValueError(f"init index {init_index} out of range: {len(states)} init states")
         self.env.seed(0)
+        self.set_rendering(True)
         self.env.reset()
         self.last_obs = self.env.set_init_state(states[init_index])
         self.steps = 0
@@ -124,15 +133,38 @@ class LiberoTask:
         """Reset to a fresh random placement drawn from the BDDL regions with ``seed``."""
         np.random.seed(seed % 2**32)
         self.env.seed(seed % 2**32)
+        self.set_rendering(True)
         self.last_obs = self.env.reset()
         self.steps = 0
         return self.last_obs
 
-    def step(self, action) -> tuple[dict, bool]:
-        """Apply one 7-dim action; return (raw observation, done = task success)."""
+    def set_rendering(self, on: bool) -> None:
+        """Enable or disable the cameras for the next steps (no-op without cameras).
+
+        Rendering is most of a step's cost (about 8x the physics); a policy that replans every
+        few steps needs images only on those steps. Enabling resets robosuite's sampling
+        timer, so the next step samples the cameras at its first substep, exactly when it
+        samples them with the cameras always on: the images are the same either way.
+        """
+        if self.resolution <= 0 or self._rendering == on:
+            return
+        for name in CAMERA_OBSERVABLES:
+            observable = self.env.env._observables[name]
+            observable.set_enabled(on)
+            # set_enabled resets the timer but not the "sampled in this period" flag; clear
+            # it, or the first step after enabling returns the reset value (a black image).
+            observable._sampled = False
+        self._rendering = on
+
+    def step(self, action, render: bool = True) -> tuple[dict, bool]:
+        """Apply one 7-dim action; return (raw observation, done = task success).
+
+        With ``render=False`` the observation has no camera images (see ``set_rendering``).
+        """
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (7,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be 7 finite values, got shape {action.shape}")
+        self.set_rendering(render)
         obs, _reward, done, _info = self.env.step(action)
         self.steps += 1
         self.last_obs = obs

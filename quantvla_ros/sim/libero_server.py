@@ -13,7 +13,8 @@ libraries print goes to the log and never into the stream. Requests (``op``):
 - ``reset`` ``suite``, ``task``, ``resolution`` (0: no cameras), one of ``init`` (a fixed
   evaluation init state) or ``seed`` (a fresh random placement), optional ``settle`` (steps of
   the no-op ``[0]*6 + [-1]`` after the reset) -> observation
-- ``step`` ``action`` (7 float) -> observation
+- ``step`` ``action`` (7 float), optional ``render`` (default true; false: no images in the
+  reply, and the step costs the physics only) -> observation
 - ``expert_action`` -> ``action``: the scripted expert's next action for the current episode
 - ``close`` -> ok, then the server exits
 
@@ -100,8 +101,9 @@ class LiberoServer:
         else:
             obs = self.task.reset_fresh(int(request["seed"]))
         done = False
-        for _ in range(int(request.get("settle", 0))):
-            obs, done = self.task.step(SETTLE_ACTION)
+        settle = int(request.get("settle", 0))
+        for k in range(settle):  # only the last settle step's images are returned
+            obs, done = self.task.step(SETTLE_ACTION, render=k == settle - 1)
         self.task.steps = 0
         if self.expert is not None:
             self.expert.reset()
@@ -112,7 +114,7 @@ class LiberoServer:
         """Apply one action."""
         task = self._require_task()
         action = np.asarray(request["action"], dtype=np.float64)
-        obs, done = task.step(action)
+        obs, done = task.step(action, render=bool(request.get("render", True)))
         self.done = self.done or done
         return self._observation(obs, done)
 
@@ -141,9 +143,7 @@ class LiberoServer:
     def _observation(self, obs: dict, done: bool) -> dict:
         out = {"state": libero_state(obs), "done": bool(done), "t": self.task.steps,
                "success": self.task.success(), "instruction": self.task.task.language}
-        if self.task.resolution > 0:
-            images = policy_images(obs)
-            out["agentview"], out["wrist"] = images["agentview"], images["wrist"]
+        out.update(policy_images(obs))
         return out
 
 

@@ -1,0 +1,90 @@
+"""Training batches built exactly as the Policy builds its inputs at inference.
+
+Tokens come from the same prompt (``build_prompt`` with the quantile-normalized state,
+discretized into pi0.5's 256 bins) and tokenizer; pixels from the same [-1, 1] mapping as
+``runtime.preprocess.images_to_pixels``. The only training-time difference is an optional
+random shift of the images (pad by replication, random crop back), a standard augmentation
+for behaviour cloning from few demonstrations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.tokenizer import build_prompt, tokenize
+from quantvla_ros.training.demos import DemoError, DemoSet
+
+
+def frame_tokens(demos: DemoSet, normalizer: Normalizer, tokenizer, cfg: PiConfig):
+    """Return token ids [N, L] and masks [N, L] of every frame's pi0.5 prompt.
+
+    Raises DemoError if a prompt would be truncated (the policy would never see its end).
+    """
+    state = normalizer.normalize_state(demos.state[demos.frame_step])
+    episode = demos.frame_episode(np.arange(demos.num_frames))
+    ids = np.zeros((demos.num_frames, cfg.max_token_len), np.int64)
+    masks = np.zeros((demos.num_frames, cfg.max_token_len), bool)
+    for i in range(demos.num_frames):
+        prompt = build_prompt(cfg.variant, demos.instructions[episode[i]], state[i])
+        if len(tokenizer.encode(prompt)) > cfg.max_token_len:
+            raise DemoError(f"frame {i}: prompt of {len(tokenizer.encode(prompt))} tokens "
+                            f"exceeds max_token_len {cfg.max_token_len}: {prompt!r}")
+        ids[i], masks[i] = tokenize(tokenizer, prompt, cfg.max_token_len)
+    return ids, masks
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, V, R, R, 3] -> float [B, V, 3, R, R] in [-1, 1] (the Policy's mapping)."""
+    px = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 1, 4, 2, 3).float()
+    return px / 255.0 * 2.0 - 1.0
+
+
+def random_shift(pixels: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image [B, V, 3, R, R] by up to ``pad`` pixels (edges replicated)."""
+    if pad <= 0:
+        return pixels
+    b, v, c, h, w = pixels.shape
+    flat = F.pad(pixels.reshape(b * v, c, h, w), (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (b * v, 2), generator=gen)
+    out = torch.stack([flat[i, :, y:y + h, x:x + w]
+                       for i, (y, x) in enumerate(offsets.tolist())])
+    return out.reshape(b, v, c, h, w)
+
+
+class BatchMaker:
+    """Draws seeded random batches of (pixels, tokens, normalized action chunks)."""
+
+    def __init__(self, demos: DemoSet, cfg: PiConfig, normalizer: Normalizer, tokenizer,
+                 views=("agentview", "wrist"), shift: int = 0):
+        """Tokenize every frame once and normalize every action (quantiles)."""
+        if len(views) != len(cfg.cameras):
+            raise DemoError(f"{len(views)} views for a model with cameras {cfg.cameras}")
+        size = demos.views[views[0]].shape[1]
+        if size != cfg.vision.image_size:
+            raise DemoError(f"demonstrations are {size} px, the model takes "
+                            f"{cfg.vision.image_size} px: record at the model's resolution")
+        self.demos, self.cfg, self.views, self.shift = demos, cfg, views, shift
+        self.tokens, self.token_masks = frame_tokens(demos, normalizer, tokenizer, cfg)
+        lo, hi = normalizer.stats["action.q01"], normalizer.stats["action.q99"]
+        self.actions = (2.0 * (demos.action - lo) / np.maximum(hi - lo, 1e-8) - 1.0)
+        self.actions = self.actions.astype(np.float32)
+
+    def batch(self, frames: np.ndarray, gen: torch.Generator | None = None) -> dict:
+        """Return the model inputs and targets of ``frames`` (shifted when ``gen`` is given)."""
+        images = np.stack([self.demos.views[v][frames] for v in self.views], axis=1)
+        pixels = to_pixels(images)
+        if gen is not None:
+            pixels = random_shift(pixels, self.shift, gen)
+        steps, pad = self.demos.chunk_steps(frames, self.cfg.action_horizon)
+        return {
+            "images": pixels,
+            "image_masks": torch.ones(len(frames), len(self.views), dtype=torch.bool),
+            "tokens": torch.from_numpy(self.tokens[frames]),
+            "token_masks": torch.from_numpy(self.token_masks[frames]),
+            "actions": torch.from_numpy(self.actions[steps]),
+            "action_pad": torch.from_numpy(pad),
+        }
