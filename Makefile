@@ -64,7 +64,10 @@ $(WS)/src/quantvla_ros:
 
 # AMENT_PREFIX_PATH is unset for colcon itself (it warns about a prefix without
 # local_setup files); the tests get this venv on it from conftest.py.
+# LIBERO (about 2 minutes and 2 GB, once) lets the closed-loop tests run; if it cannot be
+# installed here those tests skip with the reason instead of failing the suite.
 test: setup $(WS)/src/quantvla_ros
+	@bash scripts/libero_setup.sh || echo '>> LIBERO setup failed: the simulator tests will skip'
 	cd $(WS) && env -u AMENT_PREFIX_PATH colcon build --symlink-install --base-paths src \
 		--event-handlers desktop_notification-
 	@echo 'cd $(WS) && colcon test ... && colcon test-result --verbose'

@@ -62,3 +62,52 @@ def test_expert_solves_a_fixed_seed_fresh_placement(sim):
         if obs["done"]:
             break
     assert obs["done"] and obs["success"], f"not solved in {obs['t']} steps"
+
+
+def test_rendering_only_where_asked_keeps_the_physics(sim):
+    """Skipping the cameras on some steps changes neither the state nor the episode.
+
+    Images come back only from steps asked to render, and they are valid frames (not the
+    black reset value robosuite returns when a camera is re-enabled without clearing its
+    sampling flag: the mean would then be 0).
+    """
+    actions = np.random.default_rng(0).uniform(-0.6, 0.6, (9, 7))
+    runs = []
+    for render in ([True] * 9, [False, False, True] * 3):
+        sim.reset(SUITE, 1, init=2, resolution=64, settle=10)
+        runs.append([sim.step(a, render=r) for a, r in zip(actions, render, strict=True)])
+    for full, sparse in zip(*runs, strict=True):
+        np.testing.assert_array_equal(full["state"], sparse["state"])
+    for k, sparse in enumerate(runs[1]):
+        assert ("agentview" in sparse) == (k % 3 == 2)
+        if "agentview" in sparse:
+            assert sparse["agentview"].shape == (64, 64, 3)
+            assert sparse["agentview"].mean() > 20 and sparse["wrist"].mean() > 20
+            # same scene as the always-on camera, at most a substep apart
+            diff = np.abs(sparse["agentview"].astype(int) - runs[0][k]["agentview"]).mean()
+            assert diff < 8.0
+
+
+def test_a_short_episode_of_the_trained_policy_through_the_cli(tmp_path, capsys):
+    """`quantvla eval libero` end to end: the committed checkpoint, the real simulator."""
+    import json
+    from pathlib import Path
+
+    from quantvla_ros.cli.main import main
+
+    checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "pi05-libero-object"
+    out = tmp_path / "eval"
+    code = main(["eval", "libero", "--policy", str(checkpoint), "--policy",
+                 f"{checkpoint}@bf16", "--tasks", "2", "--inits", "4", "--max-steps", "10",
+                 "--out", str(out), "--video", str(tmp_path / "video")])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"]["step_limit"] == 10 and summary["protocol"]["resolution"] == 112
+    lines = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and {r["policy"] for r in lines} == {
+        "pi05-libero-object", "pi05-libero-object@bf16"}
+    for r in lines:  # 10 steps in chunks of 5 unless solved early (it cannot be in 10 steps)
+        assert (r["steps"], r["chunks"], r["success"], r["error"]) == (10, 2, False, None)
+    assert "| pi05-libero-object |" in capsys.readouterr().out
+    assert len(list((tmp_path / "video").glob("*.gif"))) == 2
+    assert (out / "success.png").stat().st_size > 1000

@@ -52,6 +52,7 @@ def test_frames_steps_and_chunks(demo_folder):
     assert steps[1, 0] == 19 and pad[1].sum() == 9
     steps, pad = demos.chunk_steps(np.array([7]), 10)  # first frame of episode 1
     assert steps[0].tolist() == list(range(13, 20)) + [19] * 3
+    assert load_demos(demo_folder, exclude="task01_*").files == ["task00_ep0000.npz"]
     stats = demos.quantile_stats()
     np.testing.assert_allclose(stats["action.q99"], np.quantile(demos.action, 0.99, axis=0),
                                rtol=1e-6)

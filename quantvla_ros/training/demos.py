@@ -80,11 +80,17 @@ def _episode_files(folder: Path) -> list[Path]:
 
 
 def load_demos(folder: str | Path, views=("agentview", "wrist"), successful_only: bool = True,
-               limit: int | None = None) -> DemoSet:
-    """Load the episodes in ``folder`` (sorted by name; failed expert runs skipped)."""
+               limit: int | None = None, exclude: str = "", include: str = "") -> DemoSet:
+    """Load the episodes in ``folder`` (sorted by name; failed expert runs skipped).
+
+    ``exclude``: a file-name glob of episodes held out (e.g. ``*_ep000[01].npz``);
+    ``include``: load only the episodes matching this glob.
+    """
     parts: dict[str, list[np.ndarray]] = {v: [] for v in (*views, "state", "action")}
     instructions, lengths, files, frame_steps = [], [], [], []
-    for path in _episode_files(Path(folder))[:limit]:
+    files_in = [p for p in _episode_files(Path(folder))
+                if not (exclude and p.match(exclude)) and (not include or p.match(include))]
+    for path in files_in[:limit]:
         with np.load(path) as ep:
             missing = [k for k in (*views, "state", "action", "instruction") if k not in ep]
             if missing:

@@ -41,6 +41,7 @@ class RunConfig:
 
     demos: str
     model: str = "pi05-libero"
+    exclude: str = ""  # file-name glob of held-out episodes
     steps: int = 6000
     batch: int = 16
     noise_samples: int = 4
@@ -87,7 +88,7 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
         raise SystemExit(f"{saved} holds a different run configuration; use another --out")
     write_file_atomic(saved, json.dumps(asdict(run), indent=2).encode())
     cfg = get_config(run.model)
-    demos = load_demos(run.demos)
+    demos = load_demos(run.demos, exclude=run.exclude)
     normalizer = demos.normalizer()
     maker = BatchMaker(demos, cfg, normalizer, ByteTokenizer(), shift=run.shift)
     model = random_model(cfg, seed=run.seed).train()
