@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -113,6 +114,10 @@ def run(args) -> int:
     ok, why = libero_available()
     if not ok:
         raise FileNotFoundError(f"LIBERO is not available: {why}")
+    import torch
+
+    # each worker's chunks run in this process beside its simulator process: share the cores
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.workers)))
     policies = load_policies(args.policy, args.device)
     first = next(iter(policies.values()))
     cameras = camera_map(args.cameras, first.cfg.cameras)
