@@ -45,7 +45,8 @@ def main(argv=None) -> int:
                 step = demos.frame_step[f]
                 buffer.append(Observation(
                     images={slot: demos.views[view][f] for view, slot in SLOTS.items()},
-                    state=demos.state[step], instruction=demos.instructions[e]))
+                    state=demos.state[step], instruction=demos.instructions[e],
+                    stamp=float(step - demos.episode_start[e]) / 20.0))  # 20 Hz control
     print(f"wrote {len(buffer)} observations from {len(demos.files)} episodes to {args.out}")
     return 0
 
