@@ -64,7 +64,7 @@ def markdown_table(summary: dict) -> str:
     rows = [head, "|" + "---|" * (5 + len(tasks))]
     for label, s in summary["policies"].items():
         paired = summary["paired"].get(label)
-        vs = (f"{100 * paired['difference']:+.0f} pts (+{paired['only_this']} / "
+        vs = (f"{100 * paired['difference'] + 0.0:+.0f} pts (+{paired['only_this']} / "
               f"-{paired['only_base']}, p={paired['mcnemar_p']:.3g})" if paired else "-")
         per = " | ".join(f"{r['successes']}/{r['episodes']}" for r in s["per_task"].values())
         rows.append(f"| {label} | {_pct(s['total'])} | {s['total']['episodes']} | "
