@@ -25,7 +25,7 @@ import torch
 
 from quantvla_ros.data.atomic import folder_atomic, write_file_atomic
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import save_checkpoint
+from quantvla_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from quantvla_ros.models.config import get_config
 from quantvla_ros.models.tokenizer import ByteTokenizer
 from quantvla_ros.training.batches import BatchMaker
@@ -100,8 +100,6 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
     frame_gen, noise_gen = (torch.Generator().manual_seed(run.seed + k) for k in (1, 2))
     step = 0
     if (out / STATE).exists() and (out / CHECKPOINT).exists():
-        from quantvla_ros.models.checkpoint import load_checkpoint
-
         loaded, _, _ = load_checkpoint(out / CHECKPOINT)
         model.load_state_dict(loaded.state_dict())
         state = torch.load(out / STATE, weights_only=False)

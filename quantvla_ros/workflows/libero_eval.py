@@ -206,9 +206,9 @@ def evaluate(policies: dict[str, object], episodes: Sequence[Episode], protocol:
     ``video_episodes``: keep the frames of each policy's first this-many episodes.
     """
     done = load_done(out)
+    wanted = set(episodes)
     results = [EpisodeResult(**r) for r in done.values()
-               if r["policy"] in policies and Episode(r["task"], r["init"], r["seed"])
-               in set(episodes)]
+               if r["policy"] in policies and Episode(r["task"], r["init"], r["seed"]) in wanted]
     jobs = [(label, ep, k < video_episodes) for k, ep in enumerate(episodes)
             for label in policies if (label, ep.task, ep.init, ep.seed) not in done]
     pool = SimulatorPool(sim_factory)
