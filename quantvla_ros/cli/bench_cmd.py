@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from quantvla_ros.cli import bench_sass_cmd
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.quantize_cmd import add_state_prompt_arg, state_prompt_of
 from quantvla_ros.workflows.bench_e2e import bench_e2e
@@ -35,6 +36,7 @@ def register(sub) -> None:
     k.add_argument("--out", help="folder for kernels.md and kernels.png")
     k.add_argument("--json", action="store_true")
     k.set_defaults(handler=run_kernels)
+    bench_sass_cmd.register(kinds)
 
 
 def run_e2e(args) -> int:
