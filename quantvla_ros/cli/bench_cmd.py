@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -33,8 +36,12 @@ def register(sub) -> None:
     k.add_argument("--check", action="store_true",
                    help="verify every kernel against the integer reference first (on a CPU "
                         "only the checks run, under Triton's interpreter)")
-    k.add_argument("--out", help="folder for kernels.md and kernels.png")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--shapes", help="comma-separated MxKxN, e.g. 50x1024x4096,968x2048x16384 "
+                                    "(default: the model's shapes, or tiny ones on a CPU)")
+    k.add_argument("--out", help="folder for kernels.md (and kernels.png with --plot)")
+    k.add_argument("--plot", action="store_true", help="also plot speed-ups (needs matplotlib)")
+    k.add_argument("--json", action="store_true",
+                   help="one JSON line per (shape, kernel), printed as soon as it is measured")
     k.set_defaults(handler=run_kernels)
     bench_sass_cmd.register(kinds)
 
@@ -60,43 +67,58 @@ def run_e2e(args) -> int:
     return 0
 
 
+def _shapes(text: str | None) -> list[tuple[int, int, int]] | None:
+    if not text:
+        return None
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 3 for s in shapes):
+        raise ValueError(f"--shapes wants comma-separated MxKxN, got {text!r}")
+    return shapes
+
+
 def run_kernels(args) -> int:
     """Check and / or time the integer GEMM kernels; return 1 if any check failed.
 
-    Without a CUDA GPU only `--check` runs, under Triton's CPU interpreter.
+    Rows stream out as JSON lines (``--json``) while they are measured; the markdown table
+    and the optional plot come after. Without a CUDA GPU only `--check` runs, under
+    Triton's CPU interpreter.
     """
     if not torch.cuda.is_available():
         if not args.check:
             raise ValueError("no CUDA GPU: nothing to time. Use --check to verify the kernels "
                              "under Triton's CPU interpreter")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are compiled
-    from quantvla_ros.kernels.bench import format_markdown, run_kernel_bench
+    from quantvla_ros.kernels.bench import format_markdown, iter_kernel_bench
 
-    rows = run_kernel_bench(check=args.check)
-    failed = [r for r in rows if r.get("check") not in (None, "ok")]
+    rows = []
+    for row in iter_kernel_bench(_shapes(args.shapes), check=args.check):
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
     table = format_markdown(rows)
-    if args.out:
-        _write_kernel_report(rows, table, args.out)
-    if args.json:
-        print_json({"device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                    else "cpu (Triton interpreter: checks only, no timings)",
-                    "rows": rows, "checks_passed": not failed})
-    else:
+    if not args.json:
         print(table)
-    return 1 if failed else 0
+    if args.out:
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "kernels.md").write_text(table + "\n")
+        if args.plot:
+            _plot_speedups(rows, folder / "kernels.png")
+    return 1 if any(r.get("check") not in (None, "ok") for r in rows) else 0
 
 
-def _write_kernel_report(rows, table: str, out: str) -> None:
-    from pathlib import Path
-
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kernels.md").write_text(table + "\n")
+def _plot_speedups(rows, path: Path) -> None:
     timed = [r for r in rows if r.get("speedup_vs_bf16")]
+    try:
+        import matplotlib
+    except ImportError:
+        print("no matplotlib: skipping the plot", file=sys.stderr)
+        return
     if not timed:
         return
-    import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -107,5 +129,5 @@ def _write_kernel_report(rows, table: str, out: str) -> None:
     ax.set_xticks(range(len(timed)), labels, rotation=90, fontsize=6)
     ax.set_ylabel("speed-up over bf16 matmul")
     fig.tight_layout()
-    fig.savefig(folder / "kernels.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

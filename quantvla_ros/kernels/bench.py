@@ -1,13 +1,19 @@
 """Kernel benchmark: bf16 matmul, torch._int_mm and our W8A8 / W4A8 / W4A4 GEMMs per shape.
 
-On CUDA every kernel is first checked against the exact reference, then timed twice:
-``triton.testing.do_bench`` (L2 flushed before each call, so weights come from HBM as in a
-layer sweep; "ms", used for TOP/s, GB/s and speedup) and a CUDA-graph replay (no Python
-launch overhead, warm L2; "ms_graph"). On CPU only the checks run (under the Triton
-interpreter, with small GPU-legal shapes); their rows carry no timings.
+Rows stream out one (shape, kernel) at a time (:func:`iter_kernel_bench`), so a crash or a
+timeout keeps every row measured before it; a kernel that raises gives a row with
+``"check": "ERROR ..."`` and the run goes on. On CUDA each kernel is checked against the
+exact reference, then timed by CUDA-graph replay (:mod:`bench_timing`): "ms" cycles
+through weight copies larger than twice the L2 (weights come from HBM, as in a layer
+sweep; used for TOP/s, GB/s and the speed-ups), "ms_warm" reuses one copy (warm L2) and
+"ms_act_quant" runs the activation quantizer before the GEMM (what the model pays). On CPU
+only the checks run, under the interpreter, on small GPU-legal shapes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +31,57 @@ CPU_CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 256, 64), (50, 256, 48
 CHECK_RTOL = 1e-3
 
 
+@dataclass(frozen=True)
+class BenchOp:
+    """One benchmarked kernel.
+
+    ``gemm(a, xs, wts, out_dtype)`` runs it on the activations of ``act_bits`` (8 / 4: the
+    quantized codes and scales; None: the bf16 ``x``, ``xs`` None) and the weight set
+    ``wts``; ``reference(a, xs, wts)`` is the exact result it is checked against (None: a
+    baseline, never checked, not run on CPU). ``flops``: a GEMM (TOP/s and speed-ups).
+    """
+
+    name: str
+    act_bits: int | None
+    gemm: Callable
+    reference: Callable | None = None
+    flops: bool = True
+    supports: Callable[[int, int, int], bool] = lambda m, k, n: True
+
+
+def _scaled_gemm(a_int4: bool, w_key: str, s_key: str, grouped: bool) -> Callable:
+    def run(a, xs, w, out_dtype):
+        from quantvla_ros.kernels.scaled_gemm import scaled_gemm
+
+        return scaled_gemm(a, xs, w[w_key], w[s_key], a_int4=a_int4, w_int4=w_key == "w4",
+                           group_size=w["gs"] if grouped else None, out_dtype=out_dtype)
+    return run
+
+
+def _act_quant8(x, _, __, out_dtype):
+    from quantvla_ros.kernels import act_quant
+
+    return act_quant.quantize_activations(x, 8)
+
+
+OPS: tuple[BenchOp, ...] = (
+    BenchOp("bf16", None, lambda x, _, w, dt: torch.matmul(x, w["w"].t())),
+    BenchOp("int_mm", 8, lambda a, _, w, dt: torch._int_mm(a, w["w8"].t()),
+            supports=lambda m, k, n: m > 16 and k % 8 == 0 and n % 8 == 0),
+    BenchOp("w8a8", 8, _scaled_gemm(False, "w8", "s8", False),
+            lambda a, xs, w: reference.matmul_w8a8(a, xs, w["w8"], w["s8"])),
+    # scaled_gemm's W4A8: row-major nibbles, float group fold (reference: unpack, then W8A8).
+    BenchOp("w4a8", 8, _scaled_gemm(False, "w4", "s4", True),
+            lambda a, xs, w: reference.matmul_w8a8(a, xs, reference.unpack_int4(w["w4"]),
+                                                   w["s4"], group_size=w["gs"])),
+    BenchOp("w4a4", 4, _scaled_gemm(True, "w4", "s4", True),
+            lambda a, xs, w: reference.matmul_w4a4(a, xs, w["w4"], w["s4"],
+                                                   group_size=w["gs"])),
+    BenchOp("act_quant8", None, _act_quant8,
+            lambda x, _, __: reference.quantize_activations(x, 8), flops=False),
+)
+
+
 def _quantize_weight(w: torch.Tensor, bits: int, group_size: int):
     """Symmetric round-to-nearest weights: each group of K is a row of the token quantizer."""
     n, k = w.shape
@@ -36,7 +93,12 @@ def _quantize_weight(w: torch.Tensor, bits: int, group_size: int):
     return (q if bits == 8 else reference.pack_int4(q)), scale.reshape(n, k // group_size)
 
 
-def _problem(m: int, k: int, n: int, device, group_size: int) -> dict:
+def make_problem(m: int, k: int, n: int, device, group_size: int = GROUP_SIZE):
+    """Return (activations, weights) of one shape, seeded by the shape.
+
+    Activations by bits: bf16 x, and its int8 / packed int4 codes with scales; weights:
+    bf16, int8 per channel and packed int4 per group.
+    """
     gen = torch.Generator(device="cpu").manual_seed(m * 7919 + k * 31 + n)
     x = torch.randn(m, k, generator=gen).to(device, torch.bfloat16)
     w = (torch.randn(n, k, generator=gen) * 0.02).to(device)
@@ -45,35 +107,14 @@ def _problem(m: int, k: int, n: int, device, group_size: int) -> dict:
     w4, s4 = _quantize_weight(w, 4, gs)
     a8, xs8 = reference.quantize_per_token_int8(x)
     a4, xs4 = reference.quantize_per_token_int4(x)
-    return dict(x=x, w=w.to(torch.bfloat16), w8=w8, s8=s8.reshape(-1), w4=w4, s4=s4, gs=gs,
-                a8=a8, xs8=xs8, a4=reference.pack_int4(a4), xs4=xs4)
+    acts = {None: (x, None), 8: (a8, xs8), 4: (reference.pack_int4(a4), xs4)}
+    return acts, dict(w=w.to(torch.bfloat16), w8=w8, s8=s8.reshape(-1), w4=w4, s4=s4, gs=gs)
 
 
-def _ops(p: dict, out_dtype: torch.dtype) -> dict:
-    """Map each kernel name to (run ours, run the reference) on the same quantized operands."""
-    from quantvla_ros.kernels import act_quant
-    from quantvla_ros.kernels.scaled_gemm import scaled_gemm
-
-    gs = p["gs"]
-    return {
-        "w8a8": (lambda: scaled_gemm(p["a8"], p["xs8"], p["w8"], p["s8"], a_int4=False,
-                                     w_int4=False, out_dtype=out_dtype),
-                 lambda: reference.matmul_w8a8(p["a8"], p["xs8"], p["w8"], p["s8"])),
-        "w4a8": (lambda: scaled_gemm(p["a8"], p["xs8"], p["w4"], p["s4"], a_int4=False,
-                                     w_int4=True, group_size=gs, out_dtype=out_dtype),
-                 lambda: reference.matmul_w4a8(p["a8"], p["xs8"], p["w4"], p["s4"],
-                                               group_size=gs)),
-        "w4a4": (lambda: scaled_gemm(p["a4"], p["xs4"], p["w4"], p["s4"], a_int4=True,
-                                     w_int4=True, group_size=gs, out_dtype=out_dtype),
-                 lambda: reference.matmul_w4a4(p["a4"], p["xs4"], p["w4"], p["s4"],
-                                               group_size=gs)),
-        "act_quant8": (lambda: act_quant.quantize_activations(p["x"], 8),
-                       lambda: reference.quantize_activations(p["x"], 8)),
-    }
-
-
-def _check(ours, ref) -> str:
-    got, want = ours(), ref()
+def check_op(op: BenchOp, acts: dict, wts: dict) -> str:
+    """"ok" or "FAIL (...)": the kernel (float32 out) against its exact reference."""
+    a, xs = acts[op.act_bits]
+    got, want = op.gemm(a, xs, wts, torch.float32), op.reference(a, xs, wts)
     if isinstance(want, tuple):  # quantizer: codes may differ by one where ulps differ
         dq = (got[0].int() - want[0].int()).abs().max().item()
         ds = ((got[1] - want[1]).abs().max() / want[1].abs().max()).item()
@@ -91,75 +132,81 @@ def _bytes(name: str, m: int, k: int, n: int, groups: int) -> int:
         "w4a8": m * k + n * k // 2 + out + 4 * (m + n * groups),
         "w4a4": m * k // 2 + n * k // 2 + out + 4 * (m + n * groups),
         "act_quant8": 2 * m * k + m * k + 4 * m,
-    }[name]
+    }.get(name, 0)
 
 
-def _row(name, m, k, n, times, bf16_ms, groups, check, device) -> dict:
-    ms, ms_graph = times or (None, None)
-    flops = 2 * m * n * k if name != "act_quant8" else 0
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def _row(op: BenchOp, shape, groups: int, check, t: dict, bf16: dict, device) -> dict:
+    (m, k, n), ms = shape, t.get("ms")
+    flops = 2 * m * n * k if op.flops else 0
+    nbytes = _bytes(op.name, m, k, n, groups)
     return {
-        "M": m, "K": k, "N": n, "kernel": name, "ms": ms, "ms_graph": ms_graph,
+        "M": m, "K": k, "N": n, "kernel": op.name, "ms": ms, "ms_warm": t.get("ms_warm"),
+        "ms_act_quant": t.get("ms_act_quant"), "weight_copies": t.get("copies"),
         "tops": flops / ms / 1e9 if ms and flops else None,
-        "gbps": _bytes(name, m, k, n, groups) / ms / 1e6 if ms else None,
-        "speedup_vs_bf16": bf16_ms / ms if ms and bf16_ms and flops else None,
+        "gbps": nbytes / ms / 1e6 if ms and nbytes else None,
+        "speedup_vs_bf16": _ratio(bf16.get("ms"), ms) if flops else None,
+        "speedup_with_act_quant": _ratio(bf16.get("ms"), t.get("ms_act_quant")),
         "check": check, "device": str(device),
     }
 
 
-def _time_shape(p: dict, ops: dict, checks: dict, device) -> list[dict]:
-    from triton.testing import do_bench, do_bench_cudagraph
+def _error(exc: BaseException) -> str:
+    return f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
-    def t(fn):
-        # do_bench flushes L2 before every call (weights cold, as in a real layer sweep);
-        # the CUDA-graph replay has no host overhead but a warm L2.
-        return (do_bench(fn, warmup=25, rep=100, return_mode="median"),
-                do_bench_cudagraph(fn, rep=50, return_mode="median"))
 
-    (m, k), n = p["x"].shape, p["w"].shape[0]
-    groups = k // p["gs"]
-    bf16_ms, bf16_graph = t(lambda: torch.matmul(p["x"], p["w"].t()))
-    rows = [_row("bf16", m, k, n, (bf16_ms, bf16_graph), bf16_ms, groups, None, device)]
-    if m > 16 and k % 8 == 0 and n % 8 == 0:
-        ms = t(lambda: torch._int_mm(p["a8"], p["w8"].t()))
-        rows.append(_row("int_mm", m, k, n, ms, bf16_ms, groups, None, device))
-    for name, (ours, _) in ops.items():
-        rows.append(_row(name, m, k, n, t(ours), bf16_ms, groups, checks.get(name), device))
-    return rows
+def iter_kernel_bench(shapes=None, check: bool = True, device=None,
+                      group_size: int = GROUP_SIZE, ops=OPS, timer=None) -> Iterator[dict]:
+    """Yield one row per (shape, kernel) as soon as it is checked (and timed).
+
+    ``timer(op, acts, wts)`` returns the row's timings; it defaults to CUDA-graph replay
+    on a GPU and to none on CPU, where only ops with a reference run (``shapes`` defaults
+    to CPU_CHECK_SHAPES there). Exceptions become ``"ERROR ..."`` checks, one row each.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    if timer is None and on_gpu:
+        from quantvla_ros.kernels.bench_timing import time_op as timer
+    shapes = shapes or (DEFAULT_SHAPES if on_gpu else CPU_CHECK_SHAPES)
+    for shape in shapes:
+        m, k, n = shape
+        chosen = [op for op in ops if op.supports(m, k, n) and (on_gpu or op.reference)]
+        try:
+            acts, wts = make_problem(m, k, n, device, group_size)
+        except Exception as exc:  # e.g. out of memory: every op of this shape fails
+            yield from (_row(op, shape, 1, _error(exc), {}, {}, device) for op in chosen)
+            continue
+        bf16: dict = {}
+        for op in chosen:
+            t, result = {}, None
+            try:
+                result = check_op(op, acts, wts) if check and op.reference else None
+                t = timer(op, acts, wts) if timer else {}
+            except Exception as exc:
+                result = _error(exc)
+            if op.name == "bf16":
+                bf16 = t
+            yield _row(op, shape, k // wts["gs"], result, t, bf16, device)
+        del acts, wts
+        if on_gpu:
+            torch.cuda.empty_cache()
 
 
 def run_kernel_bench(shapes=None, check: bool = True, device=None,
                      group_size: int = GROUP_SIZE) -> list[dict]:
-    """Check (optionally) and time the kernels on each (M, K, N); return one row per kernel.
-
-    On CPU nothing is timed: with ``check`` the kernels are verified under the interpreter
-    on small shapes (``shapes`` defaults to CPU_CHECK_SHAPES there).
-    """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = device.type == "cuda"
-    shapes = shapes or (DEFAULT_SHAPES if on_gpu else CPU_CHECK_SHAPES)
-    rows = []
-    for m, k, n in shapes:
-        p = _problem(m, k, n, device, group_size)
-        groups = k // p["gs"]
-        ops = _ops(p, torch.bfloat16)
-        checks = {}
-        if check:
-            checked = _ops(p, torch.float32)
-            checks = {name: _check(*fns) for name, fns in checked.items()}
-        if not on_gpu:
-            rows += [_row(name, m, k, n, None, None, groups, checks.get(name), device)
-                     for name in ops]
-            continue
-        rows += _time_shape(p, ops, checks, device)
-    return rows
+    """Every row of :func:`iter_kernel_bench`, as a list."""
+    return list(iter_kernel_bench(shapes, check, device, group_size))
 
 
 def format_markdown(rows: list[dict]) -> str:
     """Render benchmark rows as a markdown table."""
-    cols = ("M", "K", "N", "kernel", "ms", "ms_graph", "tops", "gbps", "speedup_vs_bf16",
-            "check")
-    head = ["M", "K", "N", "kernel", "ms (cold L2)", "ms (graph)", "TOP/s", "GB/s", "x bf16",
-            "check"]
+    cols = ("M", "K", "N", "kernel", "ms", "ms_warm", "ms_act_quant", "tops", "gbps",
+            "speedup_vs_bf16", "speedup_with_act_quant", "check")
+    head = ["M", "K", "N", "kernel", "ms (HBM weights)", "ms (warm L2)", "ms (+act quant)",
+            "TOP/s", "GB/s", "x bf16", "x bf16 (+act quant)", "check"]
 
     def fmt(v):
         if v is None:
