@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from quantvla_ros.kernels.int4_layout import MAX_K, PACK_K, padded_k
+
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -104,6 +106,68 @@ def check_gemm(
     if k // group_size != groups:
         raise ValueError(f"weight scale {_shape(w_scale)} has {groups} groups but K={k} with "
                          f"group_size={group_size} needs {k // group_size}")
+    _check_float_vector("bias", bias, n, a.device)
+    if residual is not None:
+        if not residual.is_floating_point() or _shape(residual) != (m, n):
+            raise ValueError(f"residual must be a float [{m}, {n}] tensor, got "
+                             f"{residual.dtype} {_shape(residual)}")
+        if residual.device != a.device:
+            raise ValueError(f"residual is on {residual.device}, activations on {a.device}")
+    return group_size
+
+
+def check_w4a8(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    group_scale: torch.Tensor | None,
+    group_size: int | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+) -> int | None:
+    """Validate a W4A8 GEMM in the K-half / progressive format; return the group size.
+
+    ``a`` int8 [M, K]; ``w`` uint8 [N, padded_k(K) // 2]; ``w_scale`` float32 [N];
+    ``group_scale`` int8 [N, K // group_size] (group a multiple of 128) or None (per channel).
+    """
+    if a.dtype != torch.int8 or a.dim() != 2:
+        raise ValueError(f"activations must be 2-D int8, got {a.dtype} {_shape(a)}")
+    if w.dtype != torch.uint8 or w.dim() != 2:
+        raise ValueError(f"W4A8 weights must be 2-D uint8 (K-half packed), got {w.dtype} "
+                         f"{_shape(w)}")
+    m, k = a.shape
+    n = w.shape[0]
+    if k == 0 or n == 0:
+        raise ValueError(f"empty GEMM: K={k}, N={n}")
+    if k > MAX_K:
+        raise ValueError(f"K={k} exceeds {MAX_K}, where the int32 accumulator could overflow")
+    if w.shape[1] * 2 != padded_k(k):
+        raise ValueError(f"weights {_shape(w)} do not hold K={k} in the K-half layout (rows of "
+                         f"{padded_k(k) // 2} bytes); re-quantize older artifacts")
+    for name, t in (("activation scale", a_scale), ("weight scale", w_scale),
+                    ("group scale", group_scale)):
+        if t is not None and t.device != a.device:
+            raise ValueError(f"{name} is on {t.device}, activations on {a.device}")
+    if a_scale.dtype != torch.float32 or a_scale.numel() != m or a_scale.dim() not in (1, 2):
+        raise ValueError(f"activation scale must be float32 [M] or [M, 1] with M={m}, got "
+                         f"{a_scale.dtype} {_shape(a_scale)}")
+    if w_scale.dtype != torch.float32 or _shape(w_scale) != (n,):
+        raise ValueError(f"W4A8 weight scale must be float32 [{n}] (per channel), got "
+                         f"{w_scale.dtype} {_shape(w_scale)}")
+    if group_scale is None:
+        if group_size not in (None, k):
+            raise ValueError(f"group_size={group_size} needs integer group scales")
+    else:
+        if group_scale.dtype != torch.int8 or group_scale.dim() != 2 \
+                or group_scale.shape[0] != n:
+            raise ValueError(f"group scale must be int8 [{n}, G], got {group_scale.dtype} "
+                             f"{_shape(group_scale)}")
+        groups = group_scale.shape[1]
+        group_size = group_size or (k // groups if k % groups == 0 else 0)
+        if group_size <= 0 or group_size % PACK_K or k % group_size or k // group_size != groups:
+            raise ValueError(f"group scale {_shape(group_scale)} and group_size={group_size} "
+                             f"do not split K={k} into groups that are multiples of {PACK_K}")
     _check_float_vector("bias", bias, n, a.device)
     if residual is not None:
         if not residual.is_floating_point() or _shape(residual) != (m, n):

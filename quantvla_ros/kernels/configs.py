@@ -81,10 +81,25 @@ def _fit_group(block_k: int, group_size: int, k: int) -> int:
     return block_k
 
 
+def _sm_count(device) -> int:
+    if device is None or torch.device(device).type != "cuda":
+        return 132
+    return _num_sms(torch.device(device).index or 0)
+
+
 def gemm_config(
     m: int, n: int, k: int, group_size: int, *, interpret: bool, device=None
 ) -> GemmConfig:
-    """Pick the tile config for an [M, K] x [N, K] integer GEMM with K-groups of group_size."""
+    """Pick the tile config for an [M, K] x [N, K] integer GEMM with K-groups of group_size.
+
+    Memoized (the lookup ran on every launch, ~18 us of host time each).
+    """
+    return _gemm_config(m, n, k, group_size, interpret, _sm_count(device))
+
+
+@functools.lru_cache(maxsize=4096)
+def _gemm_config(m: int, n: int, k: int, group_size: int, interpret: bool,
+                 sms: int) -> GemmConfig:
     if interpret:
         # One config, few large blocks: the interpreter pays per program, not per element.
         bm = min(64, max(MIN_BLOCK_MN, triton.next_power_of_2(m)))
@@ -93,13 +108,44 @@ def gemm_config(
     cfg = _gpu_table(m)
     cfg = replace(cfg, block_k=_fit_group(cfg.block_k, group_size, k))
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    sms = _num_sms(torch.device(device).index or 0) if device is not None else 132
     if 2 * tiles <= sms:
         # Too few output tiles to fill the GPU: split K, keeping >= 512 of K per split.
         units = triton.cdiv(k, max(group_size if group_size < k else 1, cfg.block_k))
         split = min(sms // tiles, units, max(1, k // 512), 16)
         cfg = replace(cfg, split_k=max(1, split))
     return cfg
+
+
+def w4a8_config(m: int, n: int, k: int, *, gate_up: bool, interpret: bool,
+                device=None) -> GemmConfig:
+    """Tiles of the swap-AB W4A8 kernel: block_n over weight rows, block_m over tokens.
+
+    block_k is always 128 (the K-half packing block). Few output tiles split K (the
+    kernel's split-K is deterministic and needs no extra launch); gate_up never splits and
+    halves its weight tile instead, since it holds two accumulators.
+    """
+    return _w4a8_config(m, n, k, gate_up, interpret, _sm_count(device))
+
+
+@functools.lru_cache(maxsize=4096)
+def _w4a8_config(m: int, n: int, k: int, gate_up: bool, interpret: bool,
+                 sms: int) -> GemmConfig:
+    bm = min(64, max(MIN_BLOCK_MN, triton.next_power_of_2(m)))
+    if interpret:
+        return GemmConfig(bm, 32 if gate_up else 64, 128, num_warps=4, num_stages=1)
+    # Main-loop SASS per weight (sm_90, `quantvla bench sass`): 128 weight rows x 16 / 32 /
+    # 64 tokens 2.1 / 2.2 / 2.5; gate_up 64 x 32 / 64: 2.4 / 2.7. The int32 group fold costs
+    # tokens / 128 per weight, so the token tile stays <= 64 at any M.
+    if gate_up:
+        cfg = GemmConfig(min(bm, 32) if m <= 64 else 64, 64, 128, num_warps=4, num_stages=4)
+    else:
+        cfg = GemmConfig(bm, 128, 128, num_warps=4, num_stages=4 if m <= 64 else 3)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    blocks = triton.cdiv(k, 128)
+    if gate_up or 2 * tiles > sms:
+        return cfg
+    # Keep >= 4 blocks (512 of K) per split so the atomics stay a small share of the work.
+    return replace(cfg, split_k=max(1, min(sms // tiles, blocks // 4, 16)))
 
 
 def act_quant_block(k: int) -> tuple[int, int]:

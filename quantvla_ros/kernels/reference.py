@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from quantvla_ros.kernels import checks
+from quantvla_ros.kernels.int4_layout import unpack_khalf
 
 INT8_MAX = 127
 INT4_MAX = 7
@@ -189,22 +190,43 @@ def matmul_w8a8(
     return _scaled(x_q, x_scale, w_q, w_scale, gs, bias, residual, out_dtype)
 
 
+def accumulate_w4a8(x_q: torch.Tensor, w_packed: torch.Tensor,
+                    group_scale: torch.Tensor | None, group_size: int | None) -> torch.Tensor:
+    """Exact int32 [M, N] ``sum_g s2[:, g] * (x_g . q_g)`` over K-half packed int4 weights."""
+    k = x_q.shape[1]
+    w = unpack_khalf(w_packed, k)
+    if group_scale is None:
+        return int_matmul(x_q, w)
+    parts = accumulate_grouped(x_q, w, group_size or k // group_scale.shape[1]).long()
+    return (parts * group_scale.t().long()[:, None, :]).sum(0).to(torch.int32)
+
+
 def matmul_w4a8(
     x_q: torch.Tensor,
     x_scale: torch.Tensor,
     w_packed: torch.Tensor,
     w_scale: torch.Tensor,
     *,
+    group_scale: torch.Tensor | None = None,
     group_size: int | None = None,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Scaled GEMM of int8 activations [M, K] with packed int4 weights [N, K // 2]."""
-    gs = checks.check_gemm(x_q, x_scale, w_packed, w_scale, group_size, bias, residual,
-                           a_int4=False, w_int4=True)
-    w = unpack_int4(w_packed)
-    return _scaled(x_q, x_scale, w, w_scale, gs, bias, residual, out_dtype)
+    """W4A8 GEMM: int8 activations [M, K], K-half int4 weights, progressive scales.
+
+    ``y = acc * s1 * s_x (+ bias) (+ residual)`` with the int32 ``acc`` of
+    :func:`accumulate_w4a8`, in the kernel's order of float operations.
+    """
+    gs = checks.check_w4a8(x_q, x_scale, w_packed, w_scale, group_scale, group_size, bias,
+                           residual)
+    acc = accumulate_w4a8(x_q, w_packed, group_scale, gs)
+    y = acc.float() * w_scale.float()[None, :] * x_scale.reshape(-1, 1).float()
+    if bias is not None:
+        y = y + bias.float()
+    if residual is not None:
+        y = y + residual.reshape(y.shape).float()
+    return y.to(out_dtype)
 
 
 def matmul_w4a4(
@@ -238,24 +260,27 @@ def gate_up(
     *,
     weight_bits: int = 8,
     group_size: int | None = None,
+    group_scale: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``gelu_tanh(gate) * up`` from one GEMM over concatenated [gate; up] weights [2N, K]."""
-    mm = matmul_w8a8 if weight_bits == 8 else matmul_w4a8
-    y = mm(x_q, x_scale, w_gate_up, w_scale, group_size=group_size)
+    if weight_bits == 8:
+        y = matmul_w8a8(x_q, x_scale, w_gate_up, w_scale, group_size=group_size)
+    else:
+        y = matmul_w4a8(x_q, x_scale, w_gate_up, w_scale, group_scale=group_scale,
+                        group_size=group_size)
     gate, up = y.chunk(2, dim=-1)
     return (gelu_tanh(gate) * up).to(out_dtype)
 
 
-def _linear(x, quantize, matmul, w, w_scale, group_size, bias, residual, smooth, out_dtype):
+def _linear(x, quantize, matmul, bias, residual, smooth, out_dtype, **weights):
     lead = x.shape[:-1]
     y = x.reshape(-1, x.shape[-1])
     if smooth is not None:
         y = y.float() / smooth.float()
     q, s = quantize(y)
     res = None if residual is None else residual.reshape(q.shape[0], -1)
-    out = matmul(q, s, w, w_scale, group_size=group_size, bias=bias, residual=res,
-                 out_dtype=out_dtype or x.dtype)
+    out = matmul(q, s, bias=bias, residual=res, out_dtype=out_dtype or x.dtype, **weights)
     return out.reshape(*lead, out.shape[-1])
 
 
@@ -271,24 +296,26 @@ def linear_w8a8(
     smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y = (acc * s_token * s_weight) (+ bias)`` with int8 activations and weights."""
-    return _linear(x, quantize_per_token_int8, matmul_w8a8, w_q, w_scale, group_size, bias,
-                   residual, smooth, out_dtype)
+    return _linear(x, quantize_per_token_int8, matmul_w8a8, bias, residual, smooth, out_dtype,
+                   w_q=w_q, w_scale=w_scale, group_size=group_size)
 
 
 def linear_w4a8(
     x: torch.Tensor,
     w_packed: torch.Tensor,
     w_scale: torch.Tensor,
-    group_size: int | None = None,
+    group_scale: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     *,
+    group_size: int | None = None,
     residual: torch.Tensor | None = None,
     smooth: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Linear with int8 per-token activations and packed int4 weights."""
-    return _linear(x, quantize_per_token_int8, matmul_w4a8, w_packed, w_scale, group_size,
-                   bias, residual, smooth, out_dtype)
+    """Linear with int8 per-token activations and K-half int4 weights (progressive scales)."""
+    return _linear(x, quantize_per_token_int8, matmul_w4a8, bias, residual, smooth, out_dtype,
+                   w_packed=w_packed, w_scale=w_scale, group_scale=group_scale,
+                   group_size=group_size)
 
 
 def _quantize_int4_packed(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,5 +337,5 @@ def linear_w4a4(
     """Linear with int4 per-token activations and packed int4 weights."""
     if x.shape[-1] % 2:
         raise ValueError(f"int4 activations need an even K, got K={x.shape[-1]}")
-    return _linear(x, _quantize_int4_packed, matmul_w4a4, w_packed, w_scale, group_size,
-                   bias, residual, smooth, out_dtype)
+    return _linear(x, _quantize_int4_packed, matmul_w4a4, bias, residual, smooth, out_dtype,
+                   w_packed=w_packed, w_scale=w_scale, group_size=group_size)

@@ -36,6 +36,14 @@ _MATMUL = {8: dispatch.matmul_w8a8, 4: dispatch.matmul_w4a8}
 def _cat_weights(module: nn.Module, linears: list[QuantLinear]) -> None:
     module.register_buffer("weight_q", torch.cat([q.weight_q for q in linears]))
     module.register_buffer("weight_scale", torch.cat([q.weight_scale for q in linears]))
+    group = [q.weight_group_scale for q in linears]
+    module.register_buffer("weight_group_scale",
+                           torch.cat(group) if group[0] is not None else None)
+
+
+def _w4a8_extra(module: nn.Module) -> dict:
+    """Return the integer group scales W4A8 kernels take, as keyword arguments."""
+    return {"group_scale": module.weight_group_scale} if module.scheme.bits == "w4a8" else {}
 
 
 class NormQuantProjections(nn.Module):
@@ -61,10 +69,12 @@ class NormQuantProjections(nn.Module):
         if self.geglu:
             y = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
                                  weight_bits=self.scheme.w_bits,
-                                 group_size=self.scheme.group_size, out_dtype=h.dtype)
+                                 group_size=self.scheme.group_size, out_dtype=h.dtype,
+                                 **_w4a8_extra(self))
             return y.reshape(*lead, y.shape[-1])
         y = _MATMUL[self.scheme.w_bits](q, s, self.weight_q, self.weight_scale,
-                                        group_size=self.scheme.group_size, out_dtype=h.dtype)
+                                        group_size=self.scheme.group_size, out_dtype=h.dtype,
+                                        **_w4a8_extra(self))
         return tuple(part.reshape(*lead, part.shape[-1]) for part in y.split(self.splits, -1))
 
 
@@ -84,7 +94,8 @@ class FusedGeGLU(nn.Module):
         q, s = dispatch.quantize_activations(x, 8)
         h = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
                              weight_bits=self.scheme.w_bits,
-                             group_size=self.scheme.group_size, out_dtype=x.dtype)
+                             group_size=self.scheme.group_size, out_dtype=x.dtype,
+                             **_w4a8_extra(self))
         return self.down_proj(h.reshape(*lead, h.shape[-1]))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from quantvla_ros.kernels.int4_layout import dequantize_progressive, quantize_progressive
+
 QMAX = {8: 127, 4: 7}
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 
@@ -41,17 +43,29 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, group_size: int | No
     return (_grouped(q.float(), group_size) * scale.float()[..., None]).reshape(q.shape)
 
 
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None,
+                  clip: torch.Tensor | None = None, progressive: bool = False) -> torch.Tensor:
+    """Return w [N, K] after quantization and dequantization (float32)."""
+    if progressive:
+        q, s1, s2 = quantize_progressive(w, group_size, clip)
+        return dequantize_progressive(q, s1, s2, group_size)
+    q, s = quantize_weight(w, bits, group_size, clip)
+    return dequantize_weight(q, s, group_size)
+
+
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int | None,
-                ratios=CLIP_RATIOS) -> torch.Tensor:
-    """Per output channel, the clip ratio minimizing ||x w^T - x w_q^T||^2 on calibration x."""
+                ratios=CLIP_RATIOS, progressive: bool = False) -> torch.Tensor:
+    """Per output channel, the clip ratio minimizing ||x w^T - x w_q^T||^2 on calibration x.
+
+    ``progressive`` quantizes as W4A8 stores weights (two-level scales, int4_layout.py).
+    """
     x = x.reshape(-1, x.shape[-1]).float()
     ref = x @ w.float().t()
     best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
     best = torch.ones(w.shape[0], device=w.device)
     for r in ratios:
         clip = torch.full((w.shape[0],), r, device=w.device)
-        q, s = quantize_weight(w, bits, group_size, clip)
-        err = (x @ dequantize_weight(q, s, group_size).t() - ref).pow(2).sum(0)
+        err = (x @ fake_quantize(w, bits, group_size, clip, progressive).t() - ref).pow(2).sum(0)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, clip, best)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from quantvla_ros.kernels.int4_layout import PACK_K
+
 SUPPORTED_BITS = ("w8a8", "w4a8", "w4a4")
 
 
@@ -30,6 +32,9 @@ class QuantScheme:
                              f"supported: {', '.join(SUPPORTED_BITS)}")
         if self.group_size is not None and (self.group_size <= 0 or self.group_size % 2):
             raise ValueError(f"group_size must be a positive even number, got {self.group_size}")
+        if self.bits == "w4a8" and self.group_size is not None and self.group_size % PACK_K:
+            raise ValueError(f"W4A8 groups must be multiples of {PACK_K} (the K-half packing "
+                             f"block), got {self.group_size}")
 
     @property
     def bits(self) -> str:
