@@ -15,6 +15,7 @@ from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import WEIGHTS, load_artifact, save_artifact
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.manifest import (
+    FORMAT_VERSION,
     MANIFEST,
     ArtifactError,
     ArtifactManifest,
@@ -45,7 +46,10 @@ def artifacts(tmp_path_factory):
 def test_manifest_contents(artifacts):
     folder, manifest = artifacts["w4a8"]
     on_disk = yaml.safe_load((folder / MANIFEST).read_text())
-    assert on_disk["format_version"] == 1 and on_disk["quantization"]["bits"] == "w4a8"
+    assert on_disk["format_version"] == FORMAT_VERSION == 2
+    assert on_disk["quantization"]["bits"] == "w4a8"
+    assert on_disk["quantization"]["parts"] == {}
+    assert on_disk["quantization"]["embeddings"] == {"modules": [], "bits": None}
     assert on_disk["source"] == {"kind": "named", "model": "pi05-tiny", "seed": 0,
                                  "sha256": "seed:0"}
     assert on_disk["calibration"]["synthetic"] is True

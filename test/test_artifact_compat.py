@@ -1,39 +1,38 @@
-"""Artifacts written before the re-housing (issue 8) still load and give the same actions.
+"""Artifacts of an older format are refused with the command that re-quantizes them.
 
 ``fixtures/artifact_v1_micro_w8a8`` was written by commit 6ae18d8 (format version 1):
-``quantvla_ros.offline.quantize.quantize_policy`` on a pi05-micro checkpoint (seed 0) with
-``synthetic:6`` at w8a8. ``..._actions.npy`` is that commit's ``Policy.infer`` on the
-observation in ``..._obs.npz`` with noise from ``torch.Generator().manual_seed(0)``.
+``quantize_policy`` on a pi05-micro checkpoint (seed 0) with ``synthetic:6`` at w8a8.
+Format version 2 changed the packed int4 layout and added per-part schemes and integer
+embeddings, so a version 1 artifact must be quantized again from its float policy.
 """
 
+import re
 from pathlib import Path
 
-import numpy as np
-import torch
+import pytest
+import yaml
 
-from quantvla_ros.data import Observation
-from quantvla_ros.quant.manifest import ArtifactManifest
+from quantvla_ros.quant.artifact import load_artifact
+from quantvla_ros.quant.manifest import FORMAT_VERSION, MANIFEST, ArtifactError, ArtifactManifest
 from quantvla_ros.runtime.policy import Policy
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ARTIFACT = FIXTURES / "artifact_v1_micro_w8a8"
+ARTIFACT = Path(__file__).parent / "fixtures" / "artifact_v1_micro_w8a8"
 
 
-def test_v1_artifact_manifest_reads_typed():
-    manifest = ArtifactManifest.read(ARTIFACT)
-    assert manifest.format_version == 1 and manifest.bits == "w8a8"
-    assert manifest.model_config.name == "pi05-micro" and manifest.source.kind == "checkpoint"
-    assert len(manifest.quantized_modules) == 10
-    assert set(manifest.balance.beta) == {"expert.0"} and manifest.balance.towers == ("expert",)
+def test_this_build_writes_version_2():
+    assert FORMAT_VERSION == 2
+    assert yaml.safe_load((ARTIFACT / MANIFEST).read_text())["format_version"] == 1
 
 
-def test_v1_artifact_gives_the_actions_it_gave_before():
-    saved = np.load(FIXTURES / "artifact_v1_micro_w8a8_obs.npz")
-    images = {k[len("img_"):]: saved[k] for k in saved.files if k.startswith("img_")}
-    policy = Policy.load(str(ARTIFACT))
-    noise = torch.randn(1, policy.cfg.action_horizon, policy.cfg.action_dim,
-                        generator=torch.Generator().manual_seed(0))
-    actions = policy.infer(Observation(images, saved["state"], "pick up the red block"),
-                           noise=noise).actions
-    expected = np.load(FIXTURES / "artifact_v1_micro_w8a8_actions.npy")
-    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-6)
+def test_v1_artifact_is_refused_with_the_requantize_command():
+    source = yaml.safe_load((ARTIFACT / MANIFEST).read_text())["source"]["path"]
+    expected = ("format version 1 is no longer supported .* re-quantize the float policy "
+                "with this version: " + re.escape(
+                    f"quantvla quantize --checkpoint {source} --calib synthetic:6 --bits w8a8 "
+                    "--preset quantvla --out NEW_ARTIFACT"))
+    with pytest.raises(ArtifactError, match=expected):
+        ArtifactManifest.read(ARTIFACT)
+    with pytest.raises(ArtifactError, match="re-quantize"):
+        load_artifact(ARTIFACT)
+    with pytest.raises(ArtifactError, match="re-quantize"):
+        Policy.load(str(ARTIFACT))

@@ -39,13 +39,19 @@ def run(args) -> int:
     rows = [{**m, "shape": "x".join(map(str, m["shape"])),
              "bytes_bf16": human_bytes(m["bytes_bf16"]), "bytes": human_bytes(m["bytes"])}
             for m in r["modules"] if m["quantized"] or args.all]
-    print_table(rows, ["name", "part", "shape", "quantized", "bytes_bf16", "bytes"])
-    print(f"\n{cfg.name} {r['layout']} {r['bits']}: {r['quantized_modules']} linears quantized")
+    print_table(rows, ["name", "part", "shape", "quantized", "scheme", "bytes_bf16", "bytes"])
+    emb = r["quantized_embeddings"]
+    print(f"\n{cfg.name} {r['layout']} {r['bits']}: {r['quantized_modules']} linears quantized"
+          + (f", embeddings {', '.join(emb)} as integer rows" if emb else ""))
+    for p in r["parts"]:
+        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}, "
+              f"{human_bytes(p['bytes_bf16'])} bf16 -> {human_bytes(p['bytes'])}")
     print(f"  quantized components: {human_bytes(r['quantized_bytes_bf16'])} bf16 -> "
           f"{human_bytes(r['quantized_bytes'])} ({100 * r['quantized_fraction']:.1f}%, "
           f"saving {100 * r['saving']:.1f}%)")
     print(f"  whole model: {human_bytes(r['total_bytes_bf16'])} bf16 -> "
-          f"{human_bytes(r['total_bytes'])} (saving {100 * r['total_saving']:.1f}%)")
+          f"{human_bytes(r['total_bytes'])} ({100 * r['total_fraction']:.1f}%, "
+          f"saving {100 * r['total_saving']:.1f}%)")
     print(f"  never executed, not loaded: {', '.join(r['never_executed_modules'])} "
           f"({r['never_executed_params'] / 1e6:.1f}M parameters, "
           f"{human_bytes(r['never_executed_params'] * 2)} bf16; a full checkpoint is "

@@ -1,4 +1,8 @@
-"""One call that quantizes a model in place, torchao style: `quantize_(model, config)`."""
+"""One call that quantizes a model in place, torchao style: `quantize_(model, config)`.
+
+Also the empty (storage-free) quantized modules that artifact loading assigns into and the
+footprint sizes, built here so both follow exactly what quantize_ stores.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantvla_ros.quant.layouts import Layout, select
+from quantvla_ros.quant.layouts import Layout, schemes, select_embeddings
 from quantvla_ros.quant.observe import LinearInputs
+from quantvla_ros.quant.qembedding import QuantEmbedding
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import QuantScheme
 from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups, smoothing_factors
@@ -26,6 +31,29 @@ class QuantConfig:
         """Return whether recorded linear inputs are needed (clip search or smoothing)."""
         return self.scheme.clip_search or self.smooth_alpha is not None
 
+    def schemes(self, model: nn.Module) -> dict[str, QuantScheme]:
+        """Return each quantized linear's scheme (a part's, else the main one)."""
+        return schemes(model, self.layout, self.scheme)
+
+    def embedding_bits(self) -> int:
+        """Return the bits of quantized embedding rows: the scheme's weight bits."""
+        return self.scheme.w_bits
+
+
+def empty_quantized(module: nn.Module, scheme: QuantScheme | None = None,
+                    embedding_bits: int | None = None, bias: bool | None = None,
+                    smooth: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Return the storage-free (meta) quantized counterpart of a float linear or embedding.
+
+    ``bias`` None takes the linear's own; ``dtype`` is that of the float remainder (bias).
+    """
+    if isinstance(module, nn.Embedding):
+        return QuantEmbedding(module.num_embeddings, module.embedding_dim, embedding_bits,
+                              device="meta", out_dtype=dtype)
+    return QuantLinear(module.in_features, module.out_features, scheme,
+                       bias=module.bias is not None if bias is None else bias, smooth=smooth,
+                       device="meta", dtype=dtype)
+
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
@@ -35,12 +63,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 @torch.no_grad()
 def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None = None,
               progress=None) -> list[str]:
-    """Replace the layout's linears by QuantLinears; returns their names.
+    """Replace the layout's linears by QuantLinears, its embeddings by QuantEmbeddings.
 
-    `inputs` (recorded on the float model) feeds smoothing and the clip search; it is
-    required when the config asks for either.
+    Returns the linears' names. `inputs` (recorded on the float model) feeds smoothing and
+    the clip search; it is required when the config asks for either.
     """
-    names = select(model, config.layout)
+    per_module = config.schemes(model)
+    names = list(per_module)
     if config.needs_calibration() and inputs is None:
         raise ValueError("smoothing / clip search need calibration inputs")
     chosen = set(names)
@@ -61,20 +90,23 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
         # The kernel divides by a buffer factor after the Hadamard rotation, which would be
         # the wrong basis: with rotation on, only norm-folded smoothing applies.
         for name in names:
-            if name not in folded and not config.scheme.hadamard:
+            if name not in folded and not per_module[name].hadamard:
                 w = model.get_submodule(name).weight
                 divisor[name] = smoothing_factors(_recorded(inputs.absmax, name), [w],
                                                   config.smooth_alpha).to(w.device)
     for name in (progress(names) if progress else names):
-        linear = model.get_submodule(name)
+        linear, scheme = model.get_submodule(name), per_module[name]
         x = None
-        if config.scheme.clip_search:
+        if scheme.clip_search:
             x = _recorded(inputs.rows, name).to(linear.weight.device)
             if name in divisor:
                 x = x / divisor[name]
         smooth = divisor.get(name) if name not in folded else None
-        _set_module(model, name, QuantLinear.from_float(linear, config.scheme, x_calib=x,
+        _set_module(model, name, QuantLinear.from_float(linear, scheme, x_calib=x,
                                                         smooth=smooth))
+    for name in select_embeddings(model, config.layout):
+        _set_module(model, name, QuantEmbedding.from_float(model.get_submodule(name),
+                                                           config.embedding_bits()))
     return names
 
 

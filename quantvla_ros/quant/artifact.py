@@ -1,9 +1,10 @@
 """Quantized artifacts: a folder with `manifest.yaml` (see manifest.py) and `model.safetensors`.
 
 The safetensors file holds packed integer weights and scales of the quantized linears and
-the float remainder of the model, under our module names. Loading builds the module tree on
-the meta device, swaps in empty QuantLinears and assigns the stored tensors: the float
-weights of quantized layers never exist.
+embeddings and the float remainder of the model, under our module names. Loading builds the
+module tree on the meta device, swaps in empty QuantLinears (each with its part's scheme)
+and QuantEmbeddings and assigns the stored tensors: the float weights of quantized layers
+never exist.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from quantvla_ros.data.atomic import folder_atomic
-from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
+from quantvla_ros.models.build import build_meta, compute_dtype, fp32_tensor_names, tensor_dtype
 from quantvla_ros.models.normalization import Normalizer
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR
-from quantvla_ros.quant.apply import _set_module
+from quantvla_ros.quant.apply import _set_module, empty_quantized
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
-from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.qembedding import QuantEmbedding
 
 WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
 _KEEP_FP32 = (".weight_scale", ".smooth")
@@ -47,17 +48,19 @@ def save_artifact(model, folder, manifest: ArtifactManifest,
 def _quantized_skeleton(manifest: ArtifactManifest, keys: set[str]):
     cfg = manifest.model_config
     model = build_meta(cfg)
-    scheme = manifest.quantization.scheme
-    for name in manifest.quantized_modules:
+    q = manifest.quantization
+    for name in (*manifest.quantized_modules, *q.embeddings):
         if model.never_executes(name):  # stored by artifacts written before they were cut
             continue
         try:
-            linear = model.get_submodule(name)
+            module = model.get_submodule(name)
         except AttributeError as exc:
             raise ArtifactError(f"manifest names unknown module {name!r}") from exc
-        _set_module(model, name, QuantLinear(
-            linear.in_features, linear.out_features, scheme,
-            bias=f"{name}.bias" in keys, smooth=f"{name}.smooth" in keys, device="meta"))
+        if isinstance(module, torch.nn.Embedding) != (name in q.embeddings):
+            raise ArtifactError(f"manifest lists {name!r} as the wrong kind of module")
+        _set_module(model, name, empty_quantized(
+            module, q.scheme_for(name), q.embedding_bits, bias=f"{name}.bias" in keys,
+            smooth=f"{name}.smooth" in keys))
     return model, cfg
 
 
@@ -90,6 +93,10 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
             state[k] = t.to(device=device, dtype=None if keep else
                             tensor_dtype(k, t.dtype, dtype, fp32))
     model.load_state_dict(state, assign=True)
+    out_dtype = compute_dtype(model)
+    for m in model.modules():
+        if isinstance(m, QuantEmbedding):
+            m.out_dtype = out_dtype
     normalizer = Normalizer.identity()
     if (folder / STATS).is_file():
         with safe_open(str(folder / STATS), "np") as f:

@@ -1,4 +1,9 @@
-"""Dry-run sizing of a layout on the meta device: nothing is allocated."""
+"""Dry-run sizing of a layout on the meta device: nothing is allocated.
+
+Quantized sizes are the buffers of the empty quantized modules the artifact loader builds
+(apply.empty_quantized), summed as numel * element_size, so a change of the packed format
+(another scale tensor, another packing) shows up here without touching this file.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from torch import nn
 from quantvla_ros.models.build import fp32_tensor_names
 from quantvla_ros.models.gemma import GemmaLayer
 from quantvla_ros.models.layers import RMSNorm
-from quantvla_ros.quant.layouts import Layout, select
-from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.apply import empty_quantized
+from quantvla_ros.quant.layouts import Layout, part_of, schemes, select_embeddings
 from quantvla_ros.quant.scheme import QuantScheme
 
 BF16, FP32 = 2, 4
@@ -18,6 +23,11 @@ BF16, FP32 = 2, 4
 def _bytes(module: nn.Module, dtype_bytes: int) -> int:
     """Return a float module's own parameter bytes at `dtype_bytes` per element (bf16 = 2)."""
     return sum(p.numel() for p in module.parameters(recurse=False)) * dtype_bytes
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Return the bytes of a module's state tensors as they are stored (numel * element size)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def never_executed_params(model: nn.Module) -> int:
@@ -35,26 +45,51 @@ def never_executed_params(model: nn.Module) -> int:
     return count + sum(p.numel() for p in norm.parameters())
 
 
-def inspect_layout(model: nn.Module, layout: Layout, scheme: QuantScheme) -> dict:
-    """Per linear: part, shape, quantized?, bf16 and quantized bytes; totals and saving.
+def scheme_label(scheme: QuantScheme) -> str:
+    """Short name of a linear's scheme, e.g. ``w4a8 g128`` or ``w4a8 per-channel``."""
+    g = f"g{scheme.group_size}" if scheme.group_size else "per-channel"
+    return f"{scheme.bits} {g}" + (" hadamard" if scheme.hadamard else "")
 
-    Quantized sizes come from an empty QuantLinear on the meta device, so packed weights,
-    scales (float32), bias and smoothing buffers are counted exactly as stored.
+
+def _part_rows(rows: list[dict]) -> list[dict]:
+    parts: dict[str, dict] = {}
+    for r in rows:
+        if r["quantized"]:
+            p = parts.setdefault(r["group"], {"part": r["group"], "scheme": r["scheme"],
+                                              "modules": 0, "bytes_bf16": 0, "bytes": 0})
+            p["modules"] += 1
+            p["bytes_bf16"] += r["bytes_bf16"]
+            p["bytes"] += r["bytes"]
+    return list(parts.values())
+
+
+def inspect_layout(model: nn.Module, layout: Layout, scheme: QuantScheme) -> dict:
+    """Per linear / embedding: part, shape, scheme, bf16 and quantized bytes; totals, saving.
+
+    Quantized sizes are those of the empty (meta) module the artifact loader assigns into,
+    with the float remainder (bias) at bf16, so packed weights, every scale tensor (float32
+    or int8), bias and smoothing buffers are counted exactly as stored. `parts` gives the
+    scheme of each group of modules (main layout, each Part, embeddings).
     """
-    chosen = set(select(model, layout))
+    chosen = schemes(model, layout, scheme)
+    embeddings = set(select_embeddings(model, layout))
     modules, q_bf16, q_bytes = [], 0, 0
     for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear):
+        if not isinstance(m, nn.Linear | nn.Embedding):
             continue
         bf16 = _bytes(m, BF16)
-        row = {"name": name, "part": name.split(".")[0],
-               "shape": [m.out_features, m.in_features], "quantized": name in chosen,
-               "bytes_bf16": bf16, "bytes": bf16}
+        row = {"name": name, "part": name.split(".")[0], "shape": list(m.weight.shape),
+               "quantized": name in chosen or name in embeddings, "bytes_bf16": bf16,
+               "bytes": bf16, "scheme": "bf16", "group": None}
         if name in chosen:
-            q = QuantLinear(m.in_features, m.out_features, scheme, bias=m.bias is not None,
-                            device="meta", dtype=m.weight.dtype)
-            stored = sum(t.numel() * t.element_size() for t in (q.weight_q, q.weight_scale))
-            row["bytes"] = stored + (m.bias.numel() * BF16 if m.bias is not None else 0)
+            part = part_of(name, layout)
+            row.update(scheme=scheme_label(chosen[name]), group=part.name if part else "main")
+            q = empty_quantized(m, chosen[name], dtype=torch.bfloat16)
+        elif name in embeddings:
+            row.update(scheme=f"int{scheme.w_bits} rows", group="embeddings")
+            q = empty_quantized(m, embedding_bits=scheme.w_bits, dtype=torch.bfloat16)
+        if row["quantized"]:
+            row["bytes"] = stored_bytes(q)
             q_bf16 += bf16
             q_bytes += row["bytes"]
         modules.append(row)
@@ -66,10 +101,12 @@ def inspect_layout(model: nn.Module, layout: Layout, scheme: QuantScheme) -> dic
     dead = never_executed_params(model)
     return {
         "layout": layout.name, "bits": scheme.bits, "group_size": scheme.group_size,
-        "quantized_modules": len(chosen),
+        "quantized_modules": len(chosen), "quantized_embeddings": sorted(embeddings),
+        "parts": _part_rows(modules),
         "quantized_bytes_bf16": q_bf16, "quantized_bytes": q_bytes,
         "quantized_fraction": q_bytes / q_bf16 if q_bf16 else 1.0,
         "total_bytes_bf16": total_bf16, "total_bytes": total,
+        "total_fraction": total / total_bf16,
         "saving": 1.0 - q_bytes / q_bf16 if q_bf16 else 0.0,
         "total_saving": 1.0 - total / total_bf16,
         "never_executed_modules": list(model.never_executed_modules()),

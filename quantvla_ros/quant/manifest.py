@@ -1,15 +1,19 @@
 """The artifact manifest (``manifest.yaml``): typed, read and written in one place.
 
-Format version 1 (unchanged from the first artifacts)::
+Format version 2 (version 1 artifacts must be re-quantized: W4A8 weights changed layout
+and embeddings / per-part schemes were added)::
 
     format: quantvla-artifact
-    format_version: 1
+    format_version: 2
     created: ISO-8601 UTC time
     model_config: {...}               PiConfig.to_dict()
     source: {kind: named, model, seed, sha256: "seed:S"}
           | {kind: checkpoint, path, sha256}
-    quantization: {bits, scheme: QuantScheme.to_dict(), preset, include, exclude, smooth_alpha}
-    quantized_modules: [module names]
+    quantization: {bits, scheme: QuantScheme.to_dict(), preset, include, exclude, smooth_alpha,
+                   parts: {name: {include: [globs], scheme: {...}, why}},   linears matching
+                           a part's globs use its scheme, all others `scheme`
+                   embeddings: {modules: [names], bits: 8 | 4}}   integer rows, f32 row scales
+    quantized_modules: [linear module names]
     balance: {config: BalanceConfig.to_dict(), alpha: {"tower.layer": [per head]},
               beta: {"tower.layer": x}, ratios: {...}}
     calibration: buffer summary + spec, calibration_samples, held_out, noise_seed
@@ -18,6 +22,7 @@ Format version 1 (unchanged from the first artifacts)::
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -30,7 +35,7 @@ from quantvla_ros.models.config import PiConfig
 from quantvla_ros.quant.scheme import QuantScheme
 
 FORMAT = "quantvla-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.yaml"
 
 
@@ -45,6 +50,25 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _outdated(where: str, version: int, d: dict) -> str:
+    """Say that an older artifact must be re-quantized, with the command that does it."""
+    source = d.get("source") if isinstance(d.get("source"), dict) else {}
+    q = d.get("quantization") if isinstance(d.get("quantization"), dict) else {}
+    calib = d.get("calibration") if isinstance(d.get("calibration"), dict) else {}
+    if source.get("kind") == "checkpoint" and source.get("path"):
+        src = f"--checkpoint {source['path']}"
+    elif source.get("model"):
+        src = f"--model {source['model']} --seed {source.get('seed', 0)}"
+    else:
+        src = "--checkpoint FLOAT_POLICY"
+    command = (f"quantvla quantize {src} --calib {calib.get('spec') or 'BUFFER'} "
+               f"--bits {q.get('bits') or 'w4a8'} --preset {q.get('preset') or 'quantvla'} "
+               "--out NEW_ARTIFACT")
+    return (f"{where}: artifact format version {version} is no longer supported (this build "
+            f"reads version {FORMAT_VERSION}: packed int4 weights changed layout); re-quantize "
+            f"the float policy with this version: {command}")
 
 
 @dataclass(frozen=True)
@@ -66,25 +90,63 @@ class SourceRecord:
 
 
 @dataclass(frozen=True)
+class PartRecord:
+    """Linears (by glob) quantized with a scheme other than the artifact's main one, and why."""
+
+    include: tuple[str, ...]
+    scheme: QuantScheme
+    why: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the manifest form."""
+        return {"include": list(self.include), "scheme": self.scheme.to_dict(), "why": self.why}
+
+
+@dataclass(frozen=True)
 class QuantizationRecord:
-    """How the artifact was quantized."""
+    """How the artifact was quantized: the main scheme, per-part schemes, embedding rows."""
 
     scheme: QuantScheme
     preset: str | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     smooth_alpha: float | None = None
+    parts: dict[str, PartRecord] = field(default_factory=dict)
+    embeddings: tuple[str, ...] = ()
+    embedding_bits: int | None = None
 
     @property
     def bits(self) -> str:
         """Return the bit-width name, e.g. ``"w4a8"``."""
         return self.scheme.bits
 
+    def scheme_for(self, name: str) -> QuantScheme:
+        """Return the scheme of quantized linear ``name``: its part's (first match) or main."""
+        for part in self.parts.values():
+            if any(fnmatch.fnmatchcase(name, p) for p in part.include):
+                return part.scheme
+        return self.scheme
+
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest form."""
         return {"bits": self.bits, "scheme": self.scheme.to_dict(), "preset": self.preset,
                 "include": list(self.include), "exclude": list(self.exclude),
-                "smooth_alpha": self.smooth_alpha}
+                "smooth_alpha": self.smooth_alpha,
+                "parts": {k: v.to_dict() for k, v in self.parts.items()},
+                "embeddings": {"modules": list(self.embeddings), "bits": self.embedding_bits}}
+
+    @classmethod
+    def from_dict(cls, q: dict[str, Any]) -> QuantizationRecord:
+        """Parse the manifest form (KeyError / TypeError / ValueError on malformed input)."""
+        emb = q.get("embeddings") or {}
+        return cls(scheme=QuantScheme(**q["scheme"]), preset=q.get("preset"),
+                   include=tuple(q.get("include") or ()), exclude=tuple(q.get("exclude") or ()),
+                   smooth_alpha=q.get("smooth_alpha"),
+                   parts={k: PartRecord(tuple(v["include"]), QuantScheme(**v["scheme"]),
+                                        str(v.get("why", "")))
+                          for k, v in (q.get("parts") or {}).items()},
+                   embeddings=tuple(emb.get("modules") or ()),
+                   embedding_bits=emb.get("bits"))
 
 
 @dataclass(frozen=True)
@@ -146,8 +208,12 @@ class ArtifactManifest:
             raise ArtifactError(f"{where}: not a YAML mapping")
         if d.get("format") != FORMAT:
             raise ArtifactError(f"{where}: format {d.get('format')!r} is not {FORMAT!r}")
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{where}: unknown format version {d.get('format_version')!r} "
+        version = d.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and \
+                version < FORMAT_VERSION:
+            raise ArtifactError(_outdated(where, version, d))
+        if version != FORMAT_VERSION:
+            raise ArtifactError(f"{where}: unknown format version {version!r} "
                                 f"(this build reads {FORMAT_VERSION})")
         missing = [k for k in ("model_config", "source", "quantization", "quantized_modules",
                                "balance", "calibration") if k not in d]
@@ -159,11 +225,7 @@ class ArtifactManifest:
                 model_config=PiConfig.from_dict(d["model_config"]),
                 source=SourceRecord(kind=s["kind"], sha256=s["sha256"], model=s.get("model"),
                                     seed=s.get("seed"), path=s.get("path")),
-                quantization=QuantizationRecord(
-                    scheme=QuantScheme(**q["scheme"]), preset=q.get("preset"),
-                    include=tuple(q.get("include") or ()),
-                    exclude=tuple(q.get("exclude") or ()),
-                    smooth_alpha=q.get("smooth_alpha")),
+                quantization=QuantizationRecord.from_dict(q),
                 quantized_modules=tuple(d["quantized_modules"]),
                 balance=BalanceRecord(config=b["config"], alpha=b.get("alpha") or {},
                                       beta=b.get("beta") or {}, ratios=b.get("ratios") or {}),

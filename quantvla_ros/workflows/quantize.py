@@ -14,10 +14,11 @@ from quantvla_ros.data.sources import open_observations
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import save_artifact
 from quantvla_ros.quant.balance import BalanceConfig, calibrate_balance, run_batches
-from quantvla_ros.quant.layouts import get_layout, select
+from quantvla_ros.quant.layouts import get_layout, select, select_embeddings
 from quantvla_ros.quant.manifest import (
     ArtifactManifest,
     BalanceRecord,
+    PartRecord,
     QuantizationRecord,
     SourceRecord,
 )
@@ -110,16 +111,22 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
         inputs = LinearInputs()
         with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
             run_batches(teacher.model, batches, inputs)  # observer: drops padding rows
+    embeddings = tuple(select_embeddings(student, qcfg.layout))
     names = quantize_(student, qcfg, inputs, progress=progress)
-    log(f"quantized {len(names)} linears to {scheme.bits}")
+    log(f"quantized {len(names)} linears to {scheme.bits}"
+        + (f", {', '.join(embeddings)} to int{qcfg.embedding_bits()} rows" if embeddings
+           else ""))
     balance = calibrate_balance(teacher.model, student, batches, req.balance,
                                 progress=progress)
     manifest = ArtifactManifest(
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         model_config=student.cfg,
         source=SourceRecord(**identity),
-        quantization=QuantizationRecord(scheme, req.preset, qcfg.layout.include,
-                                        qcfg.layout.exclude, req.smooth_alpha),
+        quantization=QuantizationRecord(
+            scheme, req.preset, qcfg.layout.include, qcfg.layout.exclude, req.smooth_alpha,
+            parts={p.name: PartRecord(p.include, p.scheme(scheme), p.why)
+                   for p in qcfg.layout.parts},
+            embeddings=embeddings, embedding_bits=qcfg.embedding_bits() if embeddings else None),
         quantized_modules=tuple(names),
         balance=BalanceRecord(config=req.balance.to_dict(), **balance),
         calibration={**buffer.summary(), "spec": req.calib,
