@@ -121,6 +121,9 @@ def test_full_artifact_records_per_part_schemes(full_artifact):
         q.parts["vision"].scheme
     assert q.scheme_for("backbone.layers.0.mlp.up_proj").group_size == 128
     assert sum(n.startswith("vision.") for n in manifest.quantized_modules) == 2 * 6
+    assert [(p["part"], p["scheme"], p["modules"]) for p in manifest.parts_summary()] == [
+        ("main", "w4a8 g128", len(manifest.quantized_modules) - 12),
+        ("vision", "w4a8 per-channel", 12), ("embeddings", "int4 rows", 1)]
 
 
 def test_full_artifact_round_trips_and_runs(full_artifact, tmp_path):

@@ -14,7 +14,13 @@ from quantvla_ros.models.build import fp32_tensor_names
 from quantvla_ros.models.gemma import GemmaLayer
 from quantvla_ros.models.layers import RMSNorm
 from quantvla_ros.quant.apply import empty_quantized
-from quantvla_ros.quant.layouts import Layout, part_of, schemes, select_embeddings
+from quantvla_ros.quant.layouts import (
+    Layout,
+    part_of,
+    scheme_label,
+    schemes,
+    select_embeddings,
+)
 from quantvla_ros.quant.scheme import QuantScheme
 
 BF16, FP32 = 2, 4
@@ -43,12 +49,6 @@ def never_executed_params(model: nn.Module) -> int:
         norm = RMSNorm(cfg.width)
     count = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in kv.parameters())
     return count + sum(p.numel() for p in norm.parameters())
-
-
-def scheme_label(scheme: QuantScheme) -> str:
-    """Short name of a linear's scheme, e.g. ``w4a8 g128`` or ``w4a8 per-channel``."""
-    g = f"g{scheme.group_size}" if scheme.group_size else "per-channel"
-    return f"{scheme.bits} {g}" + (" hadamard" if scheme.hadamard else "")
 
 
 def _part_rows(rows: list[dict]) -> list[dict]:

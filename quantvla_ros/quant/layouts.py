@@ -24,6 +24,12 @@ _VISION = "vision.*"
 _TOKENS = "backbone.embed_tokens"
 
 
+def scheme_label(scheme: QuantScheme) -> str:
+    """Short name of a linear's scheme, e.g. ``w4a8 g128`` or ``w4a8 per-channel``."""
+    g = f"g{scheme.group_size}" if scheme.group_size else "per-channel"
+    return f"{scheme.bits} {g}" + (" hadamard" if scheme.hadamard else "")
+
+
 @dataclass(frozen=True)
 class Part:
     """Linears quantized with the layout's bits but their own group size (None: per channel)."""

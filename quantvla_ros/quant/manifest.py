@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from quantvla_ros.models.config import PiConfig
+from quantvla_ros.quant.layouts import scheme_label
 from quantvla_ros.quant.scheme import QuantScheme
 
 FORMAT = "quantvla-artifact"
@@ -120,12 +121,15 @@ class QuantizationRecord:
         """Return the bit-width name, e.g. ``"w4a8"``."""
         return self.scheme.bits
 
+    def part_of(self, name: str) -> str:
+        """Return the part of quantized linear ``name``: the first whose globs match, or main."""
+        return next((k for k, part in self.parts.items()
+                     if any(fnmatch.fnmatchcase(name, g) for g in part.include)), "main")
+
     def scheme_for(self, name: str) -> QuantScheme:
-        """Return the scheme of quantized linear ``name``: its part's (first match) or main."""
-        for part in self.parts.values():
-            if any(fnmatch.fnmatchcase(name, p) for p in part.include):
-                return part.scheme
-        return self.scheme
+        """Return the scheme of quantized linear ``name``: its part's or the main one."""
+        part = self.part_of(name)
+        return self.scheme if part == "main" else self.parts[part].scheme
 
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest form."""
@@ -187,6 +191,20 @@ class ArtifactManifest:
     def bits(self) -> str:
         """Return the bit-width name, e.g. ``"w4a8"``."""
         return self.quantization.bits
+
+    def parts_summary(self) -> list[dict[str, Any]]:
+        """Per part (main, each recorded part, embeddings): its scheme and module count."""
+        q = self.quantization
+        counts = dict.fromkeys(["main", *q.parts], 0)
+        for name in self.quantized_modules:
+            counts[q.part_of(name)] += 1
+        rows = [{"part": "main", "scheme": scheme_label(q.scheme), "modules": counts["main"]}]
+        rows += [{"part": k, "scheme": scheme_label(p.scheme), "modules": counts[k],
+                  "why": p.why} for k, p in q.parts.items()]
+        if q.embeddings:
+            rows.append({"part": "embeddings", "scheme": f"int{q.embedding_bits} rows",
+                         "modules": len(q.embeddings), "names": list(q.embeddings)})
+        return rows
 
     def with_files(self, files: dict[str, str]) -> ArtifactManifest:
         """Return a copy recording these file hashes."""

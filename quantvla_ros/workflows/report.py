@@ -132,7 +132,7 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
     summary = buffer.summary()
     return {
         "artifact": str(artifact), "bits": manifest.bits,
-        "preset": manifest.quantization.preset,
+        "preset": manifest.quantization.preset, "parts": manifest.parts_summary(),
         "source": manifest.source.to_dict(),
         "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
                         "source": summary.get("source"), "held_out_samples": len(held),

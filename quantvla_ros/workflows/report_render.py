@@ -38,6 +38,8 @@ def to_markdown(r: dict) -> str:
         f"# QuantVLA fidelity report: {r['bits']} ({r['preset']})", "",
         f"- artifact: `{r['artifact']}`",
         f"- teacher: {r['source'].get('model') or r['source'].get('path')}",
+        "- quantized: " + "; ".join(f"{p['part']} {p['scheme']} ({p['modules']})"
+                                    for p in r.get("parts", ())),
         f"- held-out samples: {cal['held_out_samples']} from `{cal['spec']}` "
         f"({cal.get('held_out', 'held out')})"
         + (" — **SYNTHETIC observations, not robot data**" if cal["synthetic"] else ""),
