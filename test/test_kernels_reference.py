@@ -5,6 +5,7 @@ import torch
 
 from quantvla_ros.kernels import dispatch
 from quantvla_ros.kernels import reference as ref
+from quantvla_ros.kernels.int4_layout import pack_khalf
 
 
 def _int8(*shape, lo=-128, hi=127, seed=0):
@@ -144,8 +145,11 @@ def test_matmul_scaled_outputs_follow_the_formula():
     bias = _rand(40, seed=4)
     y = ref.matmul_w8a8(a, xs, w8, ws_c, bias=bias)
     _close(y, _expected(a, xs, w8, ws_c[:, None], 256, bias))
-    y = ref.matmul_w4a8(a, xs, ref.pack_int4(w4), ws_g, group_size=64)
-    _close(y, _expected(a, xs, w4, ws_g, 64))
+    # W4A8: K-half packing, float per-channel x int8 per-group scales (int4_layout.py).
+    s2 = torch.randint(1, 65, (40, 2), generator=torch.Generator().manual_seed(9),
+                       dtype=torch.int8)
+    y = ref.matmul_w4a8(a, xs, pack_khalf(w4), ws_c, group_scale=s2, bias=bias)
+    _close(y, _expected(a, xs, w4, s2.double() * ws_c.double()[:, None], 128, bias))
     y = ref.matmul_w4a4(ref.pack_int4(a4), xs, ref.pack_int4(w4), ws_g)  # group size inferred
     _close(y, _expected(a4, xs, w4, ws_g, 64))
 
@@ -259,8 +263,8 @@ def test_dispatch_linear_validates_before_computing():
         dispatch.linear_w8a8(x, w, ws, residual=torch.zeros(3, 15), backend="reference")
     with pytest.raises(ValueError, match="out_dtype"):
         dispatch.linear_w8a8(x, w, ws, out_dtype=torch.int32, backend="reference")
-    with pytest.raises(ValueError, match="group"):
-        dispatch.linear_w4a8(x, torch.zeros(16, 32, dtype=torch.uint8), torch.ones(16, 3),
+    with pytest.raises(ValueError, match="per channel"):
+        dispatch.linear_w4a8(x, torch.zeros(16, 64, dtype=torch.uint8), torch.ones(16, 3),
                              backend="reference")
 
 
@@ -268,7 +272,7 @@ def test_dispatch_w4_linears_on_reference():
     x = _rand(2, 3, 128)
     w4 = _int8(24, 128, lo=-7, hi=7, seed=2)
     ws = _rand(24, 2, seed=3).abs() * 0.05
-    y = dispatch.linear_w4a8(x.bfloat16(), ref.pack_int4(w4), ws, 64, backend="reference")
+    y = dispatch.linear_w4a8(x.bfloat16(), pack_khalf(w4), ws[:, 0], backend="reference")
     assert y.shape == (2, 3, 24) and y.dtype == torch.bfloat16
     assert dispatch.last_kernel() == "reference.w4a8"
     y4 = dispatch.linear_w4a4(x, ref.pack_int4(w4), ws, 64, backend="reference")

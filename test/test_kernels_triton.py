@@ -20,6 +20,7 @@ from quantvla_ros.kernels import reference as ref  # noqa: E402
 from quantvla_ros.kernels.act_quant import quantize_activations  # noqa: E402
 from quantvla_ros.kernels.configs import GemmConfig  # noqa: E402
 from quantvla_ros.kernels.gate_up_gemm import gate_up_gemm  # noqa: E402
+from quantvla_ros.kernels.int4_layout import pack_khalf  # noqa: E402
 from quantvla_ros.kernels.scaled_gemm import scaled_gemm  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -31,7 +32,6 @@ M_VALUES = (1, 16, 37, 64)
 RTOL = 1e-3
 
 w8a8_gemm = functools.partial(scaled_gemm, a_int4=False, w_int4=False)
-w4a8_gemm = functools.partial(scaled_gemm, a_int4=False, w_int4=True)
 w4a4_gemm = functools.partial(scaled_gemm, a_int4=True, w_int4=True)
 
 
@@ -64,7 +64,6 @@ def _operands(m, k, n, a_bits, w_bits, seed=0):
 
 GEMMS = {
     "w8a8": (w8a8_gemm, 8, 8, ref.matmul_w8a8),
-    "w4a8": (w4a8_gemm, 8, 4, ref.matmul_w4a8),
     "w4a4": (w4a4_gemm, 4, 4, ref.matmul_w4a4),
 }
 
@@ -94,7 +93,7 @@ def test_small_tiles_and_split_k_stay_exact(op, cfg):
     assert torch.equal(y, ref.int_matmul(a, w).float())
 
 
-@pytest.mark.parametrize("op", ["w8a8", "w4a8", "w4a4"])
+@pytest.mark.parametrize("op", ["w8a8", "w4a4"])
 @pytest.mark.parametrize(("group_size", "cfg"), [
     (64, None),
     (128, None),  # two BLOCK_K = 64 blocks per group
@@ -132,7 +131,7 @@ def test_scaled_outputs_match_reference(op, m):
         _assert_rel(got, want, RTOL if out_dtype == torch.float32 else 1e-2)
 
 
-@pytest.mark.parametrize("op", ["w4a8", "w4a4"])
+@pytest.mark.parametrize("op", ["w4a4"])
 def test_per_channel_int4_matches_reference(op):
     gemm, a_bits, w_bits, ref_mm = GEMMS[op]
     _, _, a_s, w_s = _operands(16, 320, 48, a_bits, w_bits, seed=21)
@@ -170,10 +169,11 @@ def test_gpu_config_table_is_legal_and_splits_small_problems():
 # --- fused gate + up ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("weight_bits", "group_size"), [(8, None), (4, 64), (4, None)])
+# W4A8's gate_up is a mode of its own kernel: test/test_w4a8_kernel.py.
+@pytest.mark.parametrize(("weight_bits", "group_size"), [(8, None)])
 def test_concatenated_gemm_equals_two_gemms_and_fused_geglu(weight_bits, group_size):
     m, k, n = 37, 256, 48
-    gemm = w8a8_gemm if weight_bits == 8 else w4a8_gemm
+    gemm = w8a8_gemm
     a, _, _, w_s = _operands(m, k, 2 * n, 8, weight_bits, seed=30)
     xs = _rand(m, 1, seed=1).abs() * 0.01
     ws = _rand(2 * n, 1 if group_size is None else k // group_size, seed=2).abs() * 0.01
@@ -226,23 +226,23 @@ def test_activation_quantization_rounds_ties_to_even():
 
 
 def test_gemm_rejects_unsupported_shapes():
-    _, _, a, w = _operands(4, 64, 16, 8, 4)
+    _, _, a, w = _operands(4, 64, 16, 4, 4)
     with pytest.raises(ValueError, match="multiple of 32"):
-        w4a8_gemm(a, _ones(4, 1), w, _ones(16, 4), group_size=16)
+        w4a4_gemm(a, _ones(4, 1), w, _ones(16, 4), group_size=16)
     with pytest.raises(ValueError, match="multiple of group_size"):
-        w4a8_gemm(a, _ones(4, 1), w, _ones(16, 2), group_size=48)
+        w4a4_gemm(a, _ones(4, 1), w, _ones(16, 2), group_size=48)
     with pytest.raises(ValueError, match="block_k"):
-        w4a8_gemm(a, _ones(4, 1), w, _ones(16, 2), config=GemmConfig(16, 16, 64 * 2))
-    with pytest.raises(ValueError, match="weights must be"):
+        w4a4_gemm(a, _ones(4, 1), w, _ones(16, 2), config=GemmConfig(16, 16, 64 * 2))
+    with pytest.raises(ValueError, match="activations must be"):
         w8a8_gemm(a, _ones(4, 1), w, _ones(16))
     with pytest.raises(ValueError, match="out_dtype"):
-        w4a8_gemm(a, _ones(4, 1), w, _ones(16), out_dtype=torch.int32)
+        w4a4_gemm(a, _ones(4, 1), w, _ones(16), out_dtype=torch.int32)
     with pytest.raises(ValueError, match="8-bit dot minimum"):
         GemmConfig(8, 16, 32)
     with pytest.raises(ValueError, match="even"):
         quantize_activations(_rand(2, 7), 4)
     with pytest.raises(ValueError, match="even row count"):
-        gate_up_gemm(a, _ones(4, 1), _int((15, 64), -1, 1, 0), _ones(15))
+        gate_up_gemm(_int((4, 64), -1, 1, 0), _ones(4, 1), _int((15, 64), -1, 1, 0), _ones(15))
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
@@ -265,6 +265,9 @@ def test_dispatch_triton_backend_reports_and_matches(op, monkeypatch):
     ws = _rand(48, 2, seed=2).abs() * 0.01
     if op == "w8a8":
         w_s, ws, kw = w, ws[:, 0], {}
+    elif op == "w4a8":
+        s2 = _int((48, 1), 1, 64, 5)
+        w_s, ws, kw = pack_khalf(w), ws[:, 0], {"group_scale": s2}
     else:
         w_s, kw = ref.pack_int4(w), {"group_size": 64}
     fn = getattr(dispatch, f"linear_{op}")

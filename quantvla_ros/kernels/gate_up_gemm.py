@@ -102,9 +102,10 @@ def gate_up_gemm(
     ``w_gate_up`` is int8 [2N, K] (``weight_bits=8``) or packed uint8 [2N, K // 2]
     (``weight_bits=4``); ``w_scale`` float32 [2N] or [2N, K // group_size].
     """
-    if weight_bits not in (4, 8):
-        raise ValueError(f"weight_bits must be 4 or 8, got {weight_bits}")
-    w_int4 = weight_bits == 4
+    if weight_bits != 8:
+        raise ValueError(f"this kernel takes int8 weights (got weight_bits={weight_bits}); "
+                         "W4A8's gate/up is w4a8_gemm(..., gate_up=True)")
+    w_int4 = False
     gs = checks.check_gemm(x_q, x_scale, w_gate_up, w_scale, group_size, None, None,
                            a_int4=False, w_int4=w_int4)
     if w_gate_up.shape[0] % 2:

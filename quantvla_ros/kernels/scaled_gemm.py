@@ -1,4 +1,4 @@
-"""Triton scaled integer GEMM: W8A8, W4A8 (packed int4 weights) and W4A4 (both packed).
+"""Triton scaled integer GEMM: W8A8 and W4A4 (both operands packed int4).
 
 One kernel, specialized by the A_INT4 / W_INT4 constexprs: int4 operands stay packed two per
 byte in memory and are unpacked to int8 in registers for the int8 tensor-core dot (Hopper
@@ -27,8 +27,9 @@ from quantvla_ros.kernels.triton_helpers import (
     tile_ids,
 )
 
-# Op name -> (activations packed int4, weights packed int4).
-INT4_OPERANDS = {"w8a8": (False, False), "w4a8": (False, True), "w4a4": (True, True)}
+# Op name -> (activations packed int4, weights packed int4). W4A8 has its own kernel and
+# weight layout (w4a8_gemm.py).
+INT4_OPERANDS = {"w8a8": (False, False), "w4a4": (True, True)}
 
 
 @triton.jit
@@ -101,7 +102,7 @@ def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
                        GROUP_M: tl.constexpr):
     """Compute one output tile over one K split (grid axis 1); split-K adds into fp32.
 
-    W8A8, W4A8 and W4A4 are this one kernel, specialized by the A_INT4 / W_INT4 constexprs.
+    W8A8 and W4A4 are this one kernel, specialized by the A_INT4 / W_INT4 constexprs.
     """
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
     pid_k = tl.program_id(1)
@@ -135,7 +136,7 @@ def scaled_gemm(
 
     ``a`` is int8 [M, K] (packed uint8 [M, K // 2] with ``a_int4``), ``w`` int8 [N, K]
     (packed uint8 [N, K // 2] with ``w_int4``); see :data:`INT4_OPERANDS` for the flags of
-    W8A8, W4A8 and W4A4. ``config`` overrides the tile table (tests, tuning).
+    W8A8 and W4A4. ``config`` overrides the tile table (tests, tuning).
     """
     kernel = scaled_gemm_kernel
     gs = checks.check_gemm(a, a_scale, w, w_scale, group_size, bias, residual,

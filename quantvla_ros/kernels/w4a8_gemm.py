@@ -237,14 +237,18 @@ def w4a8_gemm(
     if gate_up and splits > 1:
         raise ValueError("gate_up does not split K")
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
-    a, w = row_major(a), row_major(w)
+    # The kernel indexes scales, bias and group-scale rows as contiguous vectors.
+    a, w, w_scale = row_major(a), row_major(w), w_scale.contiguous()
+    a_scale = a_scale.reshape(-1).contiguous()
+    group_scale = row_major(group_scale) if group_scale is not None else None
+    bias = bias.contiguous() if bias is not None else None
     res = row_major(residual) if residual is not None else None
     out = torch.empty(m, n, dtype=out_dtype, device=a.device)
     work, count = (split_workspace(a.device, tiles * config.block_m * config.block_n, tiles)
                    if splits > 1 else (out, out))
     gsc = group_scale if group_scale is not None else w_scale
     kernel[(tiles, splits)](
-        a, a_scale.reshape(-1), w, w_scale, gsc,
+        a, a_scale, w, w_scale, gsc,
         bias if bias is not None else out, res if res is not None else out, out, work, count,
         m, n, k, num_blocks, per_split, (gs // PACK_K) if group_scale is not None else 1,
         splits, a.stride(0), w.stride(0), gsc.stride(0),
