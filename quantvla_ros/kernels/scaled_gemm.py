@@ -4,8 +4,10 @@ One kernel, specialized by the A_INT4 / W_INT4 constexprs: int4 operands stay pa
 byte in memory and are unpacked to int8 in registers for the int8 tensor-core dot (Hopper
 has no int4 tensor cores, so W4A4 gains bandwidth, not math). It computes
 ``y = s_x * sum_g s_w[:, g] * acc_g (+ bias) (+ residual)`` as out_dtype [M, N], with
-x_scale float32 [M, 1] and w_scale float32 [N] (per channel) or [N, K // group_size];
-small problems split K over a second grid axis and add atomically into float32.
+x_scale float32 [M, 1] and w_scale float32 [N] (per channel) or [N, K // group_size].
+Per channel, small problems split K over a second grid axis: int32 partials meet in a
+workspace and the tile's last split runs the epilogue (deterministic, one launch; see
+triton_helpers.add_split). Grouped scales fold in float inside the loop and never split.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from quantvla_ros.kernels import checks
 from quantvla_ros.kernels.configs import GemmConfig
 from quantvla_ros.kernels.triton_helpers import (
     MAX_ELEMENTS,
+    add_split,
     check_int32_indexing,
     check_triton_device,
     load_a_tile,
     load_w_tile,
     resolve_config,
     row_major,
+    split_workspace,
+    take_splits,
     tile_ids,
 )
 
@@ -39,20 +44,19 @@ def scaled_mainloop(a_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
                     A_INT4: tl.constexpr, W_INT4: tl.constexpr):
-    """Sum s_w * (exact int32 partials) over this program's K range, as float32 [BM, BN].
+    """Sum this program's K range: exact int32 [BM, BN] per channel, else float32 [BM, BN].
 
-    Per channel, units are K blocks and one int32 accumulator spans the whole range; per
-    group, units are groups and each group's int32 sum is folded with its own scale.
+    Per channel, units are K blocks and one int32 accumulator spans the whole range (the
+    epilogue applies s_w); per group, units are groups and each group's int32 sum is folded
+    with its own scale.
     """
     n_mask = offs_n < N
     if PER_CHANNEL:
-        acc_i = tl.zeros((BM, BN), dtype=tl.int32)
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
         for u in range(u_start, u_end):
             a = load_a_tile(a_ptr, offs_m, u * BK, M, K, stride_am, BM, BK, A_INT4)
             w = load_w_tile(w_ptr, offs_n, u * BK, N, K, stride_wn, BN, BK, W_INT4)
-            acc_i = tl.dot(a, w, acc_i, out_dtype=tl.int32)
-        s = tl.load(ws_ptr + offs_n * stride_wsn, mask=n_mask, other=0.0)
-        acc = acc_i.to(tl.float32) * s[None, :]
+            acc = tl.dot(a, w, acc, out_dtype=tl.int32)
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for g in range(u_start, u_end):
@@ -68,54 +72,62 @@ def scaled_mainloop(a_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K,
 
 
 @triton.jit
-def scaled_epilogue(acc, xs_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
-                    stride_rm, stride_om, first_split,
-                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ATOMIC: tl.constexpr):
-    """Store y = acc * s_token (+ bias) (+ residual); bias and residual only from split 0."""
+def scaled_epilogue(acc, xs_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
+                    stride_wsn, stride_rm, stride_om,
+                    PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+    """Store y = acc (* s_w per channel) * s_token (+ bias) (+ residual)."""
     m_mask = offs_m < M
     n_mask = offs_n < N
     mask = m_mask[:, None] & n_mask[None, :]
+    if PER_CHANNEL:
+        s = tl.load(ws_ptr + offs_n * stride_wsn, mask=n_mask, other=0.0)
+        acc = acc.to(tl.float32) * s[None, :]
     xs = tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)
     y = acc * xs[:, None]
     if HAS_BIAS:
-        b = tl.load(bias_ptr + offs_n, mask=n_mask & first_split, other=0.0)
+        b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)
         y += b.to(tl.float32)[None, :]
     if HAS_RES:
-        r = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :],
-                    mask=mask & first_split, other=0.0)
+        r = tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask,
+                    other=0.0)
         y += r.to(tl.float32)
     out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, y, mask=mask)
-    else:
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr,
-                       M, N, K, group_size, units_per_split, num_units,
+def scaled_gemm_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, work_ptr,
+                       count_ptr, M, N, K, group_size, units_per_split, num_units, num_splits,
                        stride_am, stride_wn, stride_wsn, stride_wsg, stride_rm, stride_om,
                        HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                        PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
-                       ATOMIC_OUT: tl.constexpr, A_INT4: tl.constexpr, W_INT4: tl.constexpr,
+                       SPLIT: tl.constexpr, A_INT4: tl.constexpr, W_INT4: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr):
-    """Compute one output tile over one K split (grid axis 1); split-K adds into fp32.
+    """Compute one output tile over one K split (grid axis 1; SPLIT only per channel).
 
     W8A8 and W4A4 are this one kernel, specialized by the A_INT4 / W_INT4 constexprs.
     """
-    pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
-    pid_k = tl.program_id(1)
+    tile = tl.program_id(0)
+    pid_m, pid_n = tile_ids(tile, M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    u_start = pid_k * units_per_split
+    u_start = tl.program_id(1) * units_per_split
     u_end = tl.minimum(u_start + units_per_split, num_units)
     acc = scaled_mainloop(a_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K,
                           stride_am, stride_wn, stride_wsn, stride_wsg,
                           group_size, u_start, u_end, BM, BN, BK,
                           PER_CHANNEL, BLOCKS_PER_GROUP, A_INT4, W_INT4)
-    scaled_epilogue(acc, xs_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
-                    stride_rm, stride_om, pid_k == 0, HAS_BIAS, HAS_RES, ATOMIC_OUT)
+    if SPLIT:
+        arrived = add_split(acc, work_ptr, count_ptr, tile, BM, BN)
+        if arrived == num_splits - 1:
+            total = take_splits(work_ptr, count_ptr, tile, BM, BN)
+            scaled_epilogue(total, xs_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, offs_m,
+                            offs_n, M, N, stride_wsn, stride_rm, stride_om, True, HAS_BIAS,
+                            HAS_RES)
+    else:
+        scaled_epilogue(acc, xs_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, offs_m, offs_n, M, N,
+                        stride_wsn, stride_rm, stride_om, PER_CHANNEL, HAS_BIAS, HAS_RES)
 
 
 def scaled_gemm(
@@ -154,26 +166,25 @@ def scaled_gemm(
     per_channel = gs == k
     # Work units along K: BLOCK_K blocks per channel, whole groups per group.
     num_units = triton.cdiv(k, cfg.block_k) if per_channel else k // gs
-    units_per_split = triton.cdiv(num_units, min(cfg.split_k, num_units))
+    units_per_split = triton.cdiv(num_units, min(cfg.split_k if per_channel else 1, num_units))
     split = triton.cdiv(num_units, units_per_split)
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     a, w = row_major(a), row_major(w)
     ws = w_scale.reshape(n, -1)
     res = row_major(residual) if residual is not None else None
-    if split > 1:
-        out = torch.zeros(m, n, dtype=torch.float32, device=a.device)
-    else:
-        out = torch.empty(m, n, dtype=out_dtype, device=a.device)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-    kernel[grid](
+    out = torch.empty(m, n, dtype=out_dtype, device=a.device)
+    work, count = (split_workspace(a.device, tiles * cfg.block_m * cfg.block_n, tiles)
+                   if split > 1 else (out, out))
+    kernel[(tiles, split)](
         a, a_scale.reshape(-1).contiguous(), w, ws,
-        bias if bias is not None else out, res if res is not None else out, out,
-        m, n, k, gs, units_per_split, num_units,
+        bias if bias is not None else out, res if res is not None else out, out, work, count,
+        m, n, k, gs, units_per_split, num_units, split,
         a.stride(0), w.stride(0), ws.stride(0), ws.stride(1),
         res.stride(0) if res is not None else 0, out.stride(0),
         HAS_BIAS=bias is not None, HAS_RES=res is not None,
         PER_CHANNEL=per_channel, BLOCKS_PER_GROUP=1 if per_channel else gs // cfg.block_k,
-        ATOMIC_OUT=split > 1, A_INT4=a_int4, W_INT4=w_int4,
+        SPLIT=split > 1, A_INT4=a_int4, W_INT4=w_int4,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out.to(out_dtype) if split > 1 else out
+    return out

@@ -75,7 +75,47 @@ def load_w_tile(w_ptr, offs_n, k0, N, K, stride_wn,
     return w
 
 
+@triton.jit
+def add_split(acc, work_ptr, count_ptr, tile, R: tl.constexpr, C: tl.constexpr):
+    """Add one K split's int32 [R, C] partial to its tile's workspace; return the arrival.
+
+    Integer addition is associative, so the sum is the same whatever order splits land in.
+    The split that sees ``num_splits - 1`` is the tile's last and takes the sum.
+    """
+    cell = work_ptr + tile * R * C + tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    tl.atomic_add(cell, acc, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial is issued before the tile is counted
+    return tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+
+
+@triton.jit
+def take_splits(work_ptr, count_ptr, tile, R: tl.constexpr, C: tl.constexpr):
+    """Swap a tile's summed partials out, leaving zeros and a zero count for the next call."""
+    cell = work_ptr + tile * R * C + tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    total = tl.atomic_xchg(cell, tl.zeros((R, C), dtype=tl.int32), sem="acq_rel")
+    tl.atomic_xchg(count_ptr + tile, 0)
+    return total
+
+
 # --- host side of the launchers -----------------------------------------------------------
+
+_WORKSPACES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def split_workspace(device: torch.device, cells: int, tiles: int):
+    """Zeroed int32 partial sums and tile counters per device, for :func:`add_split`.
+
+    Allocated once (outside CUDA-graph capture, by the warm-up) and grown when a larger
+    problem needs it; the kernels re-zero what they use, so no memset is ever launched.
+    Launches sharing a device must be ordered (one stream), as in the policy's graphs.
+    """
+    key = str(device)
+    work, count = _WORKSPACES.get(key, (None, None))
+    if work is None or work.numel() < cells or count.numel() < tiles:
+        work = torch.zeros(max(cells, 1 << 16), dtype=torch.int32, device=device)
+        count = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+        _WORKSPACES[key] = (work, count)
+    return work, count
 
 
 def check_triton_device(kernel, t: torch.Tensor) -> None:

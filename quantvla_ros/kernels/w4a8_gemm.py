@@ -23,12 +23,15 @@ import triton.language as tl
 from quantvla_ros.kernels import checks
 from quantvla_ros.kernels.configs import GemmConfig, is_interpreted, w4a8_config
 from quantvla_ros.kernels.gate_up_gemm import gelu_tanh
-from quantvla_ros.kernels.int4_layout import HALF_K, HI_ASM, LO_ASM, PACK_K, padded_k
+from quantvla_ros.kernels.int4_layout import HI_ASM, LO_ASM, PACK_K, padded_k
 from quantvla_ros.kernels.triton_helpers import (
     MAX_ELEMENTS,
+    add_split,
     check_int32_indexing,
     check_triton_device,
     row_major,
+    split_workspace,
+    take_splits,
     tile_ids,
 )
 
@@ -163,33 +166,14 @@ def w4a8_gemm_kernel(x_ptr, xs_ptr, w_ptr, ws_ptr, gs_ptr, bias_ptr, res_ptr, ou
                               b_start, b_end, blocks_per_group, stride_xm, stride_wn,
                               stride_gn, GROUPED, GATE_UP, EVEN_K, USE_ASM, BN, BM)
     if SPLIT:
-        cell = (work_ptr + tile * BN * BM + tl.arange(0, BN)[:, None] * BM
-                + tl.arange(0, BM)[None, :])
-        tl.atomic_add(cell, acc, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial is issued before the tile is counted
-        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")
+        arrived = add_split(acc, work_ptr, count_ptr, tile, BN, BM)
         if arrived == num_splits - 1:
-            total = tl.atomic_xchg(cell, tl.zeros((BN, BM), dtype=tl.int32), sem="acq_rel")
-            tl.atomic_xchg(count_ptr + tile, 0)
+            total = take_splits(work_ptr, count_ptr, tile, BN, BM)
             dequant_store(total, total, xs_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, offs_n,
                           offs_m, N, M, stride_rm, stride_om, False, HAS_BIAS, HAS_RES)
     else:
         dequant_store(acc, acc_up, xs_ptr, ws_ptr, bias_ptr, res_ptr, out_ptr, offs_n, offs_m,
                       N, M, stride_rm, stride_om, GATE_UP, HAS_BIAS, HAS_RES)
-
-
-_WORKSPACES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def split_workspace(device: torch.device, cells: int, tiles: int):
-    """Zeroed int32 partial sums and tile counters, kept per device (the kernel re-zeroes)."""
-    key = str(device)
-    work, count = _WORKSPACES.get(key, (None, None))
-    if work is None or work.numel() < cells or count.numel() < tiles:
-        work = torch.zeros(max(cells, 1 << 16), dtype=torch.int32, device=device)
-        count = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-        _WORKSPACES[key] = (work, count)
-    return work, count
 
 
 def w4a8_gemm(
@@ -260,5 +244,3 @@ def w4a8_gemm(
     )
     return out
 
-
-__all__ = ["HALF_K", "w4a8_gemm", "w4a8_gemm_kernel", "split_workspace"]
