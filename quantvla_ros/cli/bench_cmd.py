@@ -36,6 +36,7 @@ def register(sub) -> None:
     k.add_argument("--check", action="store_true",
                    help="verify every kernel against the integer reference first (on a CPU "
                         "only the checks run, under Triton's interpreter)")
+    k.add_argument("--no-timing", action="store_true", help="checks only, also on a GPU")
     k.add_argument("--shapes", help="comma-separated MxKxN, e.g. 50x1024x4096,968x2048x16384 "
                                     "(default: the model's shapes, or tiny ones on a CPU)")
     k.add_argument("--out", help="folder for kernels.md (and kernels.png with --plot)")
@@ -94,7 +95,8 @@ def run_kernels(args) -> int:
     from quantvla_ros.kernels.bench import format_markdown, iter_kernel_bench
 
     rows = []
-    for row in iter_kernel_bench(_shapes(args.shapes), check=args.check):
+    for row in iter_kernel_bench(_shapes(args.shapes), check=args.check,
+                                 timed=not args.no_timing):
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)

@@ -159,16 +159,20 @@ def _error(exc: BaseException) -> str:
 
 
 def iter_kernel_bench(shapes=None, check: bool = True, device=None,
-                      group_size: int = GROUP_SIZE, ops=OPS, timer=None) -> Iterator[dict]:
+                      group_size: int = GROUP_SIZE, ops=OPS, timer=None,
+                      timed: bool = True) -> Iterator[dict]:
     """Yield one row per (shape, kernel) as soon as it is checked (and timed).
 
     ``timer(op, acts, wts)`` returns the row's timings; it defaults to CUDA-graph replay
-    on a GPU and to none on CPU, where only ops with a reference run (``shapes`` defaults
-    to CPU_CHECK_SHAPES there). Exceptions become ``"ERROR ..."`` checks, one row each.
+    on a GPU (unless not ``timed``) and to none on CPU, where only ops with a reference
+    run (``shapes`` defaults to CPU_CHECK_SHAPES there). Exceptions become ``"ERROR ..."``
+    checks, one row each.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
-    if timer is None and on_gpu:
+    if not timed:
+        timer = None
+    elif timer is None and on_gpu:
         from quantvla_ros.kernels.bench_timing import time_op as timer
     shapes = shapes or (DEFAULT_SHAPES if on_gpu else CPU_CHECK_SHAPES)
     for shape in shapes:

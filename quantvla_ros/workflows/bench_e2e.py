@@ -70,6 +70,14 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
         )
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is available")
+    policy, model, precision = build_bench_policy(model, precision, device, seed, artifact,
+                                                  state_prompt)
+    return measure_policy(policy, model, precision, device, runs, warmup, seed)
+
+
+def build_bench_policy(model: str, precision: str, device: str, seed: int = 0,
+                       artifact: str | None = None, state_prompt: str | None = None):
+    """Return (policy, model name, precision) as :func:`bench_e2e` benchmarks them."""
     if artifact is not None:
         act = precision if precision in FLOAT_PRECISIONS else "fp32"
         policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed,
@@ -82,6 +90,12 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
     else:
         policy = quantized_random_policy(model, precision, device, seed,
                                          state_prompt=state_prompt)
+    return policy, model, precision
+
+
+def measure_policy(policy: Policy, model: str, precision: str, device: str, runs: int,
+                   warmup: int, seed: int = 0) -> dict:
+    """Time ``runs`` chunks after ``warmup``; the result dict of :func:`bench_e2e`."""
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
