@@ -58,6 +58,13 @@ def _scaled_gemm(a_int4: bool, w_key: str, s_key: str, grouped: bool) -> Callabl
     return run
 
 
+def _w4a8(a, xs, w, out_dtype):
+    from quantvla_ros.kernels.w4a8_gemm import w4a8_gemm
+
+    return w4a8_gemm(a, xs, w["w4k"], w["s1"], w["s2"], group_size=w["gs2"],
+                     out_dtype=out_dtype)
+
+
 def _act_quant8(x, _, __, out_dtype):
     from quantvla_ros.kernels import act_quant
 
@@ -70,10 +77,10 @@ OPS: tuple[BenchOp, ...] = (
             supports=lambda m, k, n: m > 16 and k % 8 == 0 and n % 8 == 0),
     BenchOp("w8a8", 8, _scaled_gemm(False, "w8", "s8", False),
             lambda a, xs, w: reference.matmul_w8a8(a, xs, w["w8"], w["s8"])),
-    # scaled_gemm's W4A8: row-major nibbles, float group fold (reference: unpack, then W8A8).
-    BenchOp("w4a8", 8, _scaled_gemm(False, "w4", "s4", True),
-            lambda a, xs, w: reference.matmul_w8a8(a, xs, reference.unpack_int4(w["w4"]),
-                                                   w["s4"], group_size=w["gs"])),
+    # The model's W4A8: K-half nibbles, float s1 per channel and int8 s2 per group.
+    BenchOp("w4a8", 8, _w4a8,
+            lambda a, xs, w: reference.matmul_w4a8(a, xs, w["w4k"], w["s1"],
+                                                   group_scale=w["s2"], group_size=w["gs2"])),
     BenchOp("w4a4", 4, _scaled_gemm(True, "w4", "s4", True),
             lambda a, xs, w: reference.matmul_w4a4(a, xs, w["w4"], w["s4"],
                                                    group_size=w["gs"])),
@@ -97,8 +104,11 @@ def make_problem(m: int, k: int, n: int, device, group_size: int = GROUP_SIZE):
     """Return (activations, weights) of one shape, seeded by the shape.
 
     Activations by bits: bf16 x, and its int8 / packed int4 codes with scales; weights:
-    bf16, int8 per channel and packed int4 per group.
+    bf16, int8 per channel, row-major packed int4 per group (W4A4) and the W4A8 format
+    (K-half packed, progressive scales; per channel where K has no whole 128-groups).
     """
+    from quantvla_ros.kernels.int4_layout import PACK_K, pack_khalf, quantize_progressive
+
     gen = torch.Generator(device="cpu").manual_seed(m * 7919 + k * 31 + n)
     x = torch.randn(m, k, generator=gen).to(device, torch.bfloat16)
     w = (torch.randn(n, k, generator=gen) * 0.02).to(device)
@@ -107,8 +117,11 @@ def make_problem(m: int, k: int, n: int, device, group_size: int = GROUP_SIZE):
     w4, s4 = _quantize_weight(w, 4, gs)
     a8, xs8 = reference.quantize_per_token_int8(x)
     a4, xs4 = reference.quantize_per_token_int4(x)
+    gs2 = gs if gs % PACK_K == 0 and gs < k else None
+    q, s1, s2 = quantize_progressive(w.float(), gs2)
     acts = {None: (x, None), 8: (a8, xs8), 4: (reference.pack_int4(a4), xs4)}
-    return acts, dict(w=w.to(torch.bfloat16), w8=w8, s8=s8.reshape(-1), w4=w4, s4=s4, gs=gs)
+    return acts, dict(w=w.to(torch.bfloat16), w8=w8, s8=s8.reshape(-1), w4=w4, s4=s4, gs=gs,
+                      w4k=pack_khalf(q), s1=s1, s2=s2, gs2=gs2)
 
 
 def check_op(op: BenchOp, acts: dict, wts: dict) -> str:
@@ -129,7 +142,7 @@ def _bytes(name: str, m: int, k: int, n: int, groups: int) -> int:
         "bf16": 2 * m * k + 2 * n * k + out,
         "int_mm": m * k + n * k + 4 * m * n,
         "w8a8": m * k + n * k + out + 4 * (m + n),
-        "w4a8": m * k + n * k // 2 + out + 4 * (m + n * groups),
+        "w4a8": m * k + n * k // 2 + out + 4 * (m + n) + n * groups,
         "w4a4": m * k // 2 + n * k // 2 + out + 4 * (m + n * groups),
         "act_quant8": 2 * m * k + m * k + 4 * m,
     }.get(name, 0)

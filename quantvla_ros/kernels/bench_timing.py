@@ -58,7 +58,8 @@ def weight_copies(wts: dict, n: int) -> list[dict]:
 
 def copies_needed(wts: dict) -> int:
     """Count the copies whose smallest weight tensors together exceed ROTATE_BYTES."""
-    smallest = min(wts[k].numel() * wts[k].element_size() for k in ("w", "w8", "w4"))
+    smallest = min(wts[k].numel() * wts[k].element_size() for k in ("w", "w8", "w4", "w4k")
+                   if k in wts)
     return max(2, min(MAX_COPIES, math.ceil(ROTATE_BYTES / smallest)))
 
 
