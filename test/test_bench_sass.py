@@ -71,23 +71,29 @@ def test_bench_sass_counts_real_kernels_for_hopper_and_orin():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, "-m", "quantvla_ros.cli.main", "bench", "sass", "--arch", "90,87",
-         "--kernels", "w8a8,w4a8", "--variants", "64x64x128", "--json"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+         "--kernels", "w8a8,w4a8", "--variants", "x64x128 w4 s4", "--json"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)
-    by = {(r["kernel"], r["arch"]): r for r in rows}
-    assert set(by) == {(k, a) for k in ("w8a8", "w4a8") for a in (90, 87)}
-    for (_, arch), r in by.items():
-        assert r["loop_found"] and r["weights_per_kstep"] == 64 * 128
+    by = {(r["kernel"], r["arch"], r["variant"].split()[-2]): r for r in rows
+          if "gate_up" not in r["variant"]}
+    w8_rows = {k: r for k, r in by.items() if k[0] == "w8a8"}
+    w4_rows = {k: r for k, r in by.items() if k[0] == "w4a8" and k[2] == "g128"}
+    assert {k[1] for k in w8_rows} == {k[1] for k in w4_rows} == {90, 87}
+    for (kernel, arch, _), r in by.items():
+        bn = 64 if kernel == "w8a8" else 128  # weight rows per tile
+        assert r["loop_found"] and r["weights_per_kstep"] == bn * 128
         assert r["instructions_per_weight"] == pytest.approx(
-            r["loop_instructions"] * 32 * 4 / (64 * 128), abs=1e-3)
+            r["loop_instructions"] * 32 * 4 / (bn * 128), abs=1e-3)
         # Hopper 64-row tiles use warp-group MMA, Orin mma.sync.
         assert r["mma_opcodes"] == (["IGMMA"] if arch == 90 else ["IMMA"]), r
         assert 0 < r["registers"] <= 255
     for arch in (90, 87):
-        w8, w4 = by[("w8a8", arch)], by[("w4a8", arch)]
+        w8 = next(r for k, r in w8_rows.items() if k[1] == arch)
+        w4 = next(r for k, r in w4_rows.items() if k[1] == arch)
         # W8A8's loop is loads, address arithmetic and MMAs: about 1.7-2 per weight.
         assert 0.5 < w8["instructions_per_weight"] < 4, w8
-        # The int4 unpack (PRMT / SHF / LOP3) makes W4A8's loop several times longer.
-        assert w4["instructions_per_weight"] > 2 * w8["instructions_per_weight"], (w4, w8)
-        assert {"PRMT", "SHF"} <= {op for op, _ in w4["top_opcodes"]}
+        # The K-half layout's register unpack keeps W4A8 near W8A8 (the old row-major
+        # join / reshape unpack cost 8-12 per weight, PRMT-heavy).
+        assert w4["instructions_per_weight"] <= 3.0, w4
+        assert dict(w4["top_opcodes"]).get("PRMT", 0) < 16, w4

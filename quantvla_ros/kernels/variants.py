@@ -18,9 +18,11 @@ from quantvla_ros.kernels.configs import act_quant_block, gemm_config
 DIVISIBLE_INTS = frozenset({"N", "K", "group_size", "stride_am", "stride_wn", "stride_rm",
                             "stride_om", "stride_xm", "stride_qm"})
 _FLOAT_ARGS = frozenset({"eps", "scale_eps"})
-_GEMM_PTRS = {"xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*bf16"}
-# Op -> (activation pointer type, weight pointer type).
-_GEMM_OPS = {"w8a8": ("*i8", "*i8"), "w4a8": ("*i8", "*u8"), "w4a4": ("*u8", "*u8")}
+_GEMM_PTRS = {"xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*bf16",
+              "out_ptr": "*bf16", "work_ptr": "*i32", "count_ptr": "*i32"}
+# scaled_gemm op -> (activation pointer type, weight pointer type); W4A8 has its own kernel.
+_GEMM_OPS = {"w8a8": ("*i8", "*i8"), "w4a4": ("*u8", "*u8")}
+_W4A8_PTRS = dict(_GEMM_PTRS, x_ptr="*i8", w_ptr="*u8", gs_ptr="*i8")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def compile_variant(v: KernelVariant, arch: int):
 
 def _tile_name(op: str, c: dict, warps: int, stages: int) -> str:
     quant = "pc" if c["PER_CHANNEL"] else f"g{GROUP_SIZE}"
-    split = " splitk" if c.get("ATOMIC_OUT") else ""
+    split = " splitk" if c.get("SPLIT") else ""
     return f"{op} {c['BM']}x{c['BN']}x{c['BK']} w{warps} s{stages} {quant}{split}"
 
 
@@ -87,16 +89,15 @@ def _gemm_variants(full: bool) -> list[KernelVariant]:
             cfg = gemm_config(m, n, k, gs, interpret=False)
             bpg = 1 if gs == k else gs // cfg.block_k
             consts = dict(HAS_BIAS=True, HAS_RES=True, PER_CHANNEL=gs == k,
-                          BLOCKS_PER_GROUP=bpg, ATOMIC_OUT=cfg.split_k > 1,
+                          BLOCKS_PER_GROUP=bpg, SPLIT=gs == k and cfg.split_k > 1,
                           A_INT4=op == "w4a4", W_INT4=op != "w8a8", BM=cfg.block_m,
                           BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m)
             key = (op, tuple(consts.items()), cfg.num_warps, cfg.num_stages) if full else \
-                (op, consts["ATOMIC_OUT"])
+                (op, consts["SPLIT"])
             if key in seen:
                 continue
             seen.add(key)
-            ptrs = dict(_GEMM_PTRS, a_ptr=a_t, w_ptr=w_t,
-                        out_ptr="*fp32" if cfg.split_k > 1 else "*bf16")
+            ptrs = dict(_GEMM_PTRS, a_ptr=a_t, w_ptr=w_t)
             out.append(KernelVariant(
                 _tile_name(op, consts, cfg.num_warps, cfg.num_stages), op, fn,
                 make_signature(fn, consts, ptrs), consts, cfg.num_warps, cfg.num_stages,
@@ -105,23 +106,53 @@ def _gemm_variants(full: bool) -> list[KernelVariant]:
 
 
 def _gate_up_variants(full: bool) -> list[KernelVariant]:
-    """gate_up_kernel (fused GeGLU) at the prefix shape, int8 and int4 weights."""
+    """gate_up_kernel (fused GeGLU, int8 weights) at the prefix shape."""
     from quantvla_ros.kernels.gate_up_gemm import gate_up_kernel as fn
 
-    out = []
-    for bits, w_t in ((8, "*i8"), (4, "*u8")):
-        gs = GROUP_SIZE if bits == 4 else 2048
-        cfg = gemm_config(968, 16384, 2048, gs, interpret=False)
-        bn = min(cfg.block_n, 64)  # what gate_up_gemm launches
-        bpg = 1 if bits == 8 else GROUP_SIZE // cfg.block_k
-        consts = dict(PER_CHANNEL=bits == 8, BLOCKS_PER_GROUP=bpg, W_INT4=bits == 4,
-                      BM=cfg.block_m, BN=bn, BK=cfg.block_k, GROUP_M=cfg.group_m)
-        ptrs = dict(a_ptr="*i8", xs_ptr="*fp32", w_ptr=w_t, ws_ptr="*fp32", out_ptr="*bf16")
-        # Gate and up rows: two weight tiles per K step.
-        out.append(KernelVariant(
-            _tile_name(f"gate_up{bits}", consts, cfg.num_warps, cfg.num_stages), "gate_up",
-            fn, make_signature(fn, consts, ptrs), consts, cfg.num_warps, cfg.num_stages,
-            weights_per_kstep=2 * bn * cfg.block_k * bpg))
+    cfg = gemm_config(968, 16384, 2048, 2048, interpret=False)
+    bn = min(cfg.block_n, 64)  # what gate_up_gemm launches
+    consts = dict(PER_CHANNEL=True, BLOCKS_PER_GROUP=1, W_INT4=False, BM=cfg.block_m, BN=bn,
+                  BK=cfg.block_k, GROUP_M=cfg.group_m)
+    ptrs = dict(a_ptr="*i8", xs_ptr="*fp32", w_ptr="*i8", ws_ptr="*fp32", out_ptr="*bf16")
+    # Gate and up rows: two weight tiles per K step.
+    return [KernelVariant(
+        _tile_name("gate_up8", consts, cfg.num_warps, cfg.num_stages), "gate_up", fn,
+        make_signature(fn, consts, ptrs), consts, cfg.num_warps, cfg.num_stages,
+        weights_per_kstep=2 * bn * cfg.block_k)]
+
+
+def _w4a8_variants(full: bool) -> list[KernelVariant]:
+    """w4a8_gemm_kernel (swap-AB, K-half int4, int8 group scales) per table config.
+
+    Group 128 (the default) and per channel, plain and gate_up, at the model's shapes; one
+    K-block per loop iteration: BLOCK_N weight rows x 128 (x 2 rows sets for gate_up).
+    """
+    from quantvla_ros.kernels.configs import w4a8_config
+    from quantvla_ros.kernels.w4a8_gemm import w4a8_gemm_kernel as fn
+
+    cases = [(m, k, n, False) for m, k, n in DEFAULT_SHAPES]
+    cases += [(50, 1024, 4096, True), (968, 2048, 16384, True)]
+    seen, out = set(), []
+    for m, k, n, gate_up in cases:
+        cfg = w4a8_config(m, n, k, gate_up=gate_up, interpret=False)
+        for grouped in (True, False) if full or m <= 64 else (True,):
+            consts = dict(GROUPED=grouped, GATE_UP=gate_up, HAS_BIAS=False, HAS_RES=False,
+                          SPLIT=cfg.split_k > 1, EVEN_K=True, USE_ASM=True,
+                          BN=cfg.block_n, BM=cfg.block_m, GROUP_N=cfg.group_m)
+            key = (tuple(consts.items()), cfg.num_warps, cfg.num_stages) if full else \
+                (grouped, gate_up, cfg.block_n, cfg.block_m)
+            if key in seen:
+                continue
+            seen.add(key)
+            name = (f"w4a8{' gate_up' if gate_up else ''} {cfg.block_n}x{cfg.block_m}x128 "
+                    f"w{cfg.num_warps} s{cfg.num_stages} {'g128' if grouped else 'pc'}"
+                    f"{' splitk' if cfg.split_k > 1 else ''}")
+            out.append(KernelVariant(
+                name, "w4a8", fn, make_signature(fn, consts, _W4A8_PTRS), consts,
+                cfg.num_warps, cfg.num_stages,
+                weights_per_kstep=cfg.block_n * 128 * (2 if gate_up else 1),
+                divisible=frozenset({"N", "K", "stride_xm", "stride_wn", "stride_rm",
+                                     "stride_om"})))
     return out
 
 
@@ -144,7 +175,7 @@ def _act_quant_variants(full: bool) -> list[KernelVariant]:
 
 
 # One builder per kernel family; each takes ``full`` and returns its variants.
-_BUILDERS = (_gemm_variants, _gate_up_variants, _act_quant_variants)
+_BUILDERS = (_gemm_variants, _w4a8_variants, _gate_up_variants, _act_quant_variants)
 
 
 def kernel_variants(full: bool = False, kernels=None) -> list[KernelVariant]:
