@@ -8,12 +8,18 @@ runs once over the concatenation, so action tokens (expert) see image/language t
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from quantvla_ros.models.attention import (
+    TORCH_OPS,
+    AttentionContext,
+    KVCache,
+    TorchOps,
+    attention_context,
+)
 from quantvla_ros.models.config import GemmaConfig
 from quantvla_ros.models.layers import (
     AdaRMSNorm,
@@ -24,10 +30,10 @@ from quantvla_ros.models.layers import (
     RMSNorm,
     apply_rope,
     attend,
-    attention_bias,
-    gated_residual,
-    rope_cos_sin,
 )
+
+__all__ = ["AttentionObserver", "GemmaLayer", "GemmaTower", "KVCache", "joint_forward",
+           "never_executed"]
 
 
 class GemmaLayer(nn.Module):
@@ -117,14 +123,6 @@ def never_executed(prefix: str, cfg: GemmaConfig) -> tuple[str, ...]:
             f"{last}.post_attention_layernorm", f"{last}.mlp", f"{prefix}.norm")
 
 
-@dataclass
-class KVCache:
-    """Post-RoPE keys and values of the prefix, per layer [B, KVH, P, D]."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-
 @runtime_checkable
 class AttentionObserver(Protocol):
     """What `joint_forward` reports to an observer (calibration: quant/stats.StatsCollector).
@@ -165,37 +163,49 @@ class AttentionObserver(Protocol):
 def joint_forward(
     towers: list[GemmaTower],
     hiddens: list[torch.Tensor | None],
-    conds: list[torch.Tensor | None],
-    positions: torch.Tensor,
-    mask: torch.Tensor,
+    conds: list,
+    positions: torch.Tensor | None,
+    mask: torch.Tensor | None,
     past: KVCache | None = None,
     store: bool = False,
     observer: AttentionObserver | None = None,
+    *,
+    ctx: AttentionContext | None = None,
+    room: int = 0,
+    ops: TorchOps = TORCH_OPS,
 ):
     """Run all layers over the towers' tokens.
 
-    hiddens[i] is tower i's input [B, S_i, W_i] or None (tower idle); positions [B, sum S_i]
-    are RoPE positions of the new tokens; mask [B, sum S_i, P + sum S_i] is boolean over
-    [past keys, new keys]. Returns (outputs after the final norms, None for towers built
-    with `outputs=False` or idle; KVCache of the new keys if `store`). In the last layer a
-    tower without outputs only adds its keys and values: when no active tower has outputs
-    (a prefill) the loop ends there. An `observer` (calibration, see `AttentionObserver`)
-    sees each tower's post-RoPE queries with all keys and the mask rows, and each tower's
-    o_proj output, for every layer whose queries run.
+    hiddens[i] is tower i's input [B, S_i, W_i] or None (tower idle); conds[i] its adaRMS
+    condition [B, W_i], a `StepCondition` or None; positions [B, sum S_i] are RoPE positions
+    of the new tokens; mask [B, sum S_i, P + sum S_i] is boolean over [past keys, new keys];
+    `ctx` (`attention_context`) replaces both when the caller reuses one. Returns (outputs
+    after the final norms, None for towers built with `outputs=False` or idle; KVCache of
+    the new keys if `store`, with `room` free positions after them). New keys and values go
+    in place into `past` when it has room, else are concatenated. In the last layer a tower
+    without outputs only adds its keys and values: when no active tower has outputs (a
+    prefill) the loop ends there. Each block's residual add is deferred into the next norm
+    (`add_residual`). An `observer` (calibration, see `AttentionObserver`) sees each tower's
+    post-RoPE queries with all keys and the mask rows, and each tower's o_proj output, for
+    every layer whose queries run. `ops` are the float ops (models/attention.TorchOps).
     """
     active = [i for i, h in enumerate(hiddens) if h is not None]
     hiddens = list(hiddens)
     ref = towers[active[0]].cfg
     dtype = hiddens[active[0]].dtype
-    cos, sin = rope_cos_sin(positions, ref.head_dim, ref.rope_theta, dtype)
-    bias = attention_bias(mask, dtype)  # once for all layers
+    ctx = ctx or attention_context(ref, positions, mask, dtype)
+    mask = ctx.mask
     sizes = [hiddens[i].shape[1] for i in active]
     ends = list(itertools.accumulate(sizes))
     rows = {i: (end - size, end) for i, size, end in zip(active, sizes, ends, strict=True)}
     if observer is not None:
         for i in active:
             observer.tokens(i, mask[:, slice(*rows[i])].any(-1))
-    stored = KVCache([], [])
+    new, batch = ends[-1], hiddens[active[0]].shape[0]
+    in_place = past is not None and past.has_room(new)
+    start = past.length if in_place else 0
+    stored = KVCache([], [], new if room else None)
+    res: dict[int, tuple | None] = dict.fromkeys(active)
     depth = len(towers[active[0]].layers)
     for li in range(depth):
         layers = {i: towers[i].layers[li] for i in active}
@@ -203,45 +213,62 @@ def joint_forward(
         query = [i for i in active if li < depth - 1 or towers[i].outputs]
         qs, ks, vs, gates = [], [], [], {}
         for i in active:
+            block = layers[i].attention_input
             if i in query:
-                q, k, v, gates[i] = layers[i].attention_input(hiddens[i], conds[i])
+                hiddens[i], q, k, v, gates[i] = block.project(hiddens[i], res[i], conds[i])
                 qs.append(q)
             else:
-                k, v = layers[i].attention_input.kv(hiddens[i], conds[i])
+                k, v = block.project_kv(hiddens[i], res[i], conds[i])
             ks.append(k)
             vs.append(v)
-        k = apply_rope(torch.cat(ks, 2), cos, sin)
-        v = torch.cat(vs, 2)
-        if store:
+        k_out = v_out = None
+        if in_place:
+            k_out = past.keys[li][:, :, start:start + new]
+            v_out = past.values[li][:, :, start:start + new]
+        elif store and room:
+            shape = (batch, ref.num_kv_heads, new + room, ref.head_dim)
+            stored.keys.append(ks[0].new_empty(shape))
+            stored.values.append(vs[0].new_empty(shape))
+            k_out, v_out = stored.keys[-1][:, :, :new], stored.values[-1][:, :, :new]
+        if len(active) == 1:
+            q, k, v = ops.rope_qkv(qs[0] if qs else None, ks[0], vs[0], ctx.cos, ctx.sin,
+                                   k_out, v_out)
+        else:  # several towers (the reference path, training): concatenated, plain torch
+            q, k, v = TORCH_OPS.rope_qkv(None, torch.cat(ks, 2), torch.cat(vs, 2), ctx.cos,
+                                         ctx.sin, k_out, v_out)
+        if store and not room:
             stored.keys.append(k)
             stored.values.append(v)
-        if past is not None:
+        if in_place:
+            k = past.keys[li][:, :, :start + new]
+            v = past.values[li][:, :, :start + new]
+        elif past is not None:
             k = torch.cat([past.keys[li], k], 2)
             v = torch.cat([past.values[li], v], 2)
         if not query:
             break
-        if query == active:
-            q_cos, q_sin, q_bias, q_mask = cos, sin, bias, mask
-        else:
-            pick = torch.cat([torch.arange(*rows[i], device=mask.device) for i in query])
-            q_cos, q_sin = cos[:, :, pick], sin[:, :, pick]
-            q_bias, q_mask = bias[:, :, pick], mask[:, pick]
-        q = apply_rope(torch.cat(qs, 2), q_cos, q_sin)
+        q_bias, q_mask, folded = ctx.bias, mask, ctx.folded
+        if q is None:  # several towers: rotate the queries of those that run
+            q_cos, q_sin = ctx.cos, ctx.sin
+            if query != active:
+                pick = torch.cat([torch.arange(*rows[i], device=mask.device) for i in query])
+                q_cos, q_sin = ctx.cos[:, :, pick], ctx.sin[:, :, pick]
+                q_bias, q_mask, folded = ctx.bias[:, :, pick], mask[:, pick], None
+            q = apply_rope(torch.cat(qs, 2), q_cos, q_sin)
         q_sizes = [sizes[active.index(i)] for i in query]
         if observer is not None:
             q_ends = itertools.accumulate(q_sizes)
             for i, size, end in zip(query, q_sizes, q_ends, strict=True):
                 observer.attention(li, i, q[:, :, end - size:end], k, q_mask[:, end - size:end])
-        att = attend(q, k, v, q_bias).split(q_sizes, dim=1)
+        att = attend(q, k, v, q_bias, folded).split(q_sizes, dim=1)
         for i, a in zip(query, att, strict=True):
             layer = layers[i]
             out = layer.self_attn.o_proj(a)
             if observer is not None:
                 observer.o_proj(li, i, out, mask[:, slice(*rows[i])].any(-1))
-            h = gated_residual(hiddens[i], out, gates[i])
-            hiddens[i] = layer.mlp_block(h, conds[i])
+            hiddens[i], res[i] = layer.mlp_block.deferred(hiddens[i], (out, gates[i]), conds[i])
     outputs = [None] * len(hiddens)
     for i in active:
         if towers[i].outputs:
-            outputs[i], _ = towers[i].norm(hiddens[i], conds[i])
+            _, outputs[i], _ = towers[i].norm.add_forward(hiddens[i], res[i], conds[i])
     return outputs, (stored if store else None)

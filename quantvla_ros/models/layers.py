@@ -7,6 +7,8 @@ the float versions of a layer's two swappable blocks (see `gemma.GemmaLayer`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,34 @@ class RMSNorm(nn.Module):
         y = _rms(x, self.eps)
         return (y * (1.0 + self.weight.float())).to(x.dtype), None
 
+    def add_forward(self, h: torch.Tensor, res, cond=None):
+        """Return (h + gated res, its normalization, None): see `add_residual`."""
+        h = add_residual(h, res)
+        return (h, *self(h, cond))
+
+
+class Modulation(NamedTuple):
+    """adaRMS modulation of one norm: y = rms(x) * scale1 + shift; residual gate `gate`.
+
+    scale1 (= 1 + scale) and shift are float32 [B or 1, 1, W], gate is in the model dtype.
+    """
+
+    scale1: torch.Tensor
+    shift: torch.Tensor
+    gate: torch.Tensor
+
+
+class StepCondition:
+    """Every adaptive norm's modulation at one flow time, computed once (PiModel caches it).
+
+    The modulation depends on t only, and the flow times are fixed, so the denoise loop
+    passes this instead of the condition vector: no `dense(cond)` GEMM runs per step.
+    """
+
+    def __init__(self, mods: dict[nn.Module, Modulation], temb: torch.Tensor | None = None):
+        """Map each AdaRMSNorm module to its `Modulation`; pi0 keeps its time embedding."""
+        self.mods, self.temb = mods, temb
+
 
 class AdaRMSNorm(nn.Module):
     """pi0.5 adaptive RMSNorm: `dense(cond)` -> [scale | shift | gate]; returns (y, gate)."""
@@ -46,18 +76,38 @@ class AdaRMSNorm(nn.Module):
         self.eps = eps
         self.dense = nn.Linear(dim, 3 * dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor):
-        """Return (normalized x [B, S, W], residual gate [B, 1, W]) for cond [B, W]."""
+    def modulation(self, cond, dtype: torch.dtype) -> Modulation:
+        """Return the modulation for cond [B, W], or the precomputed one of a StepCondition."""
+        if isinstance(cond, StepCondition):
+            return cond.mods[self]
         # dense stays float32 whatever the model dtype (models/build.py FP32_MODULES).
         mod = F.linear(cond.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias)
         scale, shift, gate = mod.unsqueeze(1).chunk(3, dim=-1)
-        y = _rms(x, self.eps) * (1.0 + scale.float()) + shift.float()
-        return y.to(x.dtype), gate.to(x.dtype)
+        return Modulation(1.0 + scale.float(), shift.float(), gate.to(dtype))
+
+    def forward(self, x: torch.Tensor, cond):
+        """Return (normalized x [B, S, W], residual gate [B, 1, W]) for cond [B, W]."""
+        m = self.modulation(cond, x.dtype)
+        return (_rms(x, self.eps) * m.scale1 + m.shift).to(x.dtype), m.gate
+
+    def add_forward(self, h: torch.Tensor, res, cond):
+        """Return (h + gated res, its normalization, gate): see `add_residual`."""
+        h = add_residual(h, res)
+        return (h, *self(h, cond))
 
 
 def gated_residual(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None):
     """Return `x + out`, with `out` scaled by the adaptive norm's gate when there is one."""
     return x + out if gate is None else x + out * gate
+
+
+def add_residual(h: torch.Tensor, res) -> torch.Tensor:
+    """Apply a deferred residual `res = (out, gate)` (or None: nothing) to h.
+
+    `joint_forward` defers each block's residual add into the next norm, so that a fused
+    kernel (runtime/fast_path.py, quant/fused.py) adds and normalizes in one pass.
+    """
+    return h if res is None else gated_residual(h, *res)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -128,15 +178,34 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias.masked_fill(~mask, MASK_VALUE)[:, None]
 
 
-def attend(q, k, v, bias: torch.Tensor) -> torch.Tensor:
+def fold_bias(bias: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, 1, S, T] bias -> [B, 1, S * heads, T], row s * heads + h = row s (see `attend`).
+
+    Made once per forward (or chunk). Its rows are padded to a multiple of 16 elements so a
+    GPU's memory-efficient attention takes it as it is instead of padding it every call.
+    """
+    b, _, s, t = bias.shape
+    buf = bias.new_empty(b, 1, s * heads, t + (-t % 16))[..., :t]
+    buf.view(b, 1, s, heads, t).copy_(bias[:, :, :, None, :].expand(b, 1, s, heads, t))
+    return buf
+
+
+def attend(q, k, v, bias: torch.Tensor, folded: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention over [B, H, S, D] with an additive [B, 1, S, T] bias.
 
-    Returns [B, S, H*D]. Build the bias once per forward with `attention_bias`.
+    Returns [B, S, H*D]. Build the bias once per forward with `attention_bias`. With one
+    key/value head and q laid out [B, S, H, D] in memory, pass `folded` (`fold_bias`): the
+    heads fold into the query rows, so SDPA needs no GQA (which rules out the fused GPU
+    kernels) and the output is already [B, S, H*D] (no transpose copy). Same math per row.
     """
+    b, h, s, d = q.shape
+    if folded is not None and k.shape[1] == 1 and q.transpose(1, 2).is_contiguous():
+        out = F.scaled_dot_product_attention(q.transpose(1, 2).reshape(b, 1, s * h, d), k, v,
+                                             attn_mask=folded)
+        return out.view(b, s, h * d)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, enable_gqa=k.shape[1] != q.shape[1]
     )
-    b, h, s, d = out.shape
     return out.transpose(1, 2).reshape(b, s, h * d)
 
 
@@ -189,6 +258,16 @@ class AttentionInput(nn.Module):
         x, _ = self.norm(h, cond)
         return self.attn.kv(x)
 
+    def project(self, h: torch.Tensor, res, cond):
+        """Add the deferred residual `res` to h, then as forward: (h, q, k, v, gate)."""
+        h, x, gate = self.norm.add_forward(h, res, cond)
+        return (h, *self.attn.qkv(x), gate)
+
+    def project_kv(self, h: torch.Tensor, res, cond):
+        """Add the deferred residual `res` to h, then as kv: (k, v)."""
+        _, x, _ = self.norm.add_forward(h, res, cond)
+        return self.attn.kv(x)
+
     def extra_repr(self) -> str:
         """Say that the block views its layer's modules."""
         return "views input_layernorm, self_attn.q_proj / k_proj / v_proj"
@@ -220,6 +299,11 @@ class MLPBlock(nn.Module):
         """Return h [B, S, W] plus the (gated) MLP of its normalization."""
         x, gate = self.norm(h, cond)
         return gated_residual(h, self.mlp(x), gate)
+
+    def deferred(self, h: torch.Tensor, res, cond):
+        """Add `res` to h, run the MLP on its norm; return (h, (MLP out, gate)) unadded."""
+        h, x, gate = self.norm.add_forward(h, res, cond)
+        return h, (self.mlp(x), gate)
 
     def extra_repr(self) -> str:
         """Say that the block views its layer's modules."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantvla_ros.models.attention import TORCH_OPS, AttentionContext, attention_context
 from quantvla_ros.models.config import PiConfig
 from quantvla_ros.models.gemma import (
     AttentionObserver,
@@ -21,6 +22,7 @@ from quantvla_ros.models.gemma import (
     joint_forward,
     never_executed,
 )
+from quantvla_ros.models.layers import AdaRMSNorm, StepCondition
 from quantvla_ros.models.siglip import SiglipVision
 
 
@@ -75,6 +77,9 @@ class PiModel(nn.Module):
         # Set by calibration (quant/balance.run_batches) to see attention logits and o_proj
         # outputs; the denoising loop sets its `step`.
         self.observer: AttentionObserver | None = None
+        # Float ops of joint_forward; a runtime may install fused kernels (runtime/fast_path).
+        self.ops = TORCH_OPS
+        self._steps_cache: dict = {}  # step_conditions, per (steps, device, dtype)
         e = cfg.expert.width
         self.vision = SiglipVision(cfg.vision)
         self.projector = nn.Linear(cfg.vision.width, cfg.backbone.width)
@@ -121,47 +126,110 @@ class PiModel(nn.Module):
         lang = lang * torch.tensor(math.sqrt(lang.shape[-1]), dtype=lang.dtype)
         return torch.cat([img.to(lang.dtype), lang], 1), torch.cat([img_valid, token_masks], 1)
 
-    def prefill(self, prefix_embs, prefix_valid) -> KVCache:
-        """Run the backbone over the prefix once; keys/values are reused by every step."""
+    def prefill(self, prefix_embs, prefix_valid, room: int = 0) -> KVCache:
+        """Run the backbone over the prefix once; keys/values are reused by every step.
+
+        `room` reserves that many positions after the prefix in each layer's cache, where a
+        denoise step writes its own keys and values in place (use `suffix_len`).
+        """
         positions = prefix_valid.long().cumsum(1) - 1
         mask = prefix_valid[:, None, :] & prefix_valid[:, :, None]
         _, cache = joint_forward(
             self.towers, [prefix_embs, None], [None, None], positions, mask,
-            store=True, observer=self.observer,
+            store=True, observer=self.observer, room=room, ops=self.ops,
         )
         return cache
 
     # ---- suffix: noisy actions + time (+ state for pi0) -----------------------------------
-    def embed_suffix(self, x_t, t, state=None):
-        """Return (suffix embeddings, adaRMS condition or None, autoregressive markers)."""
+    @property
+    def suffix_len(self) -> int:
+        """Suffix tokens per step: the action horizon (pi0 adds a state token)."""
+        return self.cfg.action_horizon + (self.cfg.variant == "pi0")
+
+    def _suffix_ar(self) -> list[int]:
+        lead = [1] if self.cfg.variant == "pi05" else [1, 1]
+        return lead + [0] * (self.cfg.action_horizon - 1)
+
+    def embed_suffix(self, x_t, t, state=None, step: StepCondition | None = None):
+        """Return (suffix embeddings, adaRMS condition or None, autoregressive markers).
+
+        `step` (from `step_conditions`) replaces the time conditioning computed from t: the
+        condition returned is then `step` itself, whose modulations the norms look up.
+        """
         cfg = self.cfg
         dtype = self.action_in_proj.weight.dtype
-        temb = time_embedding(t, cfg.expert.width, cfg.min_period, cfg.max_period).to(dtype)
         act = self.action_in_proj(x_t.to(dtype))
         if cfg.variant == "pi05":
-            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))
-            return act, cond, [1] + [0] * (act.shape[1] - 1)
+            return act, step or self._time_condition(t), self._suffix_ar()
         if state is None:
             raise ValueError("pi0 needs the normalized state vector")
+        temb = step.temb if step is not None else self._time_embedding(t)
         fused = torch.cat([act, temb[:, None].expand_as(act)], -1)
         act = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
         state_tok = self.state_proj(state.to(dtype))[:, None]
-        return torch.cat([state_tok, act], 1), None, [1, 1] + [0] * (act.shape[1] - 1)
+        return torch.cat([state_tok, act], 1), None, self._suffix_ar()
+
+    def _time_embedding(self, t):
+        cfg = self.cfg
+        temb = time_embedding(t, cfg.expert.width, cfg.min_period, cfg.max_period)
+        return temb.to(self.action_in_proj.weight.dtype)
+
+    def _time_condition(self, t):
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(self._time_embedding(t)))))
+
+    def step_conditions(self, num_steps: int, device) -> list[StepCondition]:
+        """Time conditioning of every flow step, made once per (steps, device) and reused.
+
+        It depends on t only, and the flow times are fixed: pi0.5's condition and every
+        adaptive norm's modulation (`dense(cond)`), pi0's time embedding, for batch 1
+        (broadcast). Rebuilt when a weight they read changes (training, loading).
+        """
+        dtype = self.action_in_proj.weight.dtype
+        norms = [m for m in self.expert.modules() if isinstance(m, AdaRMSNorm)]
+        params = [p for m in (*norms, getattr(self, "time_mlp_in", None),
+                              getattr(self, "time_mlp_out", None)) if m is not None
+                  for p in m.parameters()]
+        key = (num_steps, str(torch.device(device)), dtype)
+        stamp = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params)
+        hit = self._steps_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        times = _flow_times_cached(tuple(self.flow_times(num_steps)), key[1])
+        steps = []
+        with torch.no_grad():
+            for k in range(num_steps):
+                t = times[k:k + 1]
+                if self.cfg.variant == "pi0":
+                    steps.append(StepCondition({}, temb=self._time_embedding(t)))
+                    continue
+                cond = self._time_condition(t)
+                steps.append(StepCondition({n: n.modulation(cond, dtype) for n in norms}))
+        self._steps_cache[key] = (stamp, steps)
+        return steps
+
+    def suffix_context(self, prefix_valid) -> AttentionContext:
+        """RoPE angles and mask of the suffix over [prefix, suffix]: the same for every step."""
+        b, s = prefix_valid.shape[0], self.suffix_len
+        dev = prefix_valid.device
+        positions = prefix_valid.long().sum(1, keepdim=True) + torch.arange(s, device=dev)
+        mask = torch.cat([
+            prefix_valid[:, None, :].expand(b, s, -1),
+            block_mask(self._suffix_ar(), dev)[None].expand(b, s, s),
+        ], 2)
+        return attention_context(self.cfg.expert, positions, mask,
+                                 self.action_in_proj.weight.dtype)
+
+    def _velocity(self, cache: KVCache, ctx: AttentionContext, embs, cond):
+        (_, out), _ = joint_forward(
+            self.towers, [None, embs], [None, cond], None, None, cache,
+            observer=self.observer, ctx=ctx, ops=self.ops,
+        )
+        return self.action_out_proj(out[:, -self.cfg.action_horizon:])
 
     def denoise_step(self, cache: KVCache, prefix_valid, x_t, t, state=None):
         """Velocity v_t [B, H, A] for noisy actions x_t at times t [B], prefix from the cache."""
-        embs, cond, ar = self.embed_suffix(x_t, t, state)
-        b, s = embs.shape[:2]
-        positions = prefix_valid.long().sum(1, keepdim=True) + torch.arange(s, device=embs.device)
-        mask = torch.cat([
-            prefix_valid[:, None, :].expand(b, s, -1),
-            block_mask(ar, embs.device)[None].expand(b, s, s),
-        ], 2)
-        (_, out), _ = joint_forward(
-            self.towers, [None, embs], [None, cond], positions, mask, cache,
-            observer=self.observer,
-        )
-        return self.action_out_proj(out[:, -self.cfg.action_horizon:])
+        embs, cond, _ = self.embed_suffix(x_t, t, state)
+        return self._velocity(cache, self.suffix_context(prefix_valid), embs, cond)
 
     def denoise_uncached(self, prefix_embs, prefix_valid, x_t, t, state=None):
         """Compute v_t on the reference path: prefix and suffix through every layer, no cache."""
@@ -186,20 +254,23 @@ class PiModel(nn.Module):
         embs, valid = self.embed_prefix(images, image_masks, tokens, token_masks)
         if self.observer is not None:
             self.observer.step = None
-        cache = self.prefill(embs, valid)
+        cache = self.prefill(embs, valid, room=self.suffix_len)
         return self.denoise_loop(cache, valid, noise, state, num_steps)
 
     def denoise_loop(self, cache, prefix_valid, noise, state, num_steps):
         """Run `num_steps` Euler steps from noise (t=1) to actions (t=0) over a prefilled cache.
 
-        Sets the observer's `step` to k before step k.
+        Sets the observer's `step` to k before step k. The suffix's mask and RoPE angles are
+        built once, the time conditioning comes precomputed (`step_conditions`), and the
+        suffix keys / values go in place into a cache prefilled with room.
         """
         dt = -1.0 / num_steps
         x = noise.float()
-        times = _flow_times_cached(tuple(self.flow_times(num_steps)), str(x.device))
+        ctx = self.suffix_context(prefix_valid)
+        steps = self.step_conditions(num_steps, x.device)
         for k in range(num_steps):
             if self.observer is not None:
                 self.observer.step = k
-            t = times[k].expand(x.shape[0])
-            x = x + dt * self.denoise_step(cache, prefix_valid, x, t, state).float()
+            embs, cond, _ = self.embed_suffix(x, None, state, step=steps[k])
+            x = torch.add(x, self._velocity(cache, ctx, embs, cond), alpha=dt)
         return x

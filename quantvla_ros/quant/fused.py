@@ -6,9 +6,11 @@ nothing about fusions.
 - After a plain (Gemma) RMSNorm: one kernel normalizes and quantizes to int8 per token, then
   one GEMM runs over the concatenated q/k/v (or gate/up, with a gelu(gate) * up epilogue):
   `NormQKV` replaces the attention input, `NormGateUp` the MLP block.
-- After pi0.5's adaptive norm (not fusable: its scale and shift come from the time
-  condition): gate and up still share one activation quantization and one GEMM
-  (`AdaNormGateUp`, around `FusedGeGLU`).
+- After pi0.5's adaptive norm: its scale and shift (per-sample vectors, precomputed per
+  flow step) go to the same kernel as pointers, then one gate/up GEMM (`AdaNormGateUp`,
+  around `FusedGeGLU`).
+- Each block also takes the previous block's deferred residual `h + out * gate`
+  (models/layers.add_residual) into that kernel: `project` / `deferred` (joint_forward).
 
 Packed weights and per-row scales concatenate along N, so fusing is exact bookkeeping. The
 separate projections are dropped; artifacts always store them unfused.
@@ -19,13 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantvla_ros.kernels import dispatch
+from quantvla_ros.kernels import dispatch, norm_kernels
 from quantvla_ros.models.layers import (
     AttentionInput,
     GeGLU,
     MLPBlock,
     RMSNorm,
-    gated_residual,
+    add_residual,
     split_heads,
 )
 from quantvla_ros.quant.qlinear import QuantLinear
@@ -46,6 +48,21 @@ def _w4a8_extra(module: nn.Module) -> dict:
     return {"group_scale": module.weight_group_scale} if module.scheme.bits == "w4a8" else {}
 
 
+def _group(module: nn.Module) -> dict:
+    """Group keywords of the fused GEMM: the group size, and W4A8's int8 group scales."""
+    return {"group_size": module.scheme.group_size, **_w4a8_extra(module)}
+
+
+def _add_norm_quant(h, res, norm_weight=None, mod=None, eps=1e-6):
+    """(h + deferred residual, (int8 q, scale)) in one kernel: Gemma norm or adaRMS."""
+    delta, gate = res if res is not None else (None, None)
+    if mod is not None:  # the float block rounds the normalized rows to h's dtype
+        return norm_kernels.add_norm(h, delta, gate, scale1=mod.scale1, shift=mod.shift,
+                                     eps=eps, round_to_dtype=True, quant_bits=8)
+    return norm_kernels.add_norm(h, delta, gate, weight=norm_weight, eps=eps,
+                                 round_to_dtype=False, quant_bits=8)
+
+
 class NormQuantProjections(nn.Module):
     """RMSNorm + int8 quantization fused, then one GEMM for several projections.
 
@@ -63,19 +80,26 @@ class NormQuantProjections(nn.Module):
 
     def forward(self, h: torch.Tensor):
         """Normalize and quantize h [..., W] in one kernel, then run the one GEMM."""
+        return self.project(h, None)[1]
+
+    def project(self, h: torch.Tensor, res):
+        """Add the deferred residual, normalize and quantize (one kernel), run the GEMM.
+
+        Returns (h with the residual, outputs as `forward`).
+        """
         lead = h.shape[:-1]
-        q, s = dispatch.quantize_activations(h, 8, norm_weight=self.norm_weight, eps=self.eps,
-                                             gemma_style=True)
+        h, (q, s) = _add_norm_quant(h.reshape(-1, *h.shape[-2:]), res, self.norm_weight,
+                                    eps=self.eps)
+        h = h.view(*lead, h.shape[-1])
         if self.geglu:
             y = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
-                                 weight_bits=self.scheme.w_bits,
-                                 group_size=self.scheme.group_size, out_dtype=h.dtype,
-                                 **_w4a8_extra(self))
-            return y.reshape(*lead, y.shape[-1])
+                                 weight_bits=self.scheme.w_bits, out_dtype=h.dtype,
+                                 **_group(self))
+            return h, y.reshape(*lead, y.shape[-1])
         y = _MATMUL[self.scheme.w_bits](q, s, self.weight_q, self.weight_scale,
-                                        group_size=self.scheme.group_size, out_dtype=h.dtype,
-                                        **_w4a8_extra(self))
-        return tuple(part.reshape(*lead, part.shape[-1]) for part in y.split(self.splits, -1))
+                                        out_dtype=h.dtype, **_group(self))
+        return h, tuple(part.reshape(*lead, part.shape[-1])
+                        for part in y.split(self.splits, -1))
 
 
 class FusedGeGLU(nn.Module):
@@ -90,12 +114,13 @@ class FusedGeGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return `down(gelu_tanh(gate(x)) * up(x))` for x [..., W]."""
-        lead = x.shape[:-1]
         q, s = dispatch.quantize_activations(x, 8)
+        return self.quantized(q, s, x.shape[:-1], x.dtype)
+
+    def quantized(self, q, s, lead, dtype) -> torch.Tensor:
+        """Run the MLP from already quantized rows (q, s) of an input [*lead, W]."""
         h = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
-                             weight_bits=self.scheme.w_bits,
-                             group_size=self.scheme.group_size, out_dtype=x.dtype,
-                             **_w4a8_extra(self))
+                             weight_bits=self.scheme.w_bits, out_dtype=dtype, **_group(self))
         return self.down_proj(h.reshape(*lead, h.shape[-1]))
 
 
@@ -114,7 +139,12 @@ class NormQKV(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None):
         """Return q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and no gate."""
-        return (*split_heads(*self.proj(h), *self.heads), None)
+        return self.project(h, None, cond)[1:]
+
+    def project(self, h: torch.Tensor, res, cond=None):
+        """Add the deferred residual `res`, then as forward: (h, q, k, v, None)."""
+        h, qkv = self.proj.project(h, res)
+        return (h, *split_heads(*qkv, *self.heads), None)
 
 
 class NormKV(nn.Module):
@@ -132,7 +162,11 @@ class NormKV(nn.Module):
 
     def kv(self, h: torch.Tensor, cond: torch.Tensor | None = None):
         """Return k, v [B, KVH, S, D] (before RoPE)."""
-        k, v = self.proj(h)
+        return self.project_kv(h, None, cond)
+
+    def project_kv(self, h: torch.Tensor, res, cond=None):
+        """Add the deferred residual `res`, then as kv: (k, v)."""
+        _, (k, v) = self.proj.project(h, res)
         b, s, _ = k.shape
         kvh, d = self.heads
         return (k.view(b, s, kvh, d).transpose(1, 2), v.view(b, s, kvh, d).transpose(1, 2))
@@ -156,6 +190,11 @@ class NormGateUp(nn.Module):
         """Return h [B, S, W] plus the MLP of its normalization."""
         return h + self.down_proj(self.gate_up(h))
 
+    def deferred(self, h: torch.Tensor, res, cond=None):
+        """Add `res` to h; return (h, (MLP of its normalization, None)) unadded."""
+        h, y = self.gate_up.project(h, res)
+        return h, (self.down_proj(y), None)
+
 
 class AdaNormGateUp(nn.Module):
     """Quantized `MLPBlock` after pi0.5's adaptive norm: the norm, then a `FusedGeGLU`.
@@ -172,8 +211,16 @@ class AdaNormGateUp(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Return h [B, S, W] plus the gated MLP of its (time-conditioned) normalization."""
-        x, gate = self.norm(h, cond)
-        return gated_residual(h, self.mlp(x), gate)
+        return add_residual(*self.deferred(h, None, cond))
+
+    def deferred(self, h: torch.Tensor, res, cond):
+        """Add `res` to h, adaRMS-normalize and quantize in one kernel, run the MLP.
+
+        Returns (h, (MLP out, gate)) unadded, as `MLPBlock.deferred`.
+        """
+        mod = self.norm.modulation(cond, h.dtype)
+        h, (q, s) = _add_norm_quant(h, res, mod=mod, eps=self.norm.eps)
+        return h, (self.mlp.quantized(q, s, h.shape[:-1], h.dtype), mod.gate)
 
 
 def fusable(linears: list[nn.Module]) -> bool:

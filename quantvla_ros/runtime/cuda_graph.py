@@ -41,7 +41,7 @@ class GraphedChunk:
         s, m = self.static, self.model
         embs, valid = m.embed_prefix(s["images"], s["image_masks"], s["tokens"],
                                      s["token_masks"])
-        self.valid, self.cache = valid, m.prefill(embs, valid)
+        self.valid, self.cache = valid, m.prefill(embs, valid, room=m.suffix_len)
 
     def _denoise(self) -> None:
         s = self.static

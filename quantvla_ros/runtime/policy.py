@@ -20,6 +20,7 @@ from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.runtime.cuda_graph import GraphedChunk
+from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.preprocess import images_to_pixels
 from quantvla_ros.runtime.source import PolicySource
 
@@ -63,6 +64,9 @@ class Policy:
         # On CUDA each chunk replays two captured graphs (see cuda_graph.py); eager otherwise.
         self.use_cuda_graphs = self.device.type == "cuda"
         self._graphed: GraphedChunk | None = None
+        # Float fusions (runtime/fast_path.py) change the module tree: applied before the
+        # first inference only, so calibration and quantization read `model` unfused.
+        self.fuse, self._prepared = True, False
         # Statistics fix the robot's state length; without them (random-weight models) any
         # length up to the model's padded state_dim is accepted.
         self.state_dim = normalizer.dim(STATE_KEY)
@@ -133,7 +137,7 @@ class Policy:
         tok_path = str(src.tokenizer) if src.tokenizer is not None else cfg.tokenizer_path
         policy = cls(model, normalizer, load_tokenizer(tok_path), device, seed,
                      source=f"{folder} ({manifest.bits})", state_prompt=state_prompt)
-        policy.manifest = manifest
+        policy.manifest, policy.fuse = manifest, fuse
         return policy
 
     @classmethod
@@ -198,6 +202,9 @@ class Policy:
         t0 = time.perf_counter()
         inputs = self.prepare(obs)
         noise = (self.draw_noise() if noise is None else noise).to(self.device)
+        if self.fuse and not self._prepared:
+            prepare_for_inference(self.model)
+            self._prepared = True
         run = self._run_graphed if self.use_cuda_graphs else self._run_eager
         actions, t1, prefix_ms, denoise_ms = run(inputs, noise)
         actions = actions[0].float().cpu().numpy()
@@ -215,7 +222,7 @@ class Policy:
         embs, valid = m.embed_prefix(
             inputs["images"], inputs["image_masks"], inputs["tokens"], inputs["token_masks"]
         )
-        cache = m.prefill(embs, valid)
+        cache = m.prefill(embs, valid, room=m.suffix_len)
         self._sync()
         t2 = time.perf_counter()
         actions = m.denoise_loop(cache, valid, noise, inputs["state"], self.cfg.num_steps)
