@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from quantvla_ros.cli import bench_sass_cmd
+from quantvla_ros.cli import bench_launches_cmd, bench_sass_cmd
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.quantize_cmd import add_state_prompt_arg, state_prompt_of
 from quantvla_ros.workflows.bench_e2e import bench_e2e
@@ -45,6 +45,7 @@ def register(sub) -> None:
                    help="one JSON line per (shape, kernel), printed as soon as it is measured")
     k.set_defaults(handler=run_kernels)
     bench_sass_cmd.register(kinds)
+    bench_launches_cmd.register(kinds)
 
 
 def run_e2e(args) -> int:
