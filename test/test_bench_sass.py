@@ -69,18 +69,17 @@ def test_count_sass_per_weight_and_resources():
                     reason=f"no ptxas / cuobjdump bundled with triton in {BIN}")
 def test_bench_sass_counts_real_kernels_for_hopper_and_orin():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # W8A8 64x64 (expert M) and the W4A8 swap-AB tile of 128 weight rows, group 128.
     proc = subprocess.run(
         [sys.executable, "-m", "quantvla_ros.cli.main", "bench", "sass", "--arch", "90,87",
-         "--kernels", "w8a8,w4a8", "--variants", "x64x128 w4 s4", "--json"],
+         "--kernels", "w8a8,w4a8", "--variants", "64x64x128 w4 s4 pc,128x64x128 w4 s4 g128",
+         "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout)
-    by = {(r["kernel"], r["arch"], r["variant"].split()[-2]): r for r in rows
-          if "gate_up" not in r["variant"]}
-    w8_rows = {k: r for k, r in by.items() if k[0] == "w8a8"}
-    w4_rows = {k: r for k, r in by.items() if k[0] == "w4a8" and k[2] == "g128"}
-    assert {k[1] for k in w8_rows} == {k[1] for k in w4_rows} == {90, 87}
-    for (kernel, arch, _), r in by.items():
+    by = {(r["kernel"], r["arch"]): r for r in rows}
+    assert set(by) == {(k, a) for k in ("w8a8", "w4a8") for a in (90, 87)}, rows
+    for (kernel, arch), r in by.items():
         bn = 64 if kernel == "w8a8" else 128  # weight rows per tile
         assert r["loop_found"] and r["weights_per_kstep"] == bn * 128
         assert r["instructions_per_weight"] == pytest.approx(
@@ -89,8 +88,7 @@ def test_bench_sass_counts_real_kernels_for_hopper_and_orin():
         assert r["mma_opcodes"] == (["IGMMA"] if arch == 90 else ["IMMA"]), r
         assert 0 < r["registers"] <= 255
     for arch in (90, 87):
-        w8 = next(r for k, r in w8_rows.items() if k[1] == arch)
-        w4 = next(r for k, r in w4_rows.items() if k[1] == arch)
+        w8, w4 = by[("w8a8", arch)], by[("w4a8", arch)]
         # W8A8's loop is loads, address arithmetic and MMAs: about 1.7-2 per weight.
         assert 0.5 < w8["instructions_per_weight"] < 4, w8
         # The K-half layout's register unpack keeps W4A8 near W8A8 (the old row-major

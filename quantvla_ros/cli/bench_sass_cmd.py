@@ -15,7 +15,8 @@ def register(kinds) -> None:
     p.add_argument("--arch", default="90,87", help="comma-separated SM versions (default 90,87)")
     p.add_argument("--kernels", help="comma-separated kernel families, e.g. w8a8,w4a8,gate_up "
                                      "(default: every family with a GEMM main loop)")
-    p.add_argument("--variants", help="only variants whose name contains this, e.g. 64x64")
+    p.add_argument("--variants", help="only variants whose name contains one of these "
+                                      "comma-separated strings, e.g. 64x64x128,w4 s3")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     p.set_defaults(handler=run_sass)
 
@@ -37,8 +38,9 @@ def run_sass(args) -> int:
         if not tool_path(tool).exists():
             raise FileNotFoundError(f"the Triton wheel has no {tool} at {tool_path(tool)}")
     kernels = set(args.kernels.split(",")) if args.kernels else None
+    wanted = args.variants.split(",") if args.variants else [""]
     variants = [v for v in kernel_variants(full=True, kernels=kernels)
-                if v.weights_per_kstep and (not args.variants or args.variants in v.name)]
+                if v.weights_per_kstep and any(w in v.name for w in wanted)]
     if not variants:
         raise ValueError("no kernel variant matches --kernels / --variants")
     try:
