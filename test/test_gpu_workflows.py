@@ -105,3 +105,20 @@ def test_report_renders_partial_results(tmp_path):
     assert "| w8a8 | failed | RuntimeError: capture failed |" in text
     assert "| w4a8 | missing |" in text  # the line cut by a timeout is skipped
     assert "11000 kernels" in text and "| ampere_bf16_gemm | 400 | 9000.00 |" in text
+
+
+def test_gpu_profile_summary_keeps_device_events_and_sets_copies_apart():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(key, count, us, dev=DeviceType.CUDA):
+        return SimpleNamespace(key=key, count=count, device_time_total=us,
+                               self_cpu_time_total=us, device_type=dev)
+
+    got = gpu_e2e.summarize_profile([
+        ev("w4a8_gemm_kernel", 126, 900.0), ev("Memcpy HtoD (Pageable -> Device)", 2, 5.0),
+        ev("triton_act_quant", 252, 400.0), ev("cudaGraphLaunch", 2, 50.0, DeviceType.CPU),
+        ev("Memset (Device)", 1, 1.0)], on_gpu=True)
+    assert (got["launches"], got["copies"], got["total_us"]) == (378, 3, 1300.0)
+    assert [t["name"] for t in got["top"]] == ["w4a8_gemm_kernel", "triton_act_quant"]

@@ -30,7 +30,8 @@ def summarize_profile(averages, on_gpu: bool, top: int = TOP_KERNELS) -> dict:
     for e in averages:
         if on_gpu and e.device_type != DeviceType.CUDA:
             continue
-        us = getattr(e, "self_device_time_total", 0) if on_gpu else e.self_cpu_time_total
+        # A kernel has no children: its device time is its own (self_* needs use_device).
+        us = e.device_time_total if on_gpu else e.self_cpu_time_total
         if e.key.startswith(("Memcpy", "Memset")):
             copies += e.count
             continue
