@@ -176,3 +176,55 @@ def test_meta_tensors_report_one_launch_each():
     assert h2.shape == h.shape and q.shape == (6, 64) and q.dtype == torch.int8
     assert sc.shape == (6, 1) and y.shape == (6, 64) and qq.shape == (2, 4, 3, 16)
     assert all(t.is_meta for t in (h2, q, y, qq, k2, v2))
+
+
+_AOT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from quantvla_ros.kernels.norm_triton import add_norm_kernel, geglu_kernel, rope_kernel
+
+def comp(fn, types, consts, warps):
+    sig = {n: "constexpr" if n in consts else types[n] for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", ARCH, 32),
+                       options=dict(num_warps=warps))
+    assert k.asm["cubin"]
+
+ints = dict.fromkeys(["K", "rows_per_sample", "stride_h", "stride_d", "stride_ho", "stride_y",
+                      "stride_g", "stride_w", "stride_m1", "stride_sh"], "i32")
+base = dict(h_ptr="*bf16", d_ptr="*bf16", g_ptr="*bf16", w_ptr="*fp32", m1_ptr="*fp32",
+            sh_ptr="*fp32", hout_ptr="*bf16", y_ptr="*bf16", s_ptr="*bf16", eps="fp32",
+            scale_eps="fp32", **ints)
+q8 = {**base, "y_ptr": "*i8", "s_ptr": "*fp32"}
+c = dict(HAS_RES=True, HAS_GATE=True, ADA=True, ROUND=True, QUANT=False, INT4=False,
+         BLOCK_K=1024, USE_RINT=True, EMULATE=False)
+comp(add_norm_kernel, base, c, 4)  # expert: add + adaRMS, bf16 out
+comp(add_norm_kernel, q8, {**c, "QUANT": True}, 4)  # expert MLP: add + adaRMS + int8
+comp(add_norm_kernel, q8, {**c, "QUANT": True, "ADA": False, "HAS_GATE": False,
+                           "ROUND": False, "BLOCK_K": 2048}, 8)  # backbone: add + RMS + int8
+comp(add_norm_kernel, {**base, "y_ptr": "*u8", "s_ptr": "*fp32"},
+     {**c, "QUANT": True, "INT4": True}, 4)
+comp(geglu_kernel, dict(x_ptr="*bf16", out_ptr="*bf16", N="i32", stride_x="i32",
+                        stride_o="i32"), dict(BLOCK=1024, EMULATE=False), 4)
+rt = {n: "*bf16" if n.endswith("_ptr") else "i32" for n in rope_kernel.arg_names}
+comp(rope_kernel, rt, dict(D=256, EMULATE=False), 4)
+"""
+
+
+@pytest.mark.parametrize("arch", [90, 87])
+def test_float_kernels_compile_for_gpu(arch):
+    """The interpreter accepts what a GPU compiler may reject: compile to cubin (no GPU)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("no ptxas bundled with triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", f"ARCH = {arch}\n" + _AOT], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
