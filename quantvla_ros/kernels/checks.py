@@ -27,6 +27,16 @@ def _check_float_vector(name: str, t: torch.Tensor | None, n: int, device) -> No
         raise ValueError(f"{name} is on {t.device}, expected {device}")
 
 
+def _check_residual(residual: torch.Tensor | None, m: int, n: int, device) -> None:
+    if residual is None:
+        return
+    if not residual.is_floating_point() or _shape(residual) != (m, n):
+        raise ValueError(f"residual must be a float [{m}, {n}] tensor, got "
+                         f"{residual.dtype} {_shape(residual)}")
+    if residual.device != device:
+        raise ValueError(f"residual is on {residual.device}, activations on {device}")
+
+
 def check_out_dtype(out_dtype: torch.dtype) -> torch.dtype:
     """Require a float32, float16 or bfloat16 output dtype; return it."""
     if out_dtype not in OUT_DTYPES:
@@ -107,12 +117,7 @@ def check_gemm(
         raise ValueError(f"weight scale {_shape(w_scale)} has {groups} groups but K={k} with "
                          f"group_size={group_size} needs {k // group_size}")
     _check_float_vector("bias", bias, n, a.device)
-    if residual is not None:
-        if not residual.is_floating_point() or _shape(residual) != (m, n):
-            raise ValueError(f"residual must be a float [{m}, {n}] tensor, got "
-                             f"{residual.dtype} {_shape(residual)}")
-        if residual.device != a.device:
-            raise ValueError(f"residual is on {residual.device}, activations on {a.device}")
+    _check_residual(residual, m, n, a.device)
     return group_size
 
 
@@ -169,10 +174,5 @@ def check_w4a8(
             raise ValueError(f"group scale {_shape(group_scale)} and group_size={group_size} "
                              f"do not split K={k} into groups that are multiples of {PACK_K}")
     _check_float_vector("bias", bias, n, a.device)
-    if residual is not None:
-        if not residual.is_floating_point() or _shape(residual) != (m, n):
-            raise ValueError(f"residual must be a float [{m}, {n}] tensor, got "
-                             f"{residual.dtype} {_shape(residual)}")
-        if residual.device != a.device:
-            raise ValueError(f"residual is on {residual.device}, activations on {a.device}")
+    _check_residual(residual, m, n, a.device)
     return group_size
