@@ -15,21 +15,28 @@ def test_attention_shapes_are_the_models_prefix_and_denoise_calls():
     assert shapes["denoise"] == ((1, 8, 50, 256), (1, 1, 1018, 256), (1, 1, 50, 1018))
 
 
-def test_sdpa_probe_reports_every_backend():
-    got = gpu_smoke.probe_sdpa((1, 8, 16, 32), (1, 1, 16, 32), (1, 1, 16, 16), "cpu",
-                               torch.float32)
-    assert set(got) == {*gpu_smoke.SDPA_BACKENDS, "chosen"}
-    assert got["MATH"] == "ok"
-    assert got["CUDNN_ATTENTION"].startswith("no: ")  # no cuDNN attention on a CPU
-    assert got["chosen"] in {*gpu_smoke.SDPA_BACKENDS, "OVERRIDEABLE"} or \
-        got["chosen"].startswith("unknown")
+def test_sdpa_probe_reports_every_backend_for_both_forms():
+    from torch.nn.attention import SDPBackend
+
+    shapes = ((1, 8, 16, 32), (1, 1, 24, 32), (1, 1, 16, 24))
+    gqa = gpu_smoke.attention_inputs(shapes, "cpu", torch.float32, folded=False)
+    folded = gpu_smoke.attention_inputs(shapes, "cpu", torch.float32, folded=True)
+    assert folded[0].shape == (1, 1, 16 * 8, 32) and folded[3].shape == (1, 1, 128, 24)
+    assert folded[3].stride(2) == 32  # rows padded to 16 elements, as the model builds it
+    for inputs in (gqa, folded):
+        got = gpu_smoke.probe_sdpa(*inputs)
+        assert set(got) == {*gpu_smoke.SDPA_BACKENDS, "chosen"}
+        assert got["MATH"] == "ok" and got["chosen"] in SDPBackend.__members__
+        assert got["CUDNN_ATTENTION"].startswith("no: ")  # no cuDNN attention on a CPU
 
 
 def test_environment_line_is_json_with_versions_and_probes(capsys):
     assert gpu_smoke.main(["env", "--model", "pi05-micro"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["torch"] == torch.__version__ and row["gpu"] is None
-    assert row["sdpa_prefix"]["MATH"] == row["sdpa_denoise"]["MATH"] == "ok"
+    assert {k for k in row if k.startswith("sdpa_")} == {
+        f"sdpa_{call}_{form}" for call in ("prefix", "denoise") for form in ("gqa", "folded")}
+    assert all(row[f"sdpa_{c}_gqa"]["MATH"] == "ok" for c in ("prefix", "denoise"))
 
 
 def test_gemm_smoke_checks_w8a8_and_w4a8():
@@ -97,7 +104,7 @@ def test_report_renders_partial_results(tmp_path):
     (tmp_path / "e2e.jsonl").write_text(json.dumps(bf16) + "\n" + json.dumps(
         {"precision": "w8a8", "error": "RuntimeError: capture failed"}) + '\n{"precision": "w4')
     text = gpu_report.report(tmp_path)
-    assert f"torch={torch.__version__}" in text and "| prefix | " in text
+    assert f"torch={torch.__version__}" in text and "| prefix_folded | " in text
     assert "2 of 3 checks ok" not in text and "1 of 2 checks ok" in text
     assert "- w4a8 50x1024x4096: FAIL (rel err 1e-2)" in text
     assert "| 50 | 1024 | 4096 | w4a8 | 0.01 |" in text

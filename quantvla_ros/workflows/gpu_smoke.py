@@ -3,7 +3,8 @@
 ``python -m quantvla_ros.workflows.gpu_smoke env|gemm|chunk`` prints JSON lines:
 
 - ``env``: torch / triton / CUDA versions, the GPU, and which SDPA backends accept the
-  model's attention calls (float mask + GQA rules out flash), with the one torch picks;
+  model's attention calls (float mask + GQA, and the heads-folded form the model uses with
+  one KV head), with the one torch picks;
 - ``gemm``: the W8A8 and W4A8 kernels checked against the exact reference at an expert shape;
 - ``chunk``: a tiny random W8A8 / W4A8 policy, one CUDA-graphed chunk with the Triton kernels
   vs the same chunk with ``QUANTVLA_KERNELS=reference`` (eager) on the same noise.
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import warnings
 
 import torch
 
@@ -42,27 +44,48 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
 
 
-def probe_sdpa(q_shape, kv_shape, mask_shape, device, dtype) -> dict:
-    """Which SDPA backends run attention with an additive float mask and GQA on these shapes.
+def attention_inputs(shapes, device, dtype, folded: bool):
+    """Random (q, k, v, bias) for one call; ``folded``: heads folded into query rows.
+
+    The folded form is what the model runs with one KV head (``models.layers.attend``):
+    q [B, 1, S * H, D] against k / v [B, 1, T, D] and ``fold_bias``'s padded-stride mask.
+    """
+    from quantvla_ros.models.layers import fold_bias
+
+    q_shape, kv_shape, mask_shape = shapes
+    q = torch.randn(q_shape, device=device, dtype=dtype)
+    k, v = (torch.randn(kv_shape, device=device, dtype=dtype) for _ in range(2))
+    bias = torch.zeros(mask_shape, device=device, dtype=dtype)
+    if folded:
+        b, h, s, d = q.shape
+        q = q.transpose(1, 2).reshape(b, 1, s * h, d)
+        bias = fold_bias(bias, h)
+    return q, k, v, bias
+
+
+def probe_sdpa(q, k, v, bias) -> dict:
+    """Which SDPA backends accept these inputs (GQA when k has fewer heads than q).
 
     ``chosen`` is the backend torch's own dispatcher picks with no restriction.
     """
     import torch.nn.functional as F  # noqa: N812
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q = torch.randn(q_shape, device=device, dtype=dtype)
-    k, v = (torch.randn(kv_shape, device=device, dtype=dtype) for _ in range(2))
-    mask = torch.zeros(mask_shape, device=device, dtype=dtype)
+    gqa = k.shape[1] != q.shape[1]
     out = {}
     for name in SDPA_BACKENDS:
-        try:
-            with sdpa_kernel([getattr(SDPBackend, name)]):
-                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-            out[name] = "ok"
-        except Exception as exc:  # the backend refuses these inputs
-            out[name] = "no: " + _first_line(exc)
+        # A refusing backend says why in a UserWarning; the error itself is generic.
+        with warnings.catch_warnings(record=True) as why:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_kernel([getattr(SDPBackend, name)]):
+                    F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
+                out[name] = "ok"
+            except Exception as exc:  # the backend refuses these inputs
+                reasons = [str(w.message).splitlines()[0][:160] for w in why]
+                out[name] = "no: " + (reasons[0] if reasons else _first_line(exc))
     try:
-        choice = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, None, True)
+        choice = torch._fused_sdp_choice(q, k, v, attn_mask=bias, enable_gqa=gqa)
         out["chosen"] = SDPBackend(choice).name
     except Exception as exc:  # private API: report rather than fail the environment step
         out["chosen"] = "unknown: " + _first_line(exc)
@@ -86,8 +109,11 @@ def environment(model: str = "pi05") -> dict:
             "capability": list(torch.cuda.get_device_capability()) if cuda else None,
             "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET")}
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    for name, shapes in attention_shapes(get_config(model)).items():
-        info[f"sdpa_{name}"] = probe_sdpa(*shapes, device, dtype)
+    cfg = get_config(model)
+    for name, shapes in attention_shapes(cfg).items():
+        for folded in (False, True) if cfg.backbone.num_kv_heads == 1 else (False,):
+            inputs = attention_inputs(shapes, device, dtype, folded)
+            info[f"sdpa_{name}{'_folded' if folded else '_gqa'}"] = probe_sdpa(*inputs)
     return info
 
 
