@@ -45,7 +45,8 @@ def empty_quantized(module: nn.Module, scheme: QuantScheme | None = None,
                     smooth: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Return the storage-free (meta) quantized counterpart of a float linear or embedding.
 
-    ``bias`` None takes the linear's own; ``dtype`` is that of the float remainder (bias).
+    ``bias`` None takes the linear's own; ``dtype`` is that of the float remainder (a
+    linear's bias) and an embedding's output.
     """
     if isinstance(module, nn.Embedding):
         return QuantEmbedding(module.num_embeddings, module.embedding_dim, embedding_bits,
