@@ -60,4 +60,4 @@ step tables 15 summary.md $py -m quantvla_ros.workflows.gpu_report "$out"
 cat "$out/summary.md"
 echo "== done in ${SECONDS}s; files: $(ls "$out" | tr '\n' ' ')"
 exec >&- 2>&-
-wait "$tee_pid"  # run.log complete before the machine collects $out
+wait "$tee_pid" || true  # run.log complete before the machine collects $out

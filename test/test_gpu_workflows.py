@@ -73,8 +73,11 @@ def test_profile_summary_counts_ops_and_sorts_by_time():
 
 def test_e2e_step_prints_one_line_even_on_error(capsys):
     assert gpu_e2e.main(["--model", "pi05-nope", "--device", "cpu"]) == 1
-    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert row["precision"] == "bf16" and row["error"].startswith("KeyError")
+    assert gpu_e2e.main(["--model", "pi05", "--device", "cpu"]) == 1  # refused, not built
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["precision"] for r in rows] == ["bf16", "bf16"]
+    assert rows[0]["error"].startswith("KeyError")
+    assert rows[1]["error"].startswith("ValueError: 'pi05' is full size")
 
 
 def test_e2e_step_times_and_profiles_a_micro_chunk(capsys):
@@ -103,6 +106,7 @@ def test_report_renders_partial_results(tmp_path):
                         "top": [{"name": "ampere_bf16_gemm", "count": 400, "us": 9000.0}]}}
     (tmp_path / "e2e.jsonl").write_text(json.dumps(bf16) + "\n" + json.dumps(
         {"precision": "w8a8", "error": "RuntimeError: capture failed"}) + '\n{"precision": "w4')
+    (tmp_path / "run.log").write_text("== e2e w4a4: TIMEOUT after 75s\n")
     text = gpu_report.report(tmp_path)
     assert f"torch={torch.__version__}" in text and "| prefix_folded | " in text
     assert "2 of 3 checks ok" not in text and "1 of 2 checks ok" in text
@@ -111,6 +115,7 @@ def test_report_renders_partial_results(tmp_path):
     assert "| bf16 | 30.00 | 31.00 | 10.00 | 20.00 | 8000 | 1024 | True |" in text
     assert "| w8a8 | failed | RuntimeError: capture failed |" in text
     assert "| w4a8 | missing |" in text  # the line cut by a timeout is skipped
+    assert "| w4a4 | timeout |" in text
     assert "11000 kernels" in text and "| ampere_bf16_gemm | 400 | 9000.00 |" in text
 
 

@@ -60,6 +60,15 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
     `precision` is a float dtype (fp32 / bf16 / fp16) or integer bits (w8a8 / w4a8 / w4a4,
     quantized from random weights); `artifact` benchmarks a quantized artifact instead.
     """
+    check_bench_request(model, device, artifact, allow_full_on_cpu)
+    policy, model, precision = build_bench_policy(model, precision, device, seed, artifact,
+                                                  state_prompt)
+    return measure_policy(policy, model, precision, device, runs, warmup, seed)
+
+
+def check_bench_request(model: str, device: str, artifact: str | None = None,
+                        allow_full_on_cpu: bool = False) -> None:
+    """Raise ValueError for an unknown model, a full-size model on CPU or a missing GPU."""
     if artifact is None:
         get_config(model)  # an unknown name fails here, with suggestions
     if device == "cpu" and artifact is None and not model.endswith(("-tiny", "-micro")) \
@@ -70,9 +79,6 @@ def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: in
         )
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is available")
-    policy, model, precision = build_bench_policy(model, precision, device, seed, artifact,
-                                                  state_prompt)
-    return measure_policy(policy, model, precision, device, runs, warmup, seed)
 
 
 def build_bench_policy(model: str, precision: str, device: str, seed: int = 0,

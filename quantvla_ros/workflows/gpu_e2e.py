@@ -62,9 +62,11 @@ def run(model: str, precision: str, device: str, runs: int, warmup: int, seed: i
     from quantvla_ros.workflows.bench_e2e import (
         bench_observation,
         build_bench_policy,
+        check_bench_request,
         measure_policy,
     )
 
+    check_bench_request(model, device)
     policy, model, precision = build_bench_policy(model, precision, device, seed)
     row = measure_policy(policy, model, precision, device, runs, warmup, seed)
     obs = bench_observation(policy, seed)

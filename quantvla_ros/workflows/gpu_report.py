@@ -31,6 +31,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _fmt(v, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
@@ -50,7 +54,7 @@ def env_section(rows: list[dict]) -> list[str]:
                                                      "python", "TRITON_INTERPRET")), ""]
     probes = {k[5:]: v for k, v in env.items() if k.startswith("sdpa_")}
     names = sorted({n for p in probes.values() for n in p})
-    lines += _table(["attention", *names], [[call, *(p.get(n, "-")[:60] for n in names)]
+    lines += _table(["attention", *names], [[call, *(p.get(n, "-")[:90] for n in names)]
                                             for call, p in probes.items()])
     return lines
 
@@ -59,7 +63,8 @@ def smoke_section(rows: list[dict]) -> list[str]:
     """One line per smoke check."""
     return ["## Smoke", "", *_table(
         ["step", "what", "check", "rel err"],
-        [[r.get("step"), r.get("kernel") or f"{r.get('bits')} {r.get('model', '')}",
+        [[r.get("step"), r.get("kernel") or f"{r.get('bits')} {r.get('model', '')} "
+          f"({' vs '.join(map(str, r.get('last_kernels', [])))})",
           r.get("check"), _fmt(r.get("rel_err"), ".2e")] for r in rows])]
 
 
@@ -73,14 +78,22 @@ def kernel_section(rows: list[dict]) -> list[str]:
     return lines + ["", format_markdown(timed) if timed else "no timings"]
 
 
-def e2e_section(rows: list[dict]) -> list[str]:
-    """Chunk latency and peak memory per precision, then each profile's top kernels."""
+def e2e_section(rows: list[dict], log: str = "") -> list[str]:
+    """Chunk latency and peak memory per precision, then each profile's top kernels.
+
+    ``log`` is run.log: a precision without a row was killed there ("TIMEOUT") or skipped.
+    """
     by = {r.get("precision"): r for r in rows}
     table = []
     for p in E2E_PRECISIONS:
         r = by.get(p)
-        if r is None or "error" in r:
-            table.append([p, "failed" if r else "missing", (r or {}).get("error", "")[:80]])
+        if r is None:
+            why = "timeout" if f"== e2e {p}: TIMEOUT" in log else \
+                "skipped (out of time)" if f"== e2e {p}: skipped" in log else "missing"
+            table.append([p, why, ""])
+            continue
+        if "error" in r:
+            table.append([p, "failed", r["error"][:80]])
             continue
         lat = r["latency_ms"]
         table.append([p, lat["median"], lat["p90"], r["prefix_ms"], r["denoise_ms"],
@@ -105,7 +118,7 @@ def report(folder: Path) -> str:
     env = read_jsonl(folder / "env.txt")
     lines = [*env_section(env), "", *smoke_section(read_jsonl(folder / "smoke.jsonl")), "",
              *kernel_section(read_jsonl(folder / "kernels.jsonl")), "",
-             *e2e_section(read_jsonl(folder / "e2e.jsonl"))]
+             *e2e_section(read_jsonl(folder / "e2e.jsonl"), _text(folder / "run.log"))]
     return "\n".join(lines) + "\n"
 
 
