@@ -43,7 +43,7 @@ cat "$out/env.txt"
 step smoke 120 smoke.jsonl $py -m quantvla_ros.workflows.gpu_smoke gemm chunk \
   --model pi05-tiny --bits w8a8,w4a8
 step gpu-tests 110 gpu-tests.txt $py -m pytest -m gpu -q -p no:cacheprovider --timeout=60 \
-  --tb=short -rfE test
+  --tb=short -rfE --durations=5 test
 tail -n 15 "$out/gpu-tests.txt"
 step kernel-checks 70 kernels.jsonl $py -m quantvla_ros.cli.main bench kernels --check \
   --no-timing --json
