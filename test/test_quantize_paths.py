@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from quantvla_ros.kernels.int4_layout import GROUP_SCALE_MAX
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
@@ -90,14 +91,13 @@ def test_clip_search_through_quantize_clips(tmp_path, teacher):
         if not isinstance(q, QuantLinear):
             continue
         assert name.startswith("backbone.layers.0.")
-        g = q.scheme.group_size
         w = teacher.get_submodule(name).weight.float()
-        amax = w.reshape(w.shape[0], -1, g).abs().amax(-1)
-        ratio = q.weight_scale * QMAX[q.scheme.w_bits] / amax  # [N, groups]: one per row
-        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-5, atol=0)
-        assert all(min(abs(r - c) for c in CLIP_RATIOS) < 1e-5 for r in ratio[:, 0].tolist())
-        clipped += int((ratio[:, 0] < 1 - 1e-6).sum())
-        plain = rtn.get_submodule(name).weight_scale * QMAX[q.scheme.w_bits] / amax
+        # W4A8's channel scale is s1 = clip * amax / (7 * GROUP_SCALE_MAX) (int4_layout.py).
+        per_row = QMAX[q.scheme.w_bits] * GROUP_SCALE_MAX / w.abs().amax(-1)
+        ratio = q.weight_scale * per_row
+        assert all(min(abs(r - c) for c in CLIP_RATIOS) < 1e-5 for r in ratio.tolist())
+        clipped += int((ratio < 1 - 1e-6).sum())
+        plain = rtn.get_submodule(name).weight_scale * per_row
         torch.testing.assert_close(plain, torch.ones_like(plain), rtol=1e-5, atol=0)
     assert clipped > 0
 
