@@ -228,9 +228,11 @@ class AttentionInput(nn.Module):
     """Input norm + q/k/v projections of one layer: `forward(h, cond) -> (q, k, v, gate)`.
 
     q is [B, H, S, D] and k, v are [B, KVH, S, D], all before RoPE; gate is the adaptive
-    norm's residual gate for the attention output, or None. This float block only views
+    norm's residual gate for the attention output, or None. `joint_forward` calls
+    `project(h, res, cond)` / `project_kv`, which first add the previous block's deferred
+    residual `res` (`add_residual`) and also return the new h. This float block only views
     modules its layer owns and registers, so it adds no parameter or state-dict key. A
-    replacement (e.g. quantized, quant/fused.py) keeps this contract and owns its tensors.
+    replacement (quant/fused.py, runtime/fast_path.py) keeps this contract, owns its tensors.
     """
 
     def __init__(self, norm: nn.Module, attn: Attention):
@@ -276,8 +278,10 @@ class AttentionInput(nn.Module):
 class MLPBlock(nn.Module):
     """Post-attention norm + GeGLU with residual: `forward(h, cond) -> h + gated MLP(norm(h))`.
 
-    The MLP output is scaled by the adaptive norm's gate when the norm has one. Like
-    `AttentionInput`, this float block views its layer's modules and owns no tensors.
+    The MLP output is scaled by the adaptive norm's gate when the norm has one.
+    `joint_forward` calls `deferred(h, res, cond)`, which leaves that residual add to the
+    next norm. Like `AttentionInput`, this float block views its layer's modules and owns
+    no tensors.
     """
 
     def __init__(self, norm: nn.Module, mlp: nn.Module):

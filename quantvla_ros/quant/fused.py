@@ -7,8 +7,9 @@ nothing about fusions.
   one GEMM runs over the concatenated q/k/v (or gate/up, with a gelu(gate) * up epilogue):
   `NormQKV` replaces the attention input, `NormGateUp` the MLP block.
 - After pi0.5's adaptive norm: its scale and shift (per-sample vectors, precomputed per
-  flow step) go to the same kernel as pointers, then one gate/up GEMM (`AdaNormGateUp`,
-  around `FusedGeGLU`).
+  flow step) go to the same kernel as pointers, then one q/k/v GEMM (`NormQKV`, when the
+  expert's attention is quantized) or one gate/up GEMM (`AdaNormGateUp`, around
+  `FusedGeGLU`).
 - Each block also takes the previous block's deferred residual `h + out * gate`
   (models/layers.add_residual) into that kernel: `project` / `deferred` (joint_forward).
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from quantvla_ros.kernels import dispatch, norm_kernels
 from quantvla_ros.models.layers import (
+    AdaRMSNorm,
     AttentionInput,
     GeGLU,
     MLPBlock,
@@ -64,42 +66,48 @@ def _add_norm_quant(h, res, norm_weight=None, mod=None, eps=1e-6):
 
 
 class NormQuantProjections(nn.Module):
-    """RMSNorm + int8 quantization fused, then one GEMM for several projections.
+    """(ada)RMSNorm + int8 quantization fused, then one GEMM for several projections.
 
     Returns the projections' outputs split as a tuple, or with `geglu` (two projections,
-    gate then up) `gelu_tanh(gate) * up`.
+    gate then up) `gelu_tanh(gate) * up`. An RMSNorm's weight is copied; an AdaRMSNorm is
+    kept (its modulation comes from the condition, or precomputed per flow step).
     """
 
-    def __init__(self, norm: RMSNorm, linears: list[QuantLinear], geglu: bool = False):
-        """Copy the norm's weight and concatenate the linears' packed weights and scales."""
+    def __init__(self, norm: nn.Module, linears: list[QuantLinear], geglu: bool = False):
+        """Take the norm and concatenate the linears' packed weights and scales."""
         super().__init__()
         self.scheme, self.eps, self.geglu = linears[0].scheme, norm.eps, geglu
-        self.register_buffer("norm_weight", norm.weight.detach().float().clone())
+        self.ada = norm if isinstance(norm, AdaRMSNorm) else None
+        self.register_buffer("norm_weight", None if self.ada is not None else
+                             norm.weight.detach().float().clone())
         _cat_weights(self, linears)
         self.splits = [q.out_features for q in linears]
 
-    def forward(self, h: torch.Tensor):
+    def forward(self, h: torch.Tensor, cond=None):
         """Normalize and quantize h [..., W] in one kernel, then run the one GEMM."""
-        return self.project(h, None)[1]
+        return self.project(h, None, cond)[1]
 
-    def project(self, h: torch.Tensor, res):
+    def project(self, h: torch.Tensor, res, cond=None):
         """Add the deferred residual, normalize and quantize (one kernel), run the GEMM.
 
-        Returns (h with the residual, outputs as `forward`).
+        Returns (h with the residual, outputs as `forward`, the adaptive norm's residual
+        gate or None).
         """
         lead = h.shape[:-1]
+        mod = self.ada.modulation(cond, h.dtype) if self.ada is not None else None
+        gate = mod.gate if mod is not None else None
         h, (q, s) = _add_norm_quant(h.reshape(-1, *h.shape[-2:]), res, self.norm_weight,
-                                    eps=self.eps)
+                                    mod=mod, eps=self.eps)
         h = h.view(*lead, h.shape[-1])
         if self.geglu:
             y = dispatch.gate_up(q, s, self.weight_q, self.weight_scale,
                                  weight_bits=self.scheme.w_bits, out_dtype=h.dtype,
                                  **_group(self))
-            return h, y.reshape(*lead, y.shape[-1])
+            return h, y.reshape(*lead, y.shape[-1]), gate
         y = _MATMUL[self.scheme.w_bits](q, s, self.weight_q, self.weight_scale,
                                         out_dtype=h.dtype, **_group(self))
         return h, tuple(part.reshape(*lead, part.shape[-1])
-                        for part in y.split(self.splits, -1))
+                        for part in y.split(self.splits, -1)), gate
 
 
 class FusedGeGLU(nn.Module):
@@ -125,26 +133,27 @@ class FusedGeGLU(nn.Module):
 
 
 class NormQKV(nn.Module):
-    """Quantized `AttentionInput` after an RMSNorm: norm + int8 quantization, one q/k/v GEMM.
+    """Quantized `AttentionInput`: (ada)RMSNorm + int8 quantization, one q/k/v GEMM.
 
-    `forward(h, cond) -> (q, k, v, None)` with the float block's shapes; it owns its tensors.
+    `forward(h, cond) -> (q, k, v, gate)` with the float block's shapes; gate is None after
+    an RMSNorm. It owns its tensors (and takes over an adaptive norm).
     """
 
     def __init__(self, block: AttentionInput):
-        """Fuse the float block's RMSNorm and its (fusable) q/k/v projections."""
+        """Fuse the float block's norm and its (fusable) q/k/v projections."""
         super().__init__()
         attn = block.attn
         self.proj = NormQuantProjections(block.norm, [attn.q_proj, attn.k_proj, attn.v_proj])
         self.heads = (attn.num_heads, attn.num_kv_heads, attn.head_dim)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None):
-        """Return q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and no gate."""
+        """Return q [B, H, S, D], k, v [B, KVH, S, D] (before RoPE) and the gate."""
         return self.project(h, None, cond)[1:]
 
     def project(self, h: torch.Tensor, res, cond=None):
-        """Add the deferred residual `res`, then as forward: (h, q, k, v, None)."""
-        h, qkv = self.proj.project(h, res)
-        return (h, *split_heads(*qkv, *self.heads), None)
+        """Add the deferred residual `res`, then as forward: (h, q, k, v, gate)."""
+        h, qkv, gate = self.proj.project(h, res, cond)
+        return (h, *split_heads(*qkv, *self.heads), gate)
 
 
 class NormKV(nn.Module):
@@ -166,7 +175,7 @@ class NormKV(nn.Module):
 
     def project_kv(self, h: torch.Tensor, res, cond=None):
         """Add the deferred residual `res`, then as kv: (k, v)."""
-        _, (k, v) = self.proj.project(h, res)
+        _, (k, v), _ = self.proj.project(h, res)
         b, s, _ = k.shape
         kvh, d = self.heads
         return (k.view(b, s, kvh, d).transpose(1, 2), v.view(b, s, kvh, d).transpose(1, 2))
@@ -192,7 +201,7 @@ class NormGateUp(nn.Module):
 
     def deferred(self, h: torch.Tensor, res, cond=None):
         """Add `res` to h; return (h, (MLP of its normalization, None)) unadded."""
-        h, y = self.gate_up.project(h, res)
+        h, y, _ = self.gate_up.project(h, res)
         return h, (self.down_proj(y), None)
 
 
@@ -242,9 +251,10 @@ def fuse_projections(model: nn.Module) -> dict[str, int]:
     for tower in (getattr(model, "backbone", None), getattr(model, "expert", None)):
         for layer in (tower.layers if tower is not None else []):
             attn_in, mlp_block = layer.attention_input, getattr(layer, "mlp_block", None)
-            if isinstance(attn_in, AttentionInput) and isinstance(attn_in.norm, RMSNorm):
+            if isinstance(attn_in, AttentionInput):
                 attn = attn_in.attn
-                if attn.kv_only and fusable([attn.k_proj, attn.v_proj]):
+                if attn.kv_only and isinstance(attn_in.norm, RMSNorm) and \
+                        fusable([attn.k_proj, attn.v_proj]):
                     layer.swap_attention_input(NormKV(attn_in))
                     counts["norm_kv"] += 1
                 elif not attn.kv_only and fusable([attn.q_proj, attn.k_proj, attn.v_proj]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -142,9 +143,9 @@ def meta_model(name: str, precision: str, vision_depth: int, depth: int,
     get the Policy's inference preparation (runtime/fast_path.py).
     """
     cfg = get_config(name)
-    cfg = cfg.with_(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "depth": vision_depth}),
-                    backbone=cfg.backbone.__class__(**{**cfg.backbone.__dict__, "depth": depth}),
-                    expert=cfg.expert.__class__(**{**cfg.expert.__dict__, "depth": depth}))
+    cfg = cfg.with_(vision=replace(cfg.vision, depth=vision_depth),
+                    backbone=replace(cfg.backbone, depth=depth),
+                    expert=replace(cfg.expert, depth=depth))
     model = cast_floating(build_meta(cfg), torch.bfloat16).eval()
     if precision != "bf16":
         scheme = parse_bits(precision)
@@ -173,41 +174,46 @@ def _inputs(cfg):
 
 @torch.no_grad()
 def _measure(model) -> dict:
-    """Launch counts of one prefix, one chunk's setup and one denoising step (after warm-up)."""
+    """Count one prefix and denoise loops of 1 and 2 steps (totals, op histograms, H2D).
+
+    Everything runs once first, as the warm-ups before graph capture do, so per-device
+    caches (masks, flow times, the step conditioning, Hadamard matrices) are filled.
+    """
     x = _inputs(model.cfg)
 
     def prefix():
         embs, valid = model.embed_prefix(x["images"], x["image_masks"], x["tokens"],
                                          x["token_masks"])
-        return model.prefill(embs, valid, **room), valid
+        return model.prefill(embs, valid, room=model.suffix_len), valid
 
-    room = {"room": model.suffix_len} if hasattr(model, "suffix_len") else {}
-    cache, valid = prefix()  # warm-up: per-device caches filled, as before graph capture
-    for steps in (1, 2):
+    def loop(steps):
         model.denoise_loop(cache, valid, x["noise"], x["state"], steps)
-    out = {}
-    with counting() as c:
-        cache, valid = prefix()
-    out["prefix"], ops, h2d = c.total, Counter(c.ops), c.h2d
-    for steps in (1, 2):
+
+    cache, valid = prefix()
+    loop(1)
+    loop(2)
+    runs = {}
+    for part, fn in (("prefix", prefix), ("loop1", lambda: loop(1)), ("loop2", lambda: loop(2))):
         with counting() as c:
-            model.denoise_loop(cache, valid, x["noise"], x["state"], steps)
-        out[f"loop{steps}"] = c.total
-        h2d += c.h2d
-        if steps == 1:
-            loop1 = Counter(c.ops)
-        else:
-            step_ops = Counter(c.ops)
-            step_ops.subtract(loop1)
-    out["step"] = out["loop2"] - out["loop1"]
-    out["setup"] = out["loop1"] - out["step"]
-    out.update(prefix_ops=ops, step_ops=+step_ops, h2d=h2d)
-    return out
+            fn()
+        runs[part] = c
+    step_ops = Counter(runs["loop2"].ops)
+    step_ops.subtract(runs["loop1"].ops)
+    step = runs["loop2"].total - runs["loop1"].total
+    return {"prefix": runs["prefix"].total, "step": step, "setup": runs["loop1"].total - step,
+            "prefix_ops": Counter(runs["prefix"].ops), "step_ops": +step_ops,
+            "h2d": sum(c.h2d for c in runs.values())}
 
 
 def count_launches(name: str = "pi05", precisions=PRECISIONS, layout: str = "quantvla",
                    verbose: bool = False) -> dict:
-    """Return launches per prefix and per denoising step, fixed + per layer, per precision."""
+    """Return launches per prefix and per denoising step, fixed + per layer, per precision.
+
+    Per layer is the difference between 3 and 2 layers per tower (depth 1 would be the
+    backbone's key/value-only last layer alone), per vision layer between 2 and 1; the
+    totals extrapolate to the config's depths. `chunk_setup` is what a chunk adds once
+    (the suffix's mask and RoPE angles), `chunk_total` prefix + setup + every step.
+    """
     cfg = get_config(name)
     depth, vdepth, steps = cfg.backbone.depth, cfg.vision.depth, cfg.num_steps
     result = {"model": name, "layout": layout, "depth": depth, "vision_depth": vdepth,
