@@ -228,3 +228,59 @@ def test_float_kernels_compile_for_gpu(arch):
                           capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_compiled_kernels_on_cuda_match_the_reference():
+    """On a GPU the compiled kernels (not the interpreter) against the torch references."""
+    dev, dt = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    h, delta = (torch.randn(2, 50, 1024, device=dev, generator=g).to(dt) for _ in range(2))
+    gate = torch.rand(1, 1, 1024, device=dev, generator=g).to(dt)
+    s1, sh = (torch.randn(1, 1, 1024, device=dev, generator=g) for _ in range(2))
+    for quant in (None, 8):
+        kw = dict(scale1=s1, shift=sh, quant_bits=quant)
+        want = norm_kernels.add_norm(h, delta, gate, backend="reference", **kw)
+        got = norm_kernels.add_norm(h, delta, gate, backend="triton", **kw)
+        assert torch.equal(got[0], want[0])
+        if quant is None:
+            _close(got[1], want[1], dt)
+        else:
+            assert (got[1][0].int() - want[1][0].int()).abs().max() <= 1
+    gu = torch.randn(100, 8192, device=dev, generator=g).to(dt)
+    _close(norm_kernels.geglu(gu, backend="triton"), norm_kernels.geglu_reference(gu), dt)
+    qkv = torch.randn(1, 50, 10 * 256, device=dev, generator=g).to(dt)
+    q, k, v = split_heads(*qkv.split([2048, 256, 256], -1), 8, 1, 256)
+    pos = torch.arange(968, 1018, device=dev)[None]
+    cos, sin = rope_cos_sin(pos, 256, 10_000.0, dt)
+    want = rope_kernels.rope_qkv_reference(q, k, v, cos, sin)
+    got = rope_kernels.rope_qkv(q, k, v, cos, sin, backend="triton")
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, dt)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_folded_attention_is_one_cuda_kernel():
+    """`bench launches` counts SDPA as one launch: check the backend the fold enables."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from quantvla_ros.models.layers import attend, attention_bias, fold_bias
+
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(1, 50, 8, 256, device=dev, dtype=dt).transpose(1, 2)
+    k, v = (torch.randn(1, 1, 1018, 256, device=dev, dtype=dt) for _ in range(2))
+    mask = torch.ones(1, 50, 1018, dtype=torch.bool, device=dev)
+    mask[:, :, 900:968] = False
+    bias = attention_bias(mask, dt)
+    folded = fold_bias(bias, 8)
+    want = attend(q, k, v, bias)
+    got = attend(q, k, v, bias, folded)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        attend(q, k, v, bias, folded)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+    assert len(kernels) == 1, kernels
