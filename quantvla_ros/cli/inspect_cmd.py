@@ -8,7 +8,7 @@ from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.checkpoint import read_config
 from quantvla_ros.models.config import get_config
 from quantvla_ros.quant.footprint import inspect_layout
-from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.layouts import family_of, get_layout
 from quantvla_ros.quant.scheme import parse_bits
 
 
@@ -31,7 +31,7 @@ def run(args) -> int:
     cfg = get_config(args.model) if args.model else read_config(args.checkpoint)[0]
     scheme = parse_bits(args.bits, group_size=args.group_size)
     layout = get_layout(None if args.preset == "custom" else args.preset,
-                        args.include, args.exclude)
+                        args.include, args.exclude, family=family_of(cfg))
     r = inspect_layout(build_meta(cfg), layout, scheme)
     if args.json:
         print_json(r)

@@ -33,8 +33,9 @@ def state_prompt_of(args) -> str | None:
 def add_layout_args(p) -> None:
     """Add --preset, --bits, --include and --exclude (shared with `inspect`)."""
     p.add_argument("--preset", default="quantvla",
-                   help="quantvla | full (+ vision tower, token embedding) | backbone | "
-                        "expert_mlp | backbone_expert | none")
+                   help="pi0 / pi0.5: quantvla | full (+ vision tower, token embedding) | "
+                        "backbone | expert_mlp | backbone_expert | none; GR00T: quantvla | "
+                        "llm | dit_ff | all | none")
     p.add_argument("--bits", default="w4a8", help="w8a8 | w4a8 | w4a4")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="also quantize linears matching this module-name glob")

@@ -17,12 +17,13 @@ from quantvla_ros.models.attention import TORCH_OPS, AttentionContext, attention
 from quantvla_ros.models.config import PiConfig
 from quantvla_ros.models.gemma import (
     AttentionObserver,
+    GemmaLayer,
     GemmaTower,
     KVCache,
     joint_forward,
     never_executed,
 )
-from quantvla_ros.models.layers import AdaRMSNorm, StepCondition
+from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm, StepCondition
 from quantvla_ros.models.siglip import SiglipVision
 
 
@@ -101,6 +102,20 @@ class PiModel(nn.Module):
     def never_executed_modules(self) -> tuple[str, ...]:
         """Names of modules a full-size checkpoint holds that this model never runs."""
         return never_executed("backbone", self.cfg.backbone)
+
+    def never_executed_params(self) -> int:
+        """Return the parameter count a full checkpoint holds for the never-run modules.
+
+        The backbone's last layer needs only its input norm and k/v (see GemmaTower); its q/o
+        projections, MLP, post-attention norm and the final norm are dropped at load.
+        """
+        cfg = self.cfg.backbone
+        with torch.device("meta"):
+            full = GemmaLayer(cfg, adaptive=False)
+            kv = GemmaLayer(cfg, adaptive=False, kv_only=True)
+            norm = RMSNorm(cfg.width)
+        count = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in kv.parameters())
+        return count + sum(p.numel() for p in norm.parameters())
 
     def never_executes(self, name: str) -> bool:
         """Return True if ``name`` (a module or a tensor) lies in a never-executed module."""

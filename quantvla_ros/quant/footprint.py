@@ -11,8 +11,6 @@ import torch
 from torch import nn
 
 from quantvla_ros.models.build import fp32_tensor_names
-from quantvla_ros.models.gemma import GemmaLayer
-from quantvla_ros.models.layers import RMSNorm
 from quantvla_ros.quant.apply import empty_quantized
 from quantvla_ros.quant.layouts import (
     Layout,
@@ -34,21 +32,6 @@ def _bytes(module: nn.Module, dtype_bytes: int) -> int:
 def stored_bytes(module: nn.Module) -> int:
     """Return the bytes of a module's state tensors as they are stored (numel * element size)."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
-def never_executed_params(model: nn.Module) -> int:
-    """Return the parameter count a full checkpoint holds for the model's never-run modules.
-
-    The backbone's last layer needs only its input norm and k/v (see GemmaTower); its q/o
-    projections, MLP, post-attention norm and the final norm are dropped at load, so neither
-    the float nor the quantized totals count them.
-    """
-    cfg = model.cfg.backbone
-    with torch.device("meta"):
-        full, kv = GemmaLayer(cfg, adaptive=False), GemmaLayer(cfg, adaptive=False, kv_only=True)
-        norm = RMSNorm(cfg.width)
-    count = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in kv.parameters())
-    return count + sum(p.numel() for p in norm.parameters())
 
 
 def _part_rows(rows: list[dict]) -> list[dict]:
@@ -98,7 +81,8 @@ def inspect_layout(model: nn.Module, layout: Layout, scheme: QuantScheme) -> dic
     total_bf16 = sum(p.numel() * (FP32 if n in fp32 else BF16)
                      for n, p in model.named_parameters())
     total = total_bf16 - q_bf16 + q_bytes
-    dead = never_executed_params(model)
+    # Every model family names what a full checkpoint holds that it never runs.
+    dead = model.never_executed_params()
     return {
         "layout": layout.name, "bits": scheme.bits, "group_size": scheme.group_size,
         "quantized_modules": len(chosen), "quantized_embeddings": sorted(embeddings),

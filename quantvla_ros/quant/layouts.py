@@ -79,13 +79,49 @@ PRESETS: dict[str, Layout] = {
 }
 
 
-def get_layout(preset: str | None = None, include=(), exclude=()) -> Layout:
-    """Return a preset, optionally extended by include / exclude patterns, or patterns alone."""
+# GR00T N1.5 (module names = the NVIDIA checkpoint keys, shared/GROOT.md sections 3-5).
+_LLM = "backbone.eagle_model.language_model.model.layers.*"
+_GROOT_LLM = (f"{_LLM}.self_attn.[qkvo]_proj", f"{_LLM}.mlp.*_proj")
+_DIT = "action_head.model.transformer_blocks.*"
+_DIT_FF = (f"{_DIT}.ff.net.*",)
+_DIT_ATTN = (f"{_DIT}.attn1.*",)
+_VLSA = ("action_head.vl_self_attention.transformer_blocks.*",)
+
+GROOT_PRESETS: dict[str, Layout] = {
+    "quantvla": Layout("quantvla", _GROOT_LLM + _DIT_FF, description=(
+        "the QuantVLA authors' GR00T layout: the 12 LLM layers' linears and the DiT "
+        "feed-forward linears (116); vision, mlp1, vl self-attention, DiT attention (ATM / OHB "
+        "act there), adaLN / timestep / output projections and the per-embodiment MLPs stay "
+        "float")),
+    "llm": Layout("llm", _GROOT_LLM, description="the 12 LLM layers' linears only"),
+    "dit_ff": Layout("dit_ff", _DIT_FF, description="the DiT feed-forward linears only"),
+    "all": Layout("all", _GROOT_LLM + _VLSA + _DIT_FF + _DIT_ATTN, description=(
+        "every LLM, vl self-attention and DiT block linear (adaLN, timestep, output "
+        "projections, vision and mlp1 stay float)")),
+    "none": Layout("none", (), description="nothing quantized (float reference)"),
+}
+
+# Presets per model family (a config's `family`; pi0 / pi0.5 configs predate the field).
+FAMILY_PRESETS: dict[str, dict[str, Layout]] = {"pi": PRESETS, "groot": GROOT_PRESETS}
+
+
+def family_of(cfg) -> str:
+    """Return the model family whose presets apply to ``cfg`` ("pi" or "groot")."""
+    family = getattr(cfg, "family", "pi")
+    if family not in FAMILY_PRESETS:
+        raise ValueError(f"no quantization layouts for model family {family!r}")
+    return family
+
+
+def get_layout(preset: str | None = None, include=(), exclude=(), family: str = "pi") -> Layout:
+    """Return a family's preset extended by include / exclude patterns, or patterns alone."""
+    presets = FAMILY_PRESETS[family]
     if preset is None and not include:
         raise ValueError("give a preset or include patterns")
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    base = PRESETS[preset] if preset else Layout("custom", ())
+    if preset is not None and preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {family} models; presets: "
+                         f"{', '.join(presets)}")
+    base = presets[preset] if preset else Layout("custom", ())
     return replace(base, name=base.name if not (include or exclude) else f"{base.name}+custom",
                    include=base.include + tuple(include), exclude=base.exclude + tuple(exclude))
 
