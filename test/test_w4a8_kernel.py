@@ -149,6 +149,31 @@ def test_scaled_outputs_and_gate_up_match_the_reference(out_dtype):
     torch.testing.assert_close(fused, geglu, rtol=1e-5, atol=1e-5)
 
 
+def test_tile_table_covers_pi05_and_groot_shapes():
+    from quantvla_ros.kernels.bench import DEFAULT_SHAPES, GROOT_SHAPES
+    from quantvla_ros.kernels.configs import w4a8_config
+
+    for m, k, n in DEFAULT_SHAPES + GROOT_SHAPES:
+        for gate_up in (False, True):
+            cfg = w4a8_config(m, n, k, gate_up=gate_up, interpret=False, device=None)
+            assert cfg.block_k == 128 and cfg.block_m <= 64  # the group fold costs BM / 128
+            tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+            assert not gate_up or cfg.split_k == 1
+            # Splits keep >= 4 K blocks each and never outnumber the SMs' spare room.
+            assert cfg.split_k == 1 or (k // 128 // cfg.split_k >= 4
+                                        and tiles * cfg.split_k <= 132)
+
+
+def test_groot_dit_shape_is_exact_under_the_interpreter():
+    """GR00T's DiT feed-forward: 49 tokens, K = 1536 (12 blocks), split over K."""
+    m, k, n = 49, 1536, 96
+    a, w, s2 = _operands(m, k, n, True, seed=31, s2_max=4)
+    cfg = GemmConfig(64, 64, 128, split_k=3)
+    y = w4a8_gemm(a, torch.ones(m, 1, device=DEV), w, torch.ones(n, device=DEV), s2,
+                  config=cfg)
+    assert torch.equal(y, ref.accumulate_w4a8(a, w, s2, 128).float())
+
+
 def test_dispatch_runs_the_kernel_and_reports_meta_launches():
     m, k, n = 16, 256, 64
     a, w, s2 = _operands(m, k, n, True, seed=21)

@@ -27,6 +27,13 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int], ...] = (
     *((968, k, n) for k, n in ((2048, 16384), (16384, 2048), (2048, 2048))),
     *((m, k, n) for m in (1, 16) for k, n in ((2048, 2048), (2048, 16384))),
 )
+# GR00T N1.5 (shared/GROOT.md section 2): the DiT's 49 tokens per sample (state, 32 future
+# tokens, 16 actions) at batch 1 and 2 with K / N 1536 <-> 6144, and the 12 LLM layers at a
+# one-view prefix (~300 tokens) with K / N 2048 <-> 6144 and the 1024-wide k/v.
+GROOT_SHAPES: tuple[tuple[int, int, int], ...] = (
+    *((m, k, n) for m in (49, 98) for k, n in ((1536, 6144), (6144, 1536), (1536, 1536))),
+    *((300, k, n) for k, n in ((2048, 6144), (6144, 2048), (2048, 1024))),
+)
 CPU_CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 256, 64), (50, 256, 48), (64, 384, 96))
 CHECK_RTOL = 1e-3
 

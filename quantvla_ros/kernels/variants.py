@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from quantvla_ros.kernels.bench import DEFAULT_SHAPES, GROUP_SIZE
+from quantvla_ros.kernels.bench import DEFAULT_SHAPES, GROOT_SHAPES, GROUP_SIZE
 from quantvla_ros.kernels.configs import act_quant_block, gemm_config
 
 # Runtime launches specialize 16-divisible pointers and ints; mimic that for these args.
@@ -130,7 +130,8 @@ def _w4a8_variants(full: bool) -> list[KernelVariant]:
     from quantvla_ros.kernels.configs import w4a8_config
     from quantvla_ros.kernels.w4a8_gemm import w4a8_gemm_kernel as fn
 
-    cases = [(m, k, n, False) for m, k, n in DEFAULT_SHAPES]
+    shapes = DEFAULT_SHAPES + (GROOT_SHAPES if full else ())
+    cases = [(m, k, n, False) for m, k, n in shapes]
     cases += [(50, 1024, 4096, True), (968, 2048, 16384, True)]
     seen, out = set(), []
     for m, k, n, gate_up in cases:
