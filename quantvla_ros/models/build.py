@@ -1,12 +1,21 @@
-"""Build models on the meta device, then either load weights or draw seeded random ones."""
+"""Build models on the meta device, then either load weights or draw seeded random ones.
+
+Every family (pi0 / pi0.5, GR00T) is one `Family`: its module class and its random init.
+`build_meta` / `random_model` pick it by the config's `family`, so callers never branch on it.
+"""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from quantvla_ros.models.config import PiConfig
+import torch
+from torch import nn
+
+from quantvla_ros.models.groot.model import GrootModel, init_random_weights
 from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
 from quantvla_ros.models.pi0 import PiModel
+from quantvla_ros.models.registry import ModelConfig, family_of
 
 # Norm parameters stay float32 in every precision, as lerobot keeps them: Gemma's (1 + w) and
 # SmoothQuant factors folded into it sit near -1 / 0 where bf16 is coarse (gain errors of
@@ -14,26 +23,40 @@ from quantvla_ros.models.pi0 import PiModel
 FP32_MODULES = (RMSNorm, AdaRMSNorm)
 
 
-def build_meta(cfg: PiConfig) -> PiModel:
+@dataclass(frozen=True)
+class Family:
+    """How to build one model family: its module class and its seeded random init."""
+
+    build: Callable[[ModelConfig], nn.Module]
+    init_random: Callable[[nn.Module, torch.Generator], None]
+
+
+def build_meta(cfg: ModelConfig) -> nn.Module:
     """Build the module tree with no storage: loading assigns tensors later, never copying."""
     with torch.device("meta"):
-        return PiModel(cfg)
+        return FAMILIES[family_of(cfg)].build(cfg)
 
 
-def param_count(cfg: PiConfig) -> int:
+def param_count(cfg: ModelConfig) -> int:
     """Return the config's parameter count (counted on the meta device, no memory)."""
     return sum(p.numel() for p in build_meta(cfg).parameters())
 
 
 @torch.no_grad()
-def random_model(cfg: PiConfig, seed: int = 0, device="cpu", dtype=torch.float32) -> PiModel:
-    """Build a seeded random-weight model: same seed, device and dtype -> same weights.
-
-    Linear / embedding weights ~ N(0, 0.02); norms at identity; adaRMS gates biased to 1 so
-    the expert's blocks pass signal (an all-zero gate would silence them).
-    """
+def random_model(cfg: ModelConfig, seed: int = 0, device="cpu",
+                 dtype=torch.float32) -> nn.Module:
+    """Build a seeded random-weight model: same seed, device and dtype -> same weights."""
     model = build_meta(cfg).to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+    FAMILIES[family_of(cfg)].init_random(model, gen)
+    return cast_floating(model, dtype).eval()
+
+
+def init_pi_random(model: PiModel, gen: torch.Generator) -> None:
+    """Linear / embedding weights ~ N(0, 0.02); norms at identity; adaRMS gates biased to 1.
+
+    The gate bias lets the expert's blocks pass signal (an all-zero gate would silence them).
+    """
     for name, p in model.named_parameters():
         if name.endswith("dense.bias"):
             p.zero_()
@@ -44,7 +67,12 @@ def random_model(cfg: PiConfig, seed: int = 0, device="cpu", dtype=torch.float32
             p.zero_()
         else:
             p.normal_(0.0, 0.02, generator=gen)
-    return cast_floating(model, dtype).eval()
+
+
+FAMILIES: dict[str, Family] = {
+    "pi": Family(build=PiModel, init_random=init_pi_random),
+    "groot": Family(build=GrootModel, init_random=init_random_weights),
+}
 
 
 def fp32_tensor_names(model: torch.nn.Module) -> frozenset[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ GEMMA_VARIANTS = {
 @dataclass(frozen=True)
 class PiConfig:
     """A pi0 (`variant="pi0"`) or pi0.5 (`variant="pi05"`) policy."""
+
+    family: ClassVar[str] = "pi"  # models.registry / models.build dispatch on it
 
     name: str
     variant: str

@@ -1,0 +1,33 @@
+"""Every named model config, of every family: the names `quantvla models` and sources know.
+
+Family-neutral on purpose: a config says its family (`cfg.family`, a class attribute, so it
+is in no saved config dict) and `models.build` builds it by that; nothing above `models/`
+tests which family a config is. `models.config.get_config` stays pi-only for the pi paths
+(Policy, training, bench) that run a PiModel.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from quantvla_ros.models.config import REGISTRY as PI_REGISTRY
+from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.groot.config import GROOT_REGISTRY, GrootConfig
+
+ModelConfig = PiConfig | GrootConfig
+
+REGISTRY: dict[str, ModelConfig] = {**PI_REGISTRY, **GROOT_REGISTRY}
+
+
+def family_of(cfg: ModelConfig) -> str:
+    """Return the config's family name ("pi" or "groot")."""
+    return cfg.family
+
+
+def get_config(name: str) -> ModelConfig:
+    """Return the named config of any family; an unknown name raises KeyError with close names."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(REGISTRY)}")
