@@ -6,9 +6,9 @@ from quantvla_ros.cli.output import human_bytes, print_json, print_table
 from quantvla_ros.cli.quantize_cmd import add_layout_args
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.checkpoint import read_config
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.registry import family_of, get_config
 from quantvla_ros.quant.footprint import inspect_layout
-from quantvla_ros.quant.layouts import family_of, get_layout
+from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.scheme import parse_bits
 
 

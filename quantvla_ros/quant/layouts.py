@@ -101,16 +101,8 @@ GROOT_PRESETS: dict[str, Layout] = {
     "none": Layout("none", (), description="nothing quantized (float reference)"),
 }
 
-# Presets per model family (a config's `family`; pi0 / pi0.5 configs predate the field).
+# Presets per model family (models.registry.family_of: a config's `family`).
 FAMILY_PRESETS: dict[str, dict[str, Layout]] = {"pi": PRESETS, "groot": GROOT_PRESETS}
-
-
-def family_of(cfg) -> str:
-    """Return the model family whose presets apply to ``cfg`` ("pi" or "groot")."""
-    family = getattr(cfg, "family", "pi")
-    if family not in FAMILY_PRESETS:
-        raise ValueError(f"no quantization layouts for model family {family!r}")
-    return family
 
 
 def get_layout(preset: str | None = None, include=(), exclude=(), family: str = "pi") -> Layout:

@@ -1,0 +1,60 @@
+"""GR00T N1.5 quantization layouts and their exact bytes (meta device, nothing allocated)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.registry import family_of, get_config
+from quantvla_ros.quant.footprint import inspect_layout
+from quantvla_ros.quant.layouts import get_layout, select
+from quantvla_ros.quant.scheme import parse_bits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def groot():
+    return build_meta(get_config("groot-n15"))
+
+
+def test_presets_pick_the_authors_layers(groot):
+    family = family_of(groot.cfg)
+    names = {p: select(groot, get_layout(p, family=family))
+             for p in ("quantvla", "llm", "dit_ff", "all")}
+    # shared/GROOT.md 5.2: 84 LLM linears (12 layers x 7) + 32 DiT feed-forward (16 x 2).
+    assert len(names["llm"]) == 84 and len(names["dit_ff"]) == 32
+    assert set(names["quantvla"]) == set(names["llm"]) | set(names["dit_ff"])
+    assert not any(".attn1." in n or "vision" in n or "mlp1" in n for n in names["quantvla"])
+    # all adds the vl self-attention blocks (4 x 6) and the DiT attention (16 x 4).
+    assert len(names["all"]) == 116 + 24 + 64
+    with pytest.raises(ValueError, match="unknown preset 'full' for groot models"):
+        get_layout("full", family=family)
+
+
+def test_inspect_bytes_are_exact_for_w4a8(groot):
+    r = inspect_layout(groot, get_layout("quantvla", family="groot"), parse_bits("w4a8"))
+    assert r["quantized_modules"] == 116
+    by_name = {m["name"]: m for m in r["modules"]}
+    for name, m in by_name.items():
+        if not m["quantized"]:
+            continue
+        n, k = m["shape"]
+        has_bias = name.startswith("action_head")  # the DiT's linears have biases
+        # int4 K-half rows + float32 channel scale + int8 group scales + bf16 bias
+        assert m["bytes"] == n * k // 2 + 4 * n + n * (k // 128) + (2 * n if has_bias else 0)
+    assert 0.2 < r["quantized_fraction"] < 0.3
+
+
+def test_inspect_command_sizes_groot():
+    proc = subprocess.run(
+        [sys.executable, "-m", "quantvla_ros.cli.main", "inspect", "--model", "groot-n15",
+         "--preset", "quantvla", "--bits", "w4a8", "--json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert r["quantized_modules"] == 116 and r["layout"] == "quantvla"
+    assert r["total_bytes"] < r["total_bytes_bf16"]
