@@ -23,7 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, ActionHeadConfig, GrootConfig
+from quantvla_ros.models.groot.normalization import GrootNormalizer, read_lerobot_stats
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 METADATA = "experiment_cfg/metadata.json"
@@ -243,25 +245,91 @@ def config_to_nvidia(cfg: GrootConfig) -> dict:
     }
 
 
+def config_from_lerobot(name: str, shapes: dict) -> GrootConfig:
+    """GrootConfig for a lerobot file: `groot-n15` with what the tensor shapes determine.
+
+    lerobot's config.json holds its own policy options, not the model's (lerobot rebuilds the
+    model from the base checkpoint's config), so vocabulary, LLM depth, action / state width
+    and projector slots are read off the weights; the horizon stays the base model's 16.
+    """
+    base = GROOT_REGISTRY["groot-n15"]
+    llm, head = dict(base.llm.__dict__), dict(base.action_head.__dict__)
+    if EMBED in shapes:
+        llm["vocab_size"] = shapes[EMBED][0]
+    layers = {int(m.group(1)) for k in shapes if (m := _LLM_LAYER.match(k))}
+    if layers:
+        llm["depth"] = max(layers) + 1
+    for key, fields in (("action_head.action_encoder.W1.W", ("max_num_embodiments",
+                                                             "action_dim")),
+                        ("action_head.state_encoder.layer1.W", (None, "max_state_dim"))):
+        if key in shapes:
+            head.update({f: n for f, n in zip(fields, shapes[key], strict=False) if f})
+    try:
+        return base.with_(name=name, llm=base.llm.__class__(**llm),
+                          action_head=ActionHeadConfig(**head))
+    except ValueError as exc:
+        raise CheckpointError(f"weights of {name}: {exc}") from exc
+
+
 def read_config(folder) -> tuple[GrootConfig, dict]:
-    """Return the folder's GrootConfig and its raw config.json."""
+    """Return the folder's GrootConfig and its raw config.json.
+
+    Ours (the `quantvla` block) is exact; NVIDIA's is mapped from `action_head_cfg`; lerobot's
+    (`"type": "groot"`) is read off the tensor shapes.
+    """
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (missing {CONFIG})")
     raw = json.loads((folder / CONFIG).read_text())
     if OUR_CONFIG in raw:
         return GrootConfig.from_dict(raw[OUR_CONFIG]), raw
-    if "action_head_cfg" not in raw:
-        raise CheckpointError(f"{folder / CONFIG}: no action_head_cfg (not a GR00T N1.5 "
-                              "config.json)")
     shapes = {k: v.shape for k, v in read_index(folder).items()}
-    return config_from_nvidia(raw, folder.name, shapes), raw
+    if "action_head_cfg" in raw:
+        return config_from_nvidia(raw, folder.name, shapes), raw
+    if raw.get("type") == "groot":
+        return config_from_lerobot(folder.name, shapes), raw
+    raise CheckpointError(f"{folder / CONFIG}: neither NVIDIA's (action_head_cfg) nor "
+                          "lerobot's (type groot) GR00T N1.5 config")
 
 
 def read_metadata(folder) -> dict | None:
     """Read `experiment_cfg/metadata.json` (tag -> statistics, modalities); None if absent."""
     path = Path(folder) / METADATA
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_normalizer(folder, embodiment_tag: str = "new_embodiment",
+                    default_mode: str = "min_max",
+                    modes: dict[str, str] | None = None) -> GrootNormalizer | None:
+    """Read the statistics: metadata.json's for ``embodiment_tag``, else lerobot's, or None.
+
+    The mode is not stored (GROOT.md §7.9): ``default_mode`` / ``modes`` name the data
+    config's (LIBERO: min_max everywhere; the goal suite's mean/std config:
+    `normalization.LIBERO_MEAN_STD`). lerobot's statistics are min_max by construction.
+    """
+    metadata = read_metadata(folder)
+    if metadata is not None:
+        return GrootNormalizer.from_metadata(metadata, embodiment_tag, default_mode, modes)
+    stats = read_lerobot_stats(folder)
+    return GrootNormalizer.from_lerobot(stats) if stats else None
+
+
+def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
+    """Load (model, config) from either layout: built on meta, tensors assigned (one copy)."""
+    cfg, _ = read_config(folder)
+    model = build_meta(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(read_state(folder, expected, cfg, device, dtype), assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a non-persistent buffer nothing recomputes would stay without storage
+        raise CheckpointError(f"tensors not in the state dict stayed on meta: {left}")
+    return model.eval(), cfg
+
+
+def save_checkpoint(model, folder, metadata: dict | None = None,
+                    max_shard_bytes: int = 4 << 30) -> Path:
+    """Write ``model`` (a GrootModel) in NVIDIA's layout; see `save_state`."""
+    return save_state(model.state_dict(), model.cfg, folder, metadata, max_shard_bytes)
 
 
 # ---- saving -----------------------------------------------------------------------------
