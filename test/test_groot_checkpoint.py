@@ -189,6 +189,12 @@ def test_index_naming_an_absent_shard(tmp_path):
     (tmp_path / shards[1]).unlink()
     with pytest.raises(ck.CheckpointError, match=shards[1]):
         ck.read_index(tmp_path)
+    ck.save_state(synthetic_state(TINY), TINY, tmp_path / "b")
+    index = json.loads((tmp_path / "b" / ck.INDEX).read_text())
+    index["weight_map"]["action_head.extra.weight"] = "model-00001-of-00001.safetensors"
+    (tmp_path / "b" / ck.INDEX).write_text(json.dumps(index))
+    with pytest.raises(ck.CheckpointError, match="action_head.extra.weight: listed in"):
+        ck.read_index(tmp_path / "b")
 
 
 def test_nvidia_config_json_fields(tmp_path):

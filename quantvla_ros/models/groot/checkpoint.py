@@ -99,6 +99,10 @@ def read_index(folder) -> dict[str, TensorInfo]:
                 found[name] = TensorInfo(path, key, tuple(s.get_shape()), dtype)
                 if listed is not None and listed.get(key) != path.name:
                     problems.append(f"{key}: in {path.name}, index says {listed.get(key)}")
+    if listed is not None:
+        in_files = {i.key for i in found.values()}
+        problems += [f"{k}: listed in {INDEX} ({v}) but in no shard"
+                     for k, v in listed.items() if k not in in_files]
     if problems:
         raise CheckpointError(f"{folder}: inconsistent weight files:\n  " + "\n  ".join(problems))
     if EMBED not in found and LM_HEAD in found:
