@@ -327,6 +327,7 @@ def test_prompt_layout_with_the_qwen_tokenizer(qwen_folder, quirk):
     tok = pr.load_tokenizer(qwen_folder, BYTE_CFG)
     text = pr.instruction_text("put the bowl on the plate", numpy_repr=quirk)
     assert text == ("['put the bowl on the plate']" if quirk else "put the bowl on the plate")
+    assert pr.instruction_text(None, numpy_repr=quirk) == "Perform the default behavior."
     ids = tok.encode(pr.build_prompt(text, 2, 256))
     assert _image_blocks(ids, 259, 260, 261) == [(256, True), (256, True)]
     assert ids.count(259) == 512

@@ -49,9 +49,11 @@ def instruction_text(instruction: str | None, numpy_repr: bool = True) -> str:
     `Gr00tPolicy.get_action` wraps the instruction in a numpy array that the transform does not
     unwrap, so at inference the template sees its repr, `['put the bowl on the plate']`;
     lerobot reproduces it with `str([lang])`. Training saw plain text (``numpy_repr=False``).
+    No instruction: NVIDIA's default text, which never passed through the array.
     """
-    text = DEFAULT_TEXT if instruction is None else instruction
-    return str([text]) if numpy_repr else text
+    if instruction is None:  # the transform's own default is a plain string
+        return DEFAULT_TEXT
+    return str([instruction]) if numpy_repr else instruction
 
 
 def build_prompt(text: str, num_views: int, tokens_per_view: int) -> str:
