@@ -58,3 +58,44 @@ def test_inspect_command_sizes_groot():
     r = json.loads(proc.stdout)
     assert r["quantized_modules"] == 116 and r["layout"] == "quantvla"
     assert r["total_bytes"] < r["total_bytes_bf16"]
+
+
+@pytest.mark.parametrize(("bits", "group_size", "rtol"), [("w8a8", None, 1e-4), ("w4a8", 0, 1e-3)])
+def test_quantized_groot_runs_its_integer_gemms(bits, group_size, rtol):
+    """The quantvla layout swaps 22 tiny-GR00T linears for integer ones, each one running.
+
+    The tiny widths (32 / 64) are below the 128-wide groups, so W4A8 runs per channel here.
+    """
+    import copy
+
+    import torch
+
+    from quantvla_ros.kernels import dispatch
+    from quantvla_ros.models.build import random_model
+    from quantvla_ros.quant.apply import QuantConfig, quantize_
+    from quantvla_ros.quant.qlinear import QuantLinear
+
+    cfg = get_config("groot-n15-tiny")
+    head, llm = cfg.action_head, cfg.llm
+    model = random_model(cfg, seed=0)
+    ids = torch.tensor([[1, 2] + [150] * (2 * cfg.vision.num_tokens) + [3 + i, 4]
+                        for i in range(2)])
+    gen = torch.Generator().manual_seed(13)
+    inputs = (torch.rand(4, 3, 28, 28, generator=gen) * 2 - 1, ids, torch.ones_like(ids),
+              torch.randn(2, 1, head.max_state_dim, generator=gen), torch.tensor([0, 1]),
+              torch.randn(2, head.action_horizon, head.action_dim, generator=gen))
+    want = model.sample_actions(*inputs)
+    quant = copy.deepcopy(model)
+    names = quantize_(quant, QuantConfig(parse_bits(bits, group_size=group_size),
+                                         get_layout("quantvla", family="groot")))
+    assert len(names) == llm.depth * 7 + head.dit_depth * 2 == 22
+    assert sum(isinstance(m, QuantLinear) for m in quant.modules()) == 22
+    seen = []
+    dispatch.add_launch_listener(seen.append)
+    try:
+        got = quant.sample_actions(*inputs)
+    finally:
+        dispatch.remove_launch_listener(seen.append)
+    # LLM linears run once; the DiT feed-forward once per flow step (4 steps).
+    assert seen.count(f"reference.{bits}") == llm.depth * 7 + head.dit_depth * 2 * head.num_steps
+    assert (got - want).norm() / want.norm() < rtol
