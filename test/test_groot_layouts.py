@@ -1,16 +1,28 @@
 """GR00T N1.5 quantization layouts and their exact bytes (meta device, nothing allocated)."""
 
+import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from quantvla_ros.models.build import build_meta
+from quantvla_ros.kernels import dispatch
+from quantvla_ros.models.build import build_meta, random_model
 from quantvla_ros.models.registry import family_of, get_config
+from quantvla_ros.quant.apply import QuantConfig, quantize_
+from quantvla_ros.quant.artifact import load_artifact, save_artifact
 from quantvla_ros.quant.footprint import inspect_layout
 from quantvla_ros.quant.layouts import get_layout, select
+from quantvla_ros.quant.manifest import (
+    ArtifactManifest,
+    BalanceRecord,
+    QuantizationRecord,
+    SourceRecord,
+)
+from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import parse_bits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,30 +72,26 @@ def test_inspect_command_sizes_groot():
     assert r["total_bytes"] < r["total_bytes_bf16"]
 
 
+def _tiny_inputs(cfg):
+    head = cfg.action_head
+    ids = torch.tensor([[1, 2] + [150] * (2 * cfg.vision.num_tokens) + [3 + i, 4]
+                        for i in range(2)])
+    gen = torch.Generator().manual_seed(13)
+    return (torch.rand(4, 3, 28, 28, generator=gen) * 2 - 1, ids, torch.ones_like(ids),
+            torch.randn(2, 1, head.max_state_dim, generator=gen), torch.tensor([0, 1]),
+            torch.randn(2, head.action_horizon, head.action_dim, generator=gen))
+
+
 @pytest.mark.parametrize(("bits", "group_size", "rtol"), [("w8a8", None, 1e-4), ("w4a8", 0, 1e-3)])
 def test_quantized_groot_runs_its_integer_gemms(bits, group_size, rtol):
     """The quantvla layout swaps 22 tiny-GR00T linears for integer ones, each one running.
 
     The tiny widths (32 / 64) are below the 128-wide groups, so W4A8 runs per channel here.
     """
-    import copy
-
-    import torch
-
-    from quantvla_ros.kernels import dispatch
-    from quantvla_ros.models.build import random_model
-    from quantvla_ros.quant.apply import QuantConfig, quantize_
-    from quantvla_ros.quant.qlinear import QuantLinear
-
     cfg = get_config("groot-n15-tiny")
     head, llm = cfg.action_head, cfg.llm
     model = random_model(cfg, seed=0)
-    ids = torch.tensor([[1, 2] + [150] * (2 * cfg.vision.num_tokens) + [3 + i, 4]
-                        for i in range(2)])
-    gen = torch.Generator().manual_seed(13)
-    inputs = (torch.rand(4, 3, 28, 28, generator=gen) * 2 - 1, ids, torch.ones_like(ids),
-              torch.randn(2, 1, head.max_state_dim, generator=gen), torch.tensor([0, 1]),
-              torch.randn(2, head.action_horizon, head.action_dim, generator=gen))
+    inputs = _tiny_inputs(cfg)
     want = model.sample_actions(*inputs)
     quant = copy.deepcopy(model)
     names = quantize_(quant, QuantConfig(parse_bits(bits, group_size=group_size),
@@ -99,3 +107,24 @@ def test_quantized_groot_runs_its_integer_gemms(bits, group_size, rtol):
     # LLM linears run once; the DiT feed-forward once per flow step (4 steps).
     assert seen.count(f"reference.{bits}") == llm.depth * 7 + head.dit_depth * 2 * head.num_steps
     assert (got - want).norm() / want.norm() < rtol
+
+
+def test_quantized_groot_artifact_round_trips(tmp_path):
+    """Save -> load (meta skeleton + assign) -> identical tensors and identical actions."""
+    cfg = get_config("groot-n15-tiny")
+    model = random_model(cfg, seed=1)
+    scheme = parse_bits("w8a8")
+    names = quantize_(model, QuantConfig(scheme, get_layout("quantvla", family="groot")))
+    manifest = ArtifactManifest(
+        model_config=cfg, source=SourceRecord("named", "seed:1", "groot-n15-tiny", 1),
+        quantization=QuantizationRecord(scheme, "quantvla"), quantized_modules=tuple(names),
+        balance=BalanceRecord({}, {}, {}), calibration={})
+    save_artifact(model, tmp_path / "a", manifest)
+    loaded, loaded_cfg, _, read = load_artifact(tmp_path / "a")
+    assert loaded_cfg == cfg and read.model_config.family == "groot"
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(isinstance(m, QuantLinear) for m in loaded.modules()) == len(names) == 22
+    inputs = _tiny_inputs(cfg)
+    torch.testing.assert_close(loaded.sample_actions(*inputs), model.sample_actions(*inputs),
+                               rtol=0, atol=0)

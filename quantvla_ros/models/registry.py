@@ -31,3 +31,20 @@ def get_config(name: str) -> ModelConfig:
     close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(REGISTRY)}")
+
+
+_CONFIG_CLASSES: dict[str, type] = {"pi": PiConfig, "groot": GrootConfig}
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """Return the config as a plain dict that names its family (for manifests)."""
+    return {"family": family_of(cfg), **cfg.to_dict()}
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """Rebuild a config written by :func:`config_to_dict`; no family key means pi (older)."""
+    d = dict(d)
+    family = d.pop("family", "pi")
+    if family not in _CONFIG_CLASSES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(_CONFIG_CLASSES)}")
+    return _CONFIG_CLASSES[family].from_dict(d)

@@ -6,7 +6,7 @@ and embeddings / per-part schemes were added)::
     format: quantvla-artifact
     format_version: 2
     created: ISO-8601 UTC time
-    model_config: {...}               PiConfig.to_dict()
+    model_config: {family, ...}       models.registry.config_to_dict()
     source: {kind: named, model, seed, sha256: "seed:S"}
           | {kind: checkpoint, path, sha256}
     quantization: {bits, scheme: QuantScheme.to_dict(), preset, include, exclude, smooth_alpha,
@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.registry import ModelConfig, config_from_dict, config_to_dict
 from quantvla_ros.quant.layouts import scheme_label
 from quantvla_ros.quant.scheme import QuantScheme
 
@@ -177,7 +177,7 @@ class BalanceRecord:
 class ArtifactManifest:
     """Everything ``manifest.yaml`` records about an artifact."""
 
-    model_config: PiConfig
+    model_config: ModelConfig
     source: SourceRecord
     quantization: QuantizationRecord
     quantized_modules: tuple[str, ...]
@@ -213,7 +213,7 @@ class ArtifactManifest:
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML document."""
         return {"format": FORMAT, "format_version": self.format_version,
-                "created": self.created, "model_config": self.model_config.to_dict(),
+                "created": self.created, "model_config": config_to_dict(self.model_config),
                 "source": self.source.to_dict(), "quantization": self.quantization.to_dict(),
                 "quantized_modules": list(self.quantized_modules),
                 "balance": self.balance.to_dict(), "calibration": self.calibration,
@@ -240,7 +240,7 @@ class ArtifactManifest:
         try:
             q, b, s = d["quantization"], d["balance"], d["source"]
             return cls(
-                model_config=PiConfig.from_dict(d["model_config"]),
+                model_config=config_from_dict(d["model_config"]),
                 source=SourceRecord(kind=s["kind"], sha256=s["sha256"], model=s.get("model"),
                                     seed=s.get("seed"), path=s.get("path")),
                 quantization=QuantizationRecord.from_dict(q),
