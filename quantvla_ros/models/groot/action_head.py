@@ -129,7 +129,9 @@ class FlowMatchingActionHead(nn.Module):
         vl_embs = self.encode_vl(backbone_features)
         state_tokens = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
         x = noise.to(vl_embs.dtype)
-        for t_disc in flow_times(n, self.cfg.num_timestep_buckets):
+        for step, t_disc in enumerate(flow_times(n, self.cfg.num_timestep_buckets)):
+            if self.model.observer is not None:
+                self.model.observer.step = step
             t = torch.full((x.shape[0],), t_disc, device=x.device, dtype=torch.long)
             x = x + self.velocity(vl_embs, state_tokens, x, t, embodiment_id) / n
         return x

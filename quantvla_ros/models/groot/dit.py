@@ -9,6 +9,7 @@ parameters and are identities at inference.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -74,18 +75,25 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(kv_dim or dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend from x [B, S, dim] to context [B, T, kv_dim] (or to x itself)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                observe=None) -> torch.Tensor:
+        """Attend from x [B, S, dim] to context [B, T, kv_dim] (or to x itself).
+
+        `observe(q, k, out)`, if given, sees the head-split query / key [B, heads, S|T, d]
+        that SDPA gets and the module output [B, S, dim] (after to_out.0 and its dropout).
+        """
         context = x if context is None else context
         b = x.shape[0]
 
         def heads(t):
             return t.view(b, -1, self.heads, self.head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
-            heads(self.to_q(x)), heads(self.to_k(context)), heads(self.to_v(context))
-        )
-        return self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, x.shape[1], -1)))
+        q, k = heads(self.to_q(x)), heads(self.to_k(context))
+        out = F.scaled_dot_product_attention(q, k, heads(self.to_v(context)))
+        out = self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, x.shape[1], -1)))
+        if observe is not None:
+            observe(q, k, out)
+        return out
 
 
 class GELUProj(nn.Module):
@@ -149,10 +157,10 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, mlp_dim)
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None,
-                temb: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply both residual sublayers to h [B, S, dim]."""
+                temb: torch.Tensor | None = None, observe=None) -> torch.Tensor:
+        """Apply both residual sublayers to h [B, S, dim]; `observe` goes to attn1."""
         n = self.norm1(h, temb) if temb is not None else self.norm1(h)
-        h = h + self.attn1(n, context)
+        h = h + self.attn1(n, context, observe)
         return h + self.ff(self.norm3(h))
 
 
@@ -179,8 +187,12 @@ class DiT(nn.Module):
     """`action_head.model`: time-conditioned blocks, even ones cross-attending to VL tokens.
 
     Time enters through each block's norm1 (AdaLN) and the output modulation
-    (proj_out_1: [shift | scale], shift first) only.
+    (proj_out_1: [shift | scale], shift first) only. `observer` (None by default) is any
+    object with `attention(block, q, k, out)`; each block's attn1 reports to it (see
+    `Attention.forward`), and the sampler sets its `step` attribute to the flow step.
     """
+
+    observer = None
 
     def __init__(self, cfg: ActionHeadConfig):
         """Build the timestep encoder, `dit_depth` blocks and the output projections."""
@@ -199,7 +211,9 @@ class DiT(nn.Module):
     def forward(self, h: torch.Tensor, vl_embs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Map tokens h [B, S, dim] at discretized times t [B] to [B, S, hidden_size]."""
         temb = self.timestep_encoder(t, h.dtype)
-        for block in self.transformer_blocks:
-            h = block(h, vl_embs if block.attn1.is_cross else None, temb)
+        obs = self.observer
+        for i, block in enumerate(self.transformer_blocks):
+            observe = None if obs is None else functools.partial(obs.attention, i)
+            h = block(h, vl_embs if block.attn1.is_cross else None, temb, observe)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=-1)
         return self.proj_out_2(self.norm_out(h) * (1 + scale[:, None]) + shift[:, None])
