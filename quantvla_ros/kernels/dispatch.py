@@ -38,11 +38,10 @@ def remove_launch_listener(fn) -> None:
     _listeners.remove(fn)
 
 
-def notify_launch(name: str, count: int = 1) -> None:
-    """Report ``count`` launches of kernel ``name`` to the listeners (kernel files call this)."""
+def notify_launch(name: str) -> None:
+    """Report one launch of kernel ``name`` to the listeners (kernel files call this)."""
     for fn in list(_listeners):
-        for _ in range(count):
-            fn(name)
+        fn(name)
 
 
 def last_kernel() -> str | None:
@@ -50,9 +49,9 @@ def last_kernel() -> str | None:
     return getattr(_last, "name", None)
 
 
-def _record(backend: str, op: str, launches: int = 1) -> None:
+def _record(backend: str, op: str) -> None:
     _last.name = f"{backend}.{op}"
-    notify_launch(f"{backend}.{op}", launches)
+    notify_launch(_last.name)
 
 
 def triton_interpreted() -> bool:

@@ -1,8 +1,8 @@
 """Triton fused GeGLU projection: ``gelu_tanh(x W_gate^T) * (x W_up^T)`` in one kernel.
 
-The gate and up weights are stored concatenated as [2N, K] (int8, or packed int4 [2N, K // 2])
-with scales [2N] or [2N, G]; each program reads its activation tile once and feeds two
-accumulators, so the [M, 2N] intermediate never reaches memory.
+The gate and up weights are stored concatenated as int8 [2N, K] with scales [2N] or [2N, G];
+each program reads its activation tile once and feeds two accumulators, so the [M, 2N]
+intermediate never reaches memory. (W4A8's gate/up is a mode of w4a8_gemm.)
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def gelu_tanh(x):
 def gate_up_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, group_size, num_units,
                    stride_am, stride_wn, stride_wsn, stride_wsg, stride_om,
                    PER_CHANNEL: tl.constexpr, BLOCKS_PER_GROUP: tl.constexpr,
-                   W_INT4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr,
                    BK: tl.constexpr, GROUP_M: tl.constexpr):
     """Compute one [BM, BN] tile of gelu_tanh(gate) * up from two int32 accumulator sets."""
     pid_m, pid_n = tile_ids(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -54,8 +54,8 @@ def gate_up_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, group_size, n
         acc_u = tl.zeros((BM, BN), dtype=tl.int32)
         for u in range(0, num_units):
             a = load_a_tile(a_ptr, offs_m, u * BK, M, K, stride_am, BM, BK, False)
-            wg = load_w_tile(w_ptr, offs_n, u * BK, N, K, stride_wn, BN, BK, W_INT4)
-            wu = load_w_tile(w_ptr, offs_u, u * BK, 2 * N, K, stride_wn, BN, BK, W_INT4)
+            wg = load_w_tile(w_ptr, offs_n, u * BK, N, K, stride_wn, BN, BK, False)
+            wu = load_w_tile(w_ptr, offs_u, u * BK, 2 * N, K, stride_wn, BN, BK, False)
             acc_g = tl.dot(a, wg, acc_g, out_dtype=tl.int32)
             acc_u = tl.dot(a, wu, acc_u, out_dtype=tl.int32)
         sg = tl.load(ws_ptr + offs_n * stride_wsn, mask=n_mask, other=0.0)
@@ -71,8 +71,8 @@ def gate_up_kernel(a_ptr, xs_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, group_size, n
             for r in tl.static_range(BLOCKS_PER_GROUP):
                 k0 = g * group_size + r * BK
                 a = load_a_tile(a_ptr, offs_m, k0, M, K, stride_am, BM, BK, False)
-                wg = load_w_tile(w_ptr, offs_n, k0, N, K, stride_wn, BN, BK, W_INT4)
-                wu = load_w_tile(w_ptr, offs_u, k0, 2 * N, K, stride_wn, BN, BK, W_INT4)
+                wg = load_w_tile(w_ptr, offs_n, k0, N, K, stride_wn, BN, BK, False)
+                wu = load_w_tile(w_ptr, offs_u, k0, 2 * N, K, stride_wn, BN, BK, False)
                 part_g = tl.dot(a, wg, part_g, out_dtype=tl.int32)
                 part_u = tl.dot(a, wu, part_u, out_dtype=tl.int32)
             sg = tl.load(ws_ptr + offs_n * stride_wsn + g * stride_wsg, mask=n_mask, other=0.0)
@@ -99,15 +99,13 @@ def gate_up_gemm(
 ) -> torch.Tensor:
     """Compute ``gelu_tanh(gate) * up`` [M, N] from int8 activations [M, K], [gate; up] weights.
 
-    ``w_gate_up`` is int8 [2N, K] (``weight_bits=8``) or packed uint8 [2N, K // 2]
-    (``weight_bits=4``); ``w_scale`` float32 [2N] or [2N, K // group_size].
+    ``w_gate_up`` is int8 [2N, K]; ``w_scale`` float32 [2N] or [2N, K // group_size].
     """
     if weight_bits != 8:
         raise ValueError(f"this kernel takes int8 weights (got weight_bits={weight_bits}); "
                          "W4A8's gate/up is w4a8_gemm(..., gate_up=True)")
-    w_int4 = False
     gs = checks.check_gemm(x_q, x_scale, w_gate_up, w_scale, group_size, None, None,
-                           a_int4=False, w_int4=w_int4)
+                           a_int4=False, w_int4=False)
     if w_gate_up.shape[0] % 2:
         raise ValueError(f"gate/up weights need an even row count, got {w_gate_up.shape[0]}")
     checks.check_out_dtype(out_dtype)
@@ -129,7 +127,7 @@ def gate_up_gemm(
     gate_up_kernel[grid](
         a, x_scale.reshape(-1).contiguous(), w, ws, out, m, n, k, gs, num_units,
         a.stride(0), w.stride(0), ws.stride(0), ws.stride(1), out.stride(0),
-        PER_CHANNEL=per_channel, W_INT4=w_int4,
+        PER_CHANNEL=per_channel,
         BLOCKS_PER_GROUP=1 if per_channel else gs // cfg.block_k,
         BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -111,7 +111,7 @@ def _gate_up_variants(full: bool) -> list[KernelVariant]:
 
     cfg = gemm_config(968, 16384, 2048, 2048, interpret=False)
     bn = min(cfg.block_n, 64)  # what gate_up_gemm launches
-    consts = dict(PER_CHANNEL=True, BLOCKS_PER_GROUP=1, W_INT4=False, BM=cfg.block_m, BN=bn,
+    consts = dict(PER_CHANNEL=True, BLOCKS_PER_GROUP=1, BM=cfg.block_m, BN=bn,
                   BK=cfg.block_k, GROUP_M=cfg.group_m)
     ptrs = dict(a_ptr="*i8", xs_ptr="*fp32", w_ptr="*i8", ws_ptr="*fp32", out_ptr="*bf16")
     # Gate and up rows: two weight tiles per K step.

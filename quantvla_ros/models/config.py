@@ -164,10 +164,15 @@ REGISTRY: dict[str, PiConfig] = {
 }
 
 
-def get_config(name: str) -> PiConfig:
-    """Return the named config; an unknown name raises KeyError suggesting close names."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
+def lookup(registry: dict, name: str):
+    """Return ``registry[name]``; an unknown name raises KeyError suggesting close names."""
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, registry, n=3, cutoff=0.3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(REGISTRY)}")
+    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(registry)}")
+
+
+def get_config(name: str) -> PiConfig:
+    """Return the named pi0 / pi0.5 config; an unknown name raises KeyError (close names)."""
+    return lookup(REGISTRY, name)

@@ -8,10 +8,8 @@ tests which family a config is. `models.config.get_config` stays pi-only for the
 
 from __future__ import annotations
 
-import difflib
-
 from quantvla_ros.models.config import REGISTRY as PI_REGISTRY
-from quantvla_ros.models.config import PiConfig
+from quantvla_ros.models.config import PiConfig, lookup
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, GrootConfig
 
 ModelConfig = PiConfig | GrootConfig
@@ -26,11 +24,7 @@ def family_of(cfg: ModelConfig) -> str:
 
 def get_config(name: str) -> ModelConfig:
     """Return the named config of any family; an unknown name raises KeyError with close names."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(REGISTRY)}")
+    return lookup(REGISTRY, name)
 
 
 _CONFIG_CLASSES: dict[str, type] = {"pi": PiConfig, "groot": GrootConfig}
