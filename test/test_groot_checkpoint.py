@@ -179,7 +179,8 @@ def test_every_problem_is_listed(tmp_path):
     msg = str(err.value)
     assert "1 missing" in msg and gone in msg
     assert "1 unexpected" in msg and "action_head.model.pos_embed.pe" in msg
-    assert "1 wrong shape" in msg and f"{bad}: file [32, 32] vs model [32, 64]" in msg
+    want = [TINY.action_head.input_embedding_dim, TINY.action_head.backbone_dim]
+    assert "1 wrong shape" in msg and f"{bad}: file [32, 32] vs model {want}" in msg
 
 
 def test_index_naming_an_absent_shard(tmp_path):

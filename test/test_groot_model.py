@@ -294,7 +294,9 @@ def test_vl_self_attention_matches_independent_math(model64):
 def test_dit_alternates_cross_and_self_attention(model64):
     blocks = model64.action_head.model.transformer_blocks
     assert [b.attn1.is_cross for b in blocks] == [True, False, True, False]
-    assert [b.attn1.to_k.in_features for b in blocks] == [64, 32, 64, 32]
+    vl, sa = HEAD.backbone_dim, HEAD.input_embedding_dim
+    assert vl != sa  # else the check below could not tell cross from self attention
+    assert [b.attn1.to_k.in_features for b in blocks] == [vl, sa, vl, sa]
     gen = torch.Generator().manual_seed(10)
     h = torch.randn(2, HEAD.sequence_len, HEAD.input_embedding_dim, generator=gen,
                     dtype=torch.float64)
@@ -425,7 +427,7 @@ def test_sample_actions_is_deterministic_given_noise(model):
     noise = torch.randn(2, HEAD.action_horizon, HEAD.action_dim, generator=gen)
     a = model.sample_actions(pixels, ids, mask, state, emb, noise)
     b = model.sample_actions(pixels, ids, mask, state, emb, noise.clone())
-    assert a.shape == (2, HEAD.action_horizon, HEAD.action_dim) == (2, 4, 6)
+    assert a.shape == (2, HEAD.action_horizon, HEAD.action_dim) == (2, 16, 8)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     other = model.sample_actions(pixels, ids, mask, state, emb, noise + 1)
     assert not torch.allclose(a, other)

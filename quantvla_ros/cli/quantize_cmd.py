@@ -12,7 +12,8 @@ def add_source_args(p) -> None:
     """Add the float policy source (--model or --checkpoint) and --seed."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a named config (random weights, see `quantvla models`)")
-    src.add_argument("--checkpoint", help="a lerobot-format pi0 / pi0.5 checkpoint folder")
+    src.add_argument("--checkpoint", help="a checkpoint folder: lerobot pi0 / pi0.5, NVIDIA or "
+                                          "lerobot GR00T N1.5")
     p.add_argument("--seed", type=int, default=0, help="weights seed for --model")
 
 
@@ -23,6 +24,13 @@ def add_state_prompt_arg(p) -> None:
                         "lerobot >= 0.5, openpi) or the vector zero-padded to the model's "
                         "state dim (padded: lerobot 0.4.x); auto: what the checkpoint or "
                         "artifact declares, else unpadded")
+
+
+def add_embodiment_arg(p) -> None:
+    """Add --embodiment (GR00T: the projector slot and statistics tag)."""
+    p.add_argument("--embodiment", default=None,
+                   help="GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or "
+                        "projector slot number; default: what the source declares")
 
 
 def state_prompt_of(args) -> str | None:
@@ -48,6 +56,7 @@ def register(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
     add_source_args(p)
     add_state_prompt_arg(p)
+    add_embodiment_arg(p)
     add_layout_args(p)
     p.add_argument("--calib", required=True, help="calibration buffer folder or synthetic:N")
     p.add_argument("--out", required=True, help="artifact folder to write")
@@ -83,6 +92,7 @@ def run(args) -> int:
         hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
         batch_size=args.batch_size, state_prompt=state_prompt_of(args),
+        embodiment=args.embodiment,
     )
     log = (lambda *_: None) if args.json else print
     manifest = quantize_policy(req, args.out, progress=None if args.json else progress_bar,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from quantvla_ros.cli.output import print_json
-from quantvla_ros.cli.quantize_cmd import add_state_prompt_arg, state_prompt_of
+from quantvla_ros.cli.quantize_cmd import (
+    add_embodiment_arg,
+    add_state_prompt_arg,
+    state_prompt_of,
+)
 from quantvla_ros.workflows.report import build_report
 from quantvla_ros.workflows.report_render import to_markdown, write_report
 
@@ -18,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     add_state_prompt_arg(p)
+    add_embodiment_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 
@@ -25,7 +30,8 @@ def register(sub) -> None:
 def run(args) -> int:
     """Build the fidelity report; print it (markdown or JSON) and write its files with --out."""
     r = build_report(args.artifact, args.calib, args.device, args.precision,
-                     checkpoint=args.checkpoint, state_prompt=state_prompt_of(args))
+                     checkpoint=args.checkpoint, state_prompt=state_prompt_of(args),
+                     embodiment=args.embodiment)
     files = write_report(r, args.out) if args.out else []
     if args.json:
         print_json({**r, "files": files})

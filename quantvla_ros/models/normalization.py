@@ -52,6 +52,10 @@ class Normalizer:
             return (actions + 1.0) * (b - a) / 2.0 + a
         return actions * (b + _EPS) + a
 
+    def to_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Statistics vectors and the mode (for an artifact's safetensors file)."""
+        return dict(self.stats), {"mode": self.mode}
+
     @classmethod
     def identity(cls) -> Normalizer:
         """Return a normalizer that passes state and actions through unchanged."""

@@ -8,9 +8,16 @@ tests which family a config is. `models.config.get_config` stays pi-only for the
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+
 from quantvla_ros.models.config import REGISTRY as PI_REGISTRY
 from quantvla_ros.models.config import PiConfig, lookup
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, GrootConfig
+from quantvla_ros.models.groot.normalization import GrootNormalizer
+from quantvla_ros.models.normalization import Normalizer
 
 ModelConfig = PiConfig | GrootConfig
 
@@ -42,3 +49,26 @@ def config_from_dict(d: dict) -> ModelConfig:
     if family not in _CONFIG_CLASSES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(_CONFIG_CLASSES)}")
     return _CONFIG_CLASSES[family].from_dict(d)
+
+
+def checkpoint_family(folder) -> str:
+    """Return the family of the checkpoint in ``folder`` from its config.json.
+
+    GR00T: NVIDIA's `action_head_cfg` or lerobot's `"type": "groot"`; anything else is read
+    as a lerobot pi0 / pi0.5 checkpoint (whose loader names what is wrong with it).
+    """
+    path = Path(folder) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+    is_groot = isinstance(raw, dict) and ("action_head_cfg" in raw or raw.get("type") == "groot")
+    return "groot" if is_groot else "pi"
+
+
+def normalizer_from_tensors(tensors: dict[str, np.ndarray], meta: dict[str, str],
+                            cfg: ModelConfig):
+    """Rebuild a normalizer from `to_tensors` output (an artifact's statistics file)."""
+    if meta.get("mode") == GrootNormalizer.mode:
+        return GrootNormalizer.from_tensors(tensors, meta)
+    return Normalizer.from_stats(tensors, cfg.variant)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from quantvla_ros.data.atomic import folder_atomic
 from quantvla_ros.models.build import build_meta, compute_dtype, fp32_tensor_names, tensor_dtype
 from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.registry import normalizer_from_tensors
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.apply import _set_module, empty_quantized
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
@@ -37,8 +39,9 @@ def save_artifact(model, folder, manifest: ArtifactManifest,
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if normalizer is not None and normalizer.mode != "identity":
-            save_file({k: torch.from_numpy(v) for k, v in normalizer.stats.items()},
-                      str(tmp / STATS), metadata={"mode": normalizer.mode})
+            stats, meta = normalizer.to_tensors()
+            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats.items()},
+                      str(tmp / STATS), metadata=meta)
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         manifest.with_files({WEIGHTS: sha256_file(tmp / WEIGHTS)}).write(tmp)
@@ -101,5 +104,6 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
     if (folder / STATS).is_file():
         with safe_open(str(folder / STATS), "np") as f:
             stats = {k: f.get_tensor(k) for k in f.keys()}
-        normalizer = Normalizer.from_stats(stats, cfg.variant)
+            meta = f.metadata() or {}
+        normalizer = normalizer_from_tensors(stats, meta, cfg)
     return model.eval(), cfg, normalizer, manifest

@@ -155,3 +155,63 @@ def calibrate_dit_balance(teacher, student, batches, cfg: BalanceConfig) -> dict
             fold_dit_ohb(attn, beta)
             out["beta"][key] = beta
     return out
+
+
+def block_of(key: str) -> int:
+    """Return the DiT block index of a BLOCK_KEY-style key."""
+    prefix, suffix = BLOCK_KEY.split("{}")
+    if not (key.startswith(prefix) and key.endswith(suffix)):
+        raise ValueError(f"{key!r} is not a DiT attention key ({BLOCK_KEY})")
+    return int(key[len(prefix):len(key) - len(suffix)])
+
+
+@torch.no_grad()
+def unfold_dit_balance(model, alpha: dict, beta: dict) -> None:
+    """Divide folded ATM / OHB factors back out of the DiT attention."""
+    for key, a in alpha.items():
+        fold_dit_atm(dit_attention(model, block_of(key)),
+                     1.0 / torch.tensor(a, dtype=torch.float64))
+    for key, b in beta.items():
+        fold_dit_ohb(dit_attention(model, block_of(key)), 1.0 / float(b))
+
+
+def _step_ratios(t: DiTStats, s: DiTStats) -> dict:
+    """Per block key, per flow step: head-mean logit-std ratio and output RMS ratio."""
+    out = {}
+    for (block, step), s_sum in sorted(s.std_sum.items()):
+        t_sum = t.std_sum.get((block, step))
+        if t_sum is None:
+            continue
+        ratio = (t_sum / t.std_n[(block, step)]).double() / \
+            (s_sum / s.std_n[(block, step)]).double().clamp(min=1e-30)
+        rms_t = (t.sq_sum[(block, step)] / t.sq_n[(block, step)]) ** 0.5
+        rms_s = (s.sq_sum[(block, step)] / s.sq_n[(block, step)]) ** 0.5
+        out.setdefault(BLOCK_KEY.format(block), []).append(
+            {"logit_std": float(ratio.mean()), "oproj_rms": rms_t / rms_s if rms_s else None})
+    return out
+
+
+def dit_balance_tables(teacher, student, unbalanced, batches) -> dict:
+    """Actions of the three models and per-block ratios before / after balancing.
+
+    "oproj_rms" is the attention output after to_out.0 (the DiT's o_proj), as pi's tables
+    name it; each ratio is teacher / model over every flow step of every batch.
+    """
+    runs = {}
+    for name, model in (("teacher", teacher), ("student", student),
+                        ("unbalanced", unbalanced)):
+        stats = DiTStats()
+        actions = run_head(model, batches, backbone_features(model, batches), stats)
+        runs[name] = (actions.float().cpu(), stats)
+    t, s, u = (runs[n][1] for n in ("teacher", "student", "unbalanced"))
+    t_std, t_rms = t.logit_std(), t.out_rms()
+    layers = []
+    for block in sorted(t_std):
+        row = {"layer": BLOCK_KEY.format(block)}
+        for when, m in (("before", u), ("after", s)):
+            row[f"logit_std_ratio_{when}"] = (t_std[block].double() /
+                                              m.logit_std()[block].double()).tolist()
+            row[f"oproj_rms_ratio_{when}"] = t_rms[block] / m.out_rms()[block]
+        layers.append(row)
+    return {**{n: runs[n][0] for n in runs}, "layers": layers,
+            "per_step_after": _step_ratios(t, s)}

@@ -141,3 +141,21 @@ class StatsCollector(AttentionObserver):
     def oproj_rms(self) -> dict:
         """Return the o_proj output RMS keyed (tower name, layer), over every call."""
         return {k: float(m.rms()) for k, m in self.oproj.items()}
+
+
+def per_step_ratios(teacher: StatsCollector, student: StatsCollector) -> dict:
+    """Per layer and denoising step: head-averaged logit-std ratio and o_proj RMS ratio."""
+    out = {}
+    for (tower, li, step), m in sorted(student.logits_by_step.items(), key=str):
+        if step is None or (tower, li, step) not in teacher.logits_by_step:
+            continue
+        t = teacher.logits_by_step[(tower, li, step)]
+        ratio = float((t.std().double() / m.std().double().clamp(min=1e-30)).mean())
+        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["logit_std"] = ratio
+    for (tower, li, step), m in student.oproj_by_step.items():
+        if step is None or (tower, li, step) not in teacher.oproj_by_step:
+            continue
+        t = teacher.oproj_by_step[(tower, li, step)]
+        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["oproj_rms"] = \
+            float(t.rms() / m.rms())
+    return {k: [v[s] for s in sorted(v)] for k, v in out.items()}

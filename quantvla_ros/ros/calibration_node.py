@@ -57,7 +57,8 @@ class CalibrationNode(Node):
             if not s.quantize_out:
                 raise SettingsError("quantize is true but quantize_out is empty")
             quantize_fn = quantize_hook(s.quantize_source, s.quantize_bits, s.quantize_preset,
-                                        s.seed, s.quantize_device, log=self.get_logger().info)
+                                        s.seed, s.quantize_device, log=self.get_logger().info,
+                                        embodiment=s.quantize_embodiment or None)
         self.quantize_fn = quantize_fn
         self.done = False
         self.exit_code = 0

@@ -71,7 +71,8 @@ def load_policy(s: InferenceSettings) -> Policy:
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:
         policy = Policy.load(source, device=s.device, precision=s.precision,
-                             state_prompt=None if s.state_prompt == "auto" else s.state_prompt)
+                             state_prompt=None if s.state_prompt == "auto" else s.state_prompt,
+                             embodiment=s.embodiment or None)
     except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ConfigureError(f"cannot load policy {s.policy!r}: {msg}") from exc
@@ -88,8 +89,8 @@ def load_policy(s: InferenceSettings) -> Policy:
     if policy.state_dim is not None and policy.state_dim != joints:
         raise ConfigureError(f"the policy's statistics describe a {policy.state_dim}-dim state "
                              f"but joint_names lists {joints} joints")
-    if joints > policy.cfg.state_dim:
-        raise ConfigureError(f"the policy takes at most {policy.cfg.state_dim} state values but "
+    if joints > policy.max_state_dim:
+        raise ConfigureError(f"the policy takes at most {policy.max_state_dim} state values but "
                              f"joint_names lists {joints} joints")
     if s.actions_per_chunk > policy.cfg.action_horizon:
         raise ConfigureError(f"actions_per_chunk {s.actions_per_chunk} exceeds the policy's "

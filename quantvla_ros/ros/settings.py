@@ -70,6 +70,10 @@ INFERENCE_PARAMS = (
           "values: lerobot >= 0.5, openpi), padded (zero-padded to the model's state dim "
           "first: lerobot 0.4.x) or auto (what the checkpoint or artifact declares, else "
           "unpadded)."),
+    Param("embodiment", "str", "",
+          "GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or projector slot "
+          "number, which also picks the checkpoint's statistics; empty = what the checkpoint "
+          "or artifact declares."),
     *INPUT_PARAMS,
     Param("output_topic", "str", "/quantvla/joint_trajectory",
           "trajectory_msgs/JointTrajectory output."),
@@ -101,8 +105,11 @@ CALIBRATION_PARAMS = (
           "Float policy to quantize: a checkpoint folder or a named model (random weights)."),
     Param("quantize_bits", "str", "w4a8", "Integer format: w8a8, w4a8 or w4a4."),
     Param("quantize_preset", "str", "quantvla",
-          "Layout: quantvla, backbone, expert_mlp, backbone_expert or none."),
+          "Layout: pi quantvla, full, backbone, expert_mlp, backbone_expert or none; GR00T "
+          "quantvla, llm, dit_ff, all or none."),
     Param("quantize_device", "str", "cpu", "Torch device for calibration: cpu or cuda."),
+    Param("quantize_embodiment", "str", "",
+          "GR00T: embodiment tag or slot of quantize_source; empty = what it declares."),
     Param("seed", "int", 0, "Weights seed of a named quantize_source."),
 )
 
@@ -150,6 +157,7 @@ class InferenceSettings:
     warmup_runs: int
     seed: int
     state_prompt: str = "auto"
+    embodiment: str = ""  # GR00T; empty = as the source declares
 
     @property
     def inference_period_s(self) -> float:
@@ -172,6 +180,7 @@ class CalibrationSettings:
     quantize_bits: str = "w4a8"
     quantize_preset: str = "quantvla"
     quantize_device: str = "cpu"
+    quantize_embodiment: str = ""
     seed: int = 0
 
 
@@ -271,7 +280,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         inputs=inputs, policy=v["policy"], device=v["device"], precision=v["precision"],
         output_topic=v["output_topic"], control_rate_hz=v["control_rate_hz"],
         actions_per_chunk=v["actions_per_chunk"], warmup_runs=v["warmup_runs"], seed=v["seed"],
-        state_prompt=v["state_prompt"],
+        state_prompt=v["state_prompt"], embodiment=v["embodiment"].strip(),
     )
 
 
@@ -295,7 +304,7 @@ def parse_calibration(values: dict[str, Any]) -> CalibrationSettings:
         quantize=v["quantize"], quantize_out=v["quantize_out"],
         quantize_source=v["quantize_source"], quantize_bits=v["quantize_bits"],
         quantize_preset=v["quantize_preset"], quantize_device=v["quantize_device"],
-        seed=v["seed"],
+        quantize_embodiment=v["quantize_embodiment"].strip(), seed=v["seed"],
     )
 
 

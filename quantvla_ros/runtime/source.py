@@ -2,13 +2,15 @@
 
 Every entry point (the Python API, the ROS node, the CLI, the report) turns the user's string
 into a :class:`PolicySource` here, so the rules live in one place: an existing folder is an
-artifact (``manifest.yaml``) or a checkpoint (``config.json`` + ``model.safetensors``);
-anything else must be a named model of the registry. Nothing is guessed from the spelling.
+artifact (``manifest.yaml``) or a checkpoint (``config.json`` + ``model.safetensors`` or a
+shard index); anything else must be a named model of the registry (of any family). Nothing is
+guessed from the spelling.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +18,15 @@ from typing import Literal
 
 from quantvla_ros.models.checkpoint import CONFIG as CHECKPOINT_CONFIG
 from quantvla_ros.models.checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
-from quantvla_ros.models.config import REGISTRY
+from quantvla_ros.models.groot.checkpoint import INDEX as SHARD_INDEX
+from quantvla_ros.models.groot.checkpoint import weight_files
+from quantvla_ros.models.groot.processing import TOKENIZER_DIR as EAGLE_TOKENIZER_DIR
+from quantvla_ros.models.registry import REGISTRY, checkpoint_family, family_of, get_config
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR
-from quantvla_ros.quant.manifest import MANIFEST, sha256_file
+from quantvla_ros.quant.manifest import MANIFEST, ArtifactManifest, sha256_file
+
+# A source folder's own tokenizer: ours (and lerobot pi's), then NVIDIA's Eagle processor.
+TOKENIZER_DIRS = (TOKENIZER_DIR, EAGLE_TOKENIZER_DIR)
 
 Kind = Literal["named", "checkpoint", "artifact"]
 
@@ -58,9 +66,8 @@ class PolicySource:
                 raise PolicySourceError(
                     f"policy {text} is a file; give a checkpoint or artifact folder")
             kind = _folder_kind(path)
-            local = path / TOKENIZER_DIR
-            return cls(kind, path=path, seed=seed,
-                       tokenizer=explicit or (local if local.is_dir() else None))
+            local = next((path / d for d in TOKENIZER_DIRS if (path / d).is_dir()), None)
+            return cls(kind, path=path, seed=seed, tokenizer=explicit or local)
         if text in REGISTRY:
             return cls("named", name=text, seed=seed, tokenizer=explicit)
         close = difflib.get_close_matches(text, REGISTRY, n=3, cutoff=0.3)
@@ -81,20 +88,44 @@ class PolicySource:
                     "sha256": f"seed:{self.seed}"}
         if self.kind == "checkpoint":
             return {"kind": "checkpoint", "path": str(self.path.resolve()),
-                    "sha256": sha256_file(self.path / CHECKPOINT_WEIGHTS)}
+                    "sha256": checkpoint_digest(self.path)}
         raise PolicySourceError(f"{self.path} is already a quantized artifact; quantize its "
                                 "source checkpoint instead")
+
+    def family(self) -> str:
+        """Return the model family ("pi" or "groot") of this source, without loading it."""
+        if self.kind == "named":
+            return family_of(get_config(self.name))
+        if self.kind == "checkpoint":
+            return checkpoint_family(self.path)
+        return family_of(ArtifactManifest.read(self.path).model_config)
 
     def __str__(self) -> str:
         """Return the name or the folder."""
         return self.name if self.kind == "named" else str(self.path)
 
 
+def checkpoint_digest(folder: Path) -> str:
+    """Return the sha256 of a checkpoint's weights.
+
+    That of model.safetensors, or for NVIDIA's sharded layout one over the index's digest and
+    the shards' digests in order.
+    """
+    folder = Path(folder)
+    if (folder / CHECKPOINT_WEIGHTS).is_file():
+        return sha256_file(folder / CHECKPOINT_WEIGHTS)
+    h = hashlib.sha256(sha256_file(folder / SHARD_INDEX).encode())
+    for shard in weight_files(folder):
+        h.update(sha256_file(shard).encode())
+    return h.hexdigest()
+
+
 def _folder_kind(path: Path) -> Kind:
     if (path / MANIFEST).is_file():
         return "artifact"
-    if (path / CHECKPOINT_CONFIG).is_file() and (path / CHECKPOINT_WEIGHTS).is_file():
+    weights = (path / CHECKPOINT_WEIGHTS).is_file() or (path / SHARD_INDEX).is_file()
+    if (path / CHECKPOINT_CONFIG).is_file() and weights:
         return "checkpoint"
     raise PolicySourceError(
         f"{path} is neither a quantized artifact (no {MANIFEST}) nor a checkpoint "
-        f"(needs {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS})")
+        f"(needs {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS} or {SHARD_INDEX})")

@@ -11,9 +11,10 @@ import torch
 
 from quantvla_ros.data.buffer import ObservationBuffer
 from quantvla_ros.data.sources import open_observations
+from quantvla_ros.models.registry import family_of
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import save_artifact
-from quantvla_ros.quant.balance import BalanceConfig, calibrate_balance, run_batches
+from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.quant.layouts import get_layout, select, select_embeddings
 from quantvla_ros.quant.manifest import (
     ArtifactManifest,
@@ -49,6 +50,7 @@ class QuantizeRequest:
     batch_size: int = 8
     max_samples: int | None = None
     state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | None (as declared)
+    embodiment: str | None = None  # GR00T: a tag or projector slot | None (as declared)
 
 
 MIN_SAMPLES = 2  # at least one to calibrate on and one held out for `quantvla report`
@@ -79,9 +81,9 @@ def prepare_batches(policy: Policy, observations, batch_size: int, noise_seed: i
     gen = torch.Generator().manual_seed(noise_seed)
     batches = []
     for i in range(0, len(observations), batch_size):
-        inputs = [policy.prepare(o) for o in observations[i:i + batch_size]]
-        batch = {k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}
-        shape = (len(inputs), policy.cfg.action_horizon, policy.cfg.action_dim)
+        chunk = observations[i:i + batch_size]
+        batch = policy.prepare_batch(chunk)
+        shape = (len(chunk), policy.cfg.action_horizon, policy.cfg.action_dim)
         batch["noise"] = torch.randn(shape, generator=gen).to(policy.device)
         batches.append(batch)
     return batches
@@ -92,12 +94,12 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     """Quantize, calibrate ATM / OHB, write the artifact; returns its manifest."""
     scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search,
                         hadamard=req.hadamard)
-    qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude),
-                       req.smooth_alpha)
     source = PolicySource.resolve(req.source, seed=req.seed)
     identity = source.identity()  # refuses an artifact as the source, before any work
     teacher = Policy.load(source, device=req.device, precision=req.precision,
-                          state_prompt=req.state_prompt)
+                          state_prompt=req.state_prompt, embodiment=req.embodiment)
+    qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude,
+                                          family=family_of(teacher.cfg)), req.smooth_alpha)
     buffer = open_buffer_for(teacher, req.calib)
     check_buffer_size(len(buffer), req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
@@ -110,14 +112,14 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     if qcfg.needs_calibration():
         inputs = LinearInputs()
         with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
-            run_batches(teacher.model, batches, inputs)  # observer: drops padding rows
+            teacher.family.sample(teacher.model, batches, inputs)  # pi: drops padding rows
     embeddings = tuple(select_embeddings(student, qcfg.layout))
     names = quantize_(student, qcfg, inputs, progress=progress)
     log(f"quantized {len(names)} linears to {scheme.bits}"
         + (f", {', '.join(embeddings)} to int{qcfg.embedding_bits()} rows" if embeddings
            else ""))
-    balance = calibrate_balance(teacher.model, student, batches, req.balance,
-                                progress=progress)
+    balance = teacher.family.calibrate_balance(teacher.model, student, batches, req.balance,
+                                               progress=progress)
     manifest = ArtifactManifest(
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         model_config=student.cfg,
@@ -138,14 +140,14 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
 
 
 def quantize_hook(source: str = "pi05-tiny", bits: str = "w4a8", preset: str = "quantvla",
-                  seed: int = 0, device: str = "cpu", log=print):
+                  seed: int = 0, device: str = "cpu", log=print, embodiment: str | None = None):
     """Build a `(buffer_path, out_dir) -> artifact path` hook for the calibration node / demo."""
     parse_bits(bits)  # fail at start-up, not after a recording
-    get_layout(preset)
+    get_layout(preset, family=PolicySource.resolve(source, seed=seed).family())
 
     def run(buffer_path: Path, out_dir: Path) -> Path:
         req = QuantizeRequest(source=source, calib=str(buffer_path), bits=bits, preset=preset,
-                              seed=seed, device=device)
+                              seed=seed, device=device, embodiment=embodiment)
         quantize_policy(req, out_dir, log=log)
         return Path(out_dir)
 

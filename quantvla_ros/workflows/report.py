@@ -9,15 +9,15 @@ errors are measured against the teacher's displacement (workflows/action_metrics
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from quantvla_ros.models.checkpoint import WEIGHTS as CKPT_WEIGHTS
-from quantvla_ros.quant.balance import ratio_table, run_batches, unfold_balance
-from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
-from quantvla_ros.quant.stats import StatsCollector
+from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest
+from quantvla_ros.runtime.family import PolicyOptions
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.runtime.source import PolicySource, PolicySourceError, checkpoint_digest
 from quantvla_ros.workflows.action_metrics import model_space_error
 from quantvla_ros.workflows.quantize import holdout_count, open_buffer_for, prepare_batches
 
@@ -25,22 +25,29 @@ REPORT_NOISE_SEED = 1234
 
 
 def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
-                 checkpoint=None, state_prompt: str | None = None) -> Policy:
-    """Load the float policy the artifact was made from; a checkpoint must match its sha256."""
+                 checkpoint=None, options: PolicyOptions | None = None) -> Policy:
+    """Load the float policy the artifact was made from; a checkpoint must match its sha256.
+
+    `options` (the student's resolved ones) make the teacher read inputs as the student does.
+    """
     src = manifest.source
+    opts = asdict(options or PolicyOptions())
     if src.kind == "named":
         return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision,
-                                  state_prompt=state_prompt)
+                                  **opts)
     folder = Path(checkpoint or src.path)
-    if not (folder / CKPT_WEIGHTS).is_file():
+    try:
+        found = PolicySource.resolve(folder).kind == "checkpoint"
+    except PolicySourceError:
+        found = False
+    if not found:
         raise ArtifactError(f"source checkpoint {folder} not found; pass its current folder")
-    digest = sha256_file(folder / CKPT_WEIGHTS)
+    digest = checkpoint_digest(folder)
     if digest != src.sha256:
         raise ArtifactError(
-            f"source hash mismatch: {folder / CKPT_WEIGHTS} has sha256 {digest[:12]}..., "
+            f"source hash mismatch: the weights in {folder} have sha256 {digest[:12]}..., "
             f"the artifact was made from {src.sha256[:12]}...")
-    return Policy.from_checkpoint(folder, device=device, precision=precision,
-                                  state_prompt=state_prompt)
+    return Policy.from_checkpoint(folder, device=device, precision=precision, **opts)
 
 
 def held_out(calibration: dict, buffer) -> tuple[list[int], str]:
@@ -73,62 +80,33 @@ def held_out(calibration: dict, buffer) -> tuple[list[int], str]:
     return list(range(start, n)), how
 
 
-def _per_step(teacher: StatsCollector, student: StatsCollector) -> dict:
-    """Per layer and denoising step: head-averaged logit-std ratio and o_proj RMS ratio."""
-    out = {}
-    for (tower, li, step), m in sorted(student.logits_by_step.items(), key=str):
-        if step is None or (tower, li, step) not in teacher.logits_by_step:
-            continue
-        t = teacher.logits_by_step[(tower, li, step)]
-        ratio = float((t.std().double() / m.std().double().clamp(min=1e-30)).mean())
-        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["logit_std"] = ratio
-    for (tower, li, step), m in student.oproj_by_step.items():
-        if step is None or (tower, li, step) not in teacher.oproj_by_step:
-            continue
-        t = teacher.oproj_by_step[(tower, li, step)]
-        out.setdefault(f"{tower}.{li}", {}).setdefault(step, {})["oproj_rms"] = \
-            float(t.rms() / m.rms())
-    return {k: [v[s] for s in sorted(v)] for k, v in out.items()}
-
-
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
-                 checkpoint=None, state_prompt: str | None = None) -> dict:
+                 checkpoint=None, state_prompt: str | None = None,
+                 embodiment: str | None = None) -> dict:
     """Compare teacher, student and student without ATM / OHB on held-out samples.
 
     All three see the same noise (REPORT_NOISE_SEED). Returns JSON-ready action errors,
     per-layer ratios before / after balancing and per-denoising-step ratios.
     """
     student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False,
-                                   state_prompt=state_prompt)
+                                   state_prompt=state_prompt, embodiment=embodiment)
     manifest = student.manifest
     # the teacher writes the prompt the way the student does
-    teacher = load_teacher(manifest, device, precision, checkpoint, student.state_prompt)
+    teacher = load_teacher(manifest, device, precision, checkpoint, student.options)
     buffer = open_buffer_for(teacher, calib)
     held, how = held_out(manifest.calibration, buffer)
     batches = prepare_batches(teacher, [buffer[i] for i in held], batch_size,
                               REPORT_NOISE_SEED)
     noise = torch.cat([b["noise"] for b in batches]).float().cpu()
     balance = manifest.balance
-    towers = balance.towers
-    runs = {}
     unbalanced = copy.deepcopy(student.model)
-    unfold_balance(unbalanced, balance.alpha, balance.beta)
-    for name, model in (("teacher", teacher.model), ("student", student.model),
-                        ("unbalanced", unbalanced)):
-        stats = StatsCollector(towers)
-        runs[name] = (run_batches(model, batches, stats), stats)
-    (t_act, t_stats), (s_act, s_stats), (u_act, u_stats) = (
-        runs["teacher"], runs["student"], runs["unbalanced"])
-    before, after = ratio_table(t_stats, u_stats), ratio_table(t_stats, s_stats)
-    keys = sorted({*after["logit_std"], *after["oproj_rms"]},
-                  key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
-    layers = [{"layer": key,
-               "alpha": balance.alpha.get(key),
-               "beta": balance.beta.get(key),
-               **{f"{stat}_ratio_{when}": table[stat].get(key)
-                  for stat in ("logit_std", "oproj_rms")
-                  for when, table in (("before", before), ("after", after))}}
-              for key in keys]
+    student.family.unfold_balance(unbalanced, balance.alpha, balance.beta)
+    tables = student.family.balance_tables(teacher.model, student.model, unbalanced, batches,
+                                           balance.towers)
+    t_act, s_act, u_act = (tables[n] for n in ("teacher", "student", "unbalanced"))
+    layers = [{"layer": row["layer"], "alpha": balance.alpha.get(row["layer"]),
+               "beta": balance.beta.get(row["layer"]),
+               **{k: v for k, v in row.items() if k != "layer"}} for row in tables["layers"]]
     summary = buffer.summary()
     return {
         "artifact": str(artifact), "bits": manifest.bits,
@@ -141,5 +119,5 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
         "action_error_without_balance": model_space_error(t_act, u_act, noise,
                                                           teacher.normalizer),
         "layers": layers,
-        "per_step_after": _per_step(t_stats, s_stats),
+        "per_step_after": tables["per_step_after"],
     }

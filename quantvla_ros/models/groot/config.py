@@ -81,6 +81,10 @@ class GrootConfig:
     image_token_id: int = 151_669  # <IMG_CONTEXT>
     pad_token_id: int = 151_643  # <|endoftext|>, left padding
     cameras: tuple[str, ...] = ("video.image", "video.wrist_image")  # LIBERO's two views
+    # Deployment choices an artifact records (the Policy sets them from its options): the
+    # projector slot / statistics tag, and the instruction quirk of GROOT.md §1.2.
+    embodiment: str = "new_embodiment"
+    instruction_repr: bool = True
 
     def __post_init__(self) -> None:
         """Reject configs whose parts disagree on widths or lack cameras."""
@@ -100,6 +104,16 @@ class GrootConfig:
     def action_dim(self) -> int:
         """Padded action width (normalized actions come out this wide)."""
         return self.action_head.action_dim
+
+    @property
+    def state_dim(self) -> int:
+        """Padded state width the model takes (normalized state is zero-padded to it)."""
+        return self.action_head.max_state_dim
+
+    @property
+    def num_steps(self) -> int:
+        """Flow-matching Euler steps per chunk."""
+        return self.action_head.num_steps
 
     @property
     def prefix_len(self) -> int:
@@ -128,20 +142,24 @@ class GrootConfig:
 
 
 # GROOT.md §6: every structural feature of the full size (GQA 2:1, q/k norms, cross/self
-# alternation, category-specific weights) at widths a CPU test runs in milliseconds.
+# alternation, category-specific weights) at widths a CPU test runs in milliseconds. Unlike
+# §6's suggestion the chunk is the released 16 steps (the node publishes what a robot gets)
+# and actions / state are 8 wide, so a 7-joint arm fits; the quantized linears' widths (LLM,
+# DiT feed-forward) are multiples of 128, so the default W4A8 with groups of 128 runs.
 _TINY = dict(
     vision=VisionConfig(image_size=28, patch_size=14, width=32, depth=2, mlp_dim=64,
                         num_heads=2),
-    llm=Qwen3Config(vocab_size=160, width=64, depth=2, mlp_dim=128, num_heads=4,
-                    num_kv_heads=2, head_dim=16),
+    llm=Qwen3Config(vocab_size=160, width=256, depth=2, mlp_dim=512, num_heads=4,
+                    num_kv_heads=2, head_dim=64),
     action_head=ActionHeadConfig(
-        backbone_dim=64, vlsa_depth=2, vlsa_heads=2, vlsa_head_dim=32, vlsa_mlp_dim=256,
-        dit_depth=4, dit_heads=2, dit_head_dim=16, dit_mlp_dim=128, hidden_size=24,
-        input_embedding_dim=32, max_state_dim=8, action_dim=6, action_horizon=4,
-        num_future_tokens=3, max_num_embodiments=2, max_seq_len=8,
+        backbone_dim=256, vlsa_depth=2, vlsa_heads=2, vlsa_head_dim=128, vlsa_mlp_dim=512,
+        dit_depth=4, dit_heads=2, dit_head_dim=64, dit_mlp_dim=256, hidden_size=24,
+        input_embedding_dim=128, max_state_dim=8, action_dim=8, action_horizon=16,
+        num_future_tokens=3, max_num_embodiments=2, max_seq_len=16,
     ),
     image_token_id=150,
     pad_token_id=0,
+    embodiment="0",  # two projector slots: NVIDIA's tags (new_embodiment = 31) do not fit
 )
 
 GROOT_REGISTRY: dict[str, GrootConfig] = {

@@ -10,6 +10,7 @@ modality (`observation.state.min` / `.max`, `action.min` / `.max`). GROOT.md §1
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,28 @@ class GrootNormalizer:
 
     state: tuple[KeyNorm, ...]
     action: tuple[KeyNorm, ...]
+    mode = "per_key"  # what an artifact's statistics file records (models.registry reads it)
+
+    def dim(self, key: str) -> int:
+        """Return the robot's width of "observation.state" or "action" (the Policy asks)."""
+        return self.action_dim if key == "action" else self.state_dim
+
+    def to_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Statistics as flat float64 vectors plus the key order and modes (for safetensors)."""
+        keys = [[m, k.key, k.mode] for m in ("state", "action") for k in getattr(self, m)]
+        tensors = {f"{k.key}.{s}": v for m in ("state", "action") for k in getattr(self, m)
+                   for s, v in k.stats.items()}
+        return tensors, {"mode": self.mode, "keys": json.dumps(keys)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], meta: dict[str, str]):
+        """Invert `to_tensors` (every key's vectors, in the recorded order and modes)."""
+        parts = {"state": [], "action": []}
+        for modality, key, mode in json.loads(meta["keys"]):
+            entry = {n[len(key) + 1:]: v for n, v in tensors.items()
+                     if n.startswith(key + ".") and "." not in n[len(key) + 1:]}
+            parts[modality].append(_key_norm(key, mode, entry))
+        return cls(tuple(parts["state"]), tuple(parts["action"]))
 
     @property
     def state_dim(self) -> int:

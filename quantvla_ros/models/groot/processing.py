@@ -206,6 +206,8 @@ def pad_state(state: np.ndarray, max_state_dim: int) -> tuple[torch.Tensor, torc
 def embodiment_id(embodiment: str | int, cfg: GrootConfig, lerobot: bool = False) -> int:
     """Map to a projector slot: an int as it is, a tag as NVIDIA (or ``lerobot``) maps it."""
     table = LEROBOT_EMBODIMENT_IDS if lerobot else EMBODIMENT_IDS
+    if isinstance(embodiment, str) and embodiment.isdigit():  # a slot given as text (ROS)
+        embodiment = int(embodiment)
     if isinstance(embodiment, str):
         if embodiment not in table:
             raise ProcessingError(f"unknown embodiment {embodiment!r}; known: {sorted(table)}")

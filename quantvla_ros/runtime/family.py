@@ -1,0 +1,125 @@
+"""The one interface a model family implements for the layers above the models.
+
+The Policy, the quantize and report workflows, the calibration node and the inference node
+talk to a model only through a `PolicyFamily`: how to load it and its tokenizer, how an
+Observation becomes model inputs and a batch, how a chunk is run, and how ATM / OHB are
+calibrated, undone and tabulated. `family_for(cfg)` picks the implementation by the config's
+family, so nothing above `runtime/` branches on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantvla_ros.models.registry import ModelConfig, family_of
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """Per-deployment choices; each applies to one family (None: what the source declares).
+
+    state_prompt (pi0.5): "unpadded" | "padded". embodiment (GR00T): an embodiment tag such as
+    "new_embodiment" or a projector slot number.
+    """
+
+    state_prompt: str | None = None
+    embodiment: str | None = None
+
+
+@dataclass
+class Loaded:
+    """What a checkpoint gives a Policy: the model, its statistics and its tokenizer."""
+
+    model: torch.nn.Module
+    normalizer: object
+    tokenizer: object
+
+
+class PolicyFamily(ABC):
+    """How one model family is loaded, fed, run and balanced."""
+
+    name: str = ""
+    supports_cuda_graphs: bool = False  # whether the Policy may capture its chunk
+
+    @abstractmethod
+    def load_checkpoint(self, folder: Path, tokenizer: Path | None, device, dtype,
+                        options: PolicyOptions) -> Loaded:
+        """Load a trained checkpoint; a missing tokenizer is an error, never a stand-in."""
+
+    @abstractmethod
+    def tokenizer(self, cfg: ModelConfig, folder: Path | None, trained: bool):
+        """Return `folder`'s tokenizer; the config's default (or a stand-in) only if untrained."""
+
+    @abstractmethod
+    def configure(self, policy, options: PolicyOptions) -> str:
+        """Resolve the options into `policy.cfg` and `policy.options`; return a source note.
+
+        `policy.options` holds the resolved choices, which a teacher of the same source takes.
+        """
+
+    @abstractmethod
+    def prepare(self, policy, obs) -> dict[str, torch.Tensor]:
+        """Check one Observation against the policy; return the model inputs (batch of 1)."""
+
+    @abstractmethod
+    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Merge prepared single observations into one batch."""
+
+    @abstractmethod
+    def run(self, model, inputs: dict, noise: torch.Tensor, sync) -> tuple:
+        """Return (actions [B, H, A], prefix ms, denoise ms) of one eager chunk.
+
+        `sync()` synchronizes the device for timing (the caller has just before); "prefix" is
+        everything before the flow steps (vision and language), "denoise" the steps.
+        """
+
+    def graphed(self, model, inputs: dict, noise: torch.Tensor):
+        """Return a captured chunk for CUDA (only where `supports_cuda_graphs`)."""
+        raise NotImplementedError(f"{self.name}: no CUDA-graph chunk")
+
+    @abstractmethod
+    def sample(self, model, batches: list[dict], observer=None) -> torch.Tensor:
+        """Return every batch's actions [N, H, A] (model space, float32 on the CPU).
+
+        Each batch holds its own noise; `observer` (quant.observe.LinearInputs) sees the runs.
+        """
+
+    @abstractmethod
+    def calibrate_balance(self, teacher, student, batches: list[dict], cfg,
+                          progress=None) -> dict:
+        """Fold ATM / OHB into `student` in place; "alpha", "beta" and "ratios" as recorded."""
+
+    @abstractmethod
+    def unfold_balance(self, model, alpha: dict, beta: dict) -> None:
+        """Undo folded ATM / OHB factors (the report compares with and without them)."""
+
+    @abstractmethod
+    def balance_tables(self, teacher, student, unbalanced, batches: list[dict],
+                       towers: tuple[str, ...]) -> dict:
+        """Return the three models' actions and the report's balance tables.
+
+        Keys: "teacher", "student", "unbalanced" (actions [N, H, A]), "layers" (per balanced
+        attention, ratios before / after; the caller adds the factors) and "per_step_after"
+        (per attention, per flow step).
+        """
+
+
+def family_named(name: str) -> PolicyFamily:
+    """Return a new PolicyFamily of the family `name` ("pi" or "groot")."""
+    # imported here: the implementations import this module's base class
+    from quantvla_ros.runtime.groot_family import GrootFamily
+    from quantvla_ros.runtime.pi_family import PiFamily
+
+    families = {"pi": PiFamily, "groot": GrootFamily}
+    if name not in families:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(families)}")
+    return families[name]()
+
+
+def family_for(cfg: ModelConfig) -> PolicyFamily:
+    """Return a new PolicyFamily for a config (each Policy holds its own)."""
+    return family_named(family_of(cfg))

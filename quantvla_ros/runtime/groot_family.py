@@ -1,0 +1,161 @@
+"""GR00T N1.5 behind the PolicyFamily interface (NVIDIA / lerobot checkpoints, Eagle inputs).
+
+Inputs are built by `models.groot.processing.GrootProcessor` (GROOT.md §1.2): every camera
+slot must be filled (GR00T has no image mask), the Qwen tokenizer comes from the source's
+`tokenizer/` or `eagle2_hg_model/` folder (a byte stand-in only for random weights), and the
+embodiment picks both the projector slot and the statistics of `metadata.json`. CUDA graphs
+are not captured for GR00T yet: a chunk runs eagerly on every device.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from quantvla_ros.data.observation import ObservationError
+from quantvla_ros.models.groot.checkpoint import load_checkpoint, read_metadata, read_normalizer
+from quantvla_ros.models.groot.normalization import GrootNormalizer
+from quantvla_ros.models.groot.processing import (
+    TOKENIZER_DIR,
+    GrootProcessor,
+    ProcessingError,
+    embodiment_id,
+    load_tokenizer,
+    pad_left,
+)
+from quantvla_ros.quant.groot_balance import (
+    calibrate_dit_balance,
+    dit_balance_tables,
+    unfold_dit_balance,
+)
+from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
+
+BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "state", "embodiment_id")
+
+
+def statistics_tag(folder: Path, embodiment: str | None, default: str) -> str:
+    """Return the metadata.json tag to read: the embodiment if a tag, else the only one."""
+    if embodiment is not None and not embodiment.isdigit():
+        return embodiment
+    tags = sorted(read_metadata(folder) or {})
+    return tags[0] if len(tags) == 1 else default
+
+
+class GrootFamily(PolicyFamily):
+    """GR00T N1.5 (`GrootModel`): Eagle backbone, then the flow-matching DiT head."""
+
+    name = "groot"
+    supports_cuda_graphs = False
+
+    def __init__(self):
+        """Start without a processor: `configure` builds it once the choices are known."""
+        self.processor: GrootProcessor | None = None
+
+    def load_checkpoint(self, folder: Path, tokenizer: Path | None, device, dtype,
+                        options: PolicyOptions) -> Loaded:
+        """Load an NVIDIA (sharded) or lerobot GR00T folder, statistics and tokenizer."""
+        tok_dir = tokenizer or folder / TOKENIZER_DIR
+        if not tok_dir.is_dir():  # before the (long) weight load
+            load_tokenizer(tok_dir, None)  # raises: names the folder and what to copy there
+        model, cfg = load_checkpoint(folder, device, dtype)
+        tok = self.tokenizer(cfg, tok_dir, trained=True)
+        tag = statistics_tag(folder, options.embodiment, cfg.embodiment)
+        normalizer = read_normalizer(folder, tag)
+        if options.embodiment is None and tag != cfg.embodiment:
+            model.cfg = cfg.with_(embodiment=tag)  # the statistics' tag is the robot's
+        if normalizer is None:
+            raise ProcessingError(f"{folder}: no statistics (experiment_cfg/metadata.json or "
+                                  "lerobot's processor files); a trained policy needs them")
+        return Loaded(model, normalizer, tok)
+
+    def tokenizer(self, cfg, folder: Path | None, trained: bool):
+        """Return the folder's Qwen tokenizer; the byte stand-in for random weights only."""
+        if folder is not None or trained:
+            return load_tokenizer(folder, cfg)  # a missing folder raises, naming it
+        return load_tokenizer(None, cfg, stand_in=True)
+
+    def configure(self, policy, options: PolicyOptions) -> str:
+        """Resolve the embodiment into the config; build the processor."""
+        if options.state_prompt is not None:
+            raise ValueError("state_prompt applies to pi0.5 policies only; this is "
+                             f"{policy.cfg.name} (GR00T)")
+        cfg = policy.cfg
+        embodiment = options.embodiment or cfg.embodiment
+        why = "set explicitly" if options.embodiment else "declared by the source"
+        embodiment_id(embodiment, cfg)  # raises a ProcessingError naming the problem
+        if embodiment != cfg.embodiment:
+            policy.model.cfg = policy.cfg = cfg = cfg.with_(embodiment=embodiment)
+        policy.options = PolicyOptions(embodiment=embodiment)
+        normalizer = policy.normalizer if isinstance(policy.normalizer, GrootNormalizer) \
+            else None
+        self.processor = GrootProcessor(cfg, policy.tokenizer, normalizer, embodiment,
+                                        numpy_repr=cfg.instruction_repr)
+        return f" [embodiment: {embodiment}, {why}]"
+
+    def prepare(self, policy, obs) -> dict[str, torch.Tensor]:
+        """Eagle pixels of every slot, the templated prompt, padded state, embodiment id."""
+        cfg = policy.cfg
+        missing = [c for c in cfg.cameras if c not in obs.images]
+        if missing:
+            raise ObservationError(f"GR00T needs every camera slot; missing {missing} "
+                                   f"(slots: {list(cfg.cameras)})")
+        try:
+            raw = self.processor([obs.images[c] for c in cfg.cameras], obs.state,
+                                 obs.instruction or None)
+        except ProcessingError as exc:
+            raise ObservationError(str(exc)) from exc
+        dev = policy.device
+        return {"pixel_values": raw["eagle_pixel_values"].to(dev, policy.dtype),
+                "input_ids": raw["eagle_input_ids"].to(dev),
+                "attention_mask": raw["eagle_attention_mask"].to(dev),
+                "state": raw["state"].to(dev),
+                "embodiment_id": raw["embodiment_id"].to(dev)}
+
+    def collate(self, inputs):
+        """Concatenate; prompts of different lengths are left-padded again to the longest."""
+        seqs = [ids[m.bool()].tolist() for x in inputs
+                for ids, m in zip(x["input_ids"], x["attention_mask"], strict=True)]
+        pad = self.processor.tokenizer.pad_id
+        ids, mask = pad_left(seqs, pad)
+        dev = inputs[0]["input_ids"].device
+        out = {k: torch.cat([x[k] for x in inputs]) for k in BATCH_KEYS
+               if k not in ("input_ids", "attention_mask")}
+        return {**out, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+
+    def run(self, model, inputs, noise, sync):
+        """Run the Eagle backbone (timed as prefix), then the action head's flow steps."""
+        t1 = time.perf_counter()
+        features = model.backbone(inputs["pixel_values"], inputs["input_ids"],
+                                  inputs["attention_mask"])
+        sync()
+        t2 = time.perf_counter()
+        actions = model.action_head.sample_actions(features, inputs["state"],
+                                                   inputs["embodiment_id"], noise)
+        sync()
+        return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
+
+    def sample(self, model, batches, observer=None):
+        """Run `GrootModel.sample_actions` per batch.
+
+        Linear-input hooks see every row: left-padding rows of shorter prompts are recorded.
+        """
+        with torch.no_grad():
+            return torch.cat([
+                model.sample_actions(b["pixel_values"], b["input_ids"], b["attention_mask"],
+                                     b["state"], b["embodiment_id"], b["noise"]).float().cpu()
+                for b in batches])
+
+    def calibrate_balance(self, teacher, student, batches, cfg, progress=None):
+        """Progressive ATM / OHB on every DiT attention (cross and self), block by block."""
+        return calibrate_dit_balance(teacher, student, batches, cfg)
+
+    def unfold_balance(self, model, alpha, beta):
+        """Divide the folded factors back out of to_q and to_out.0."""
+        unfold_dit_balance(model, alpha, beta)
+
+    def balance_tables(self, teacher, student, unbalanced, batches, towers):
+        """Per DiT block ratios (the DiT is GR00T's only balanced stack: `towers` is moot)."""
+        return dit_balance_tables(teacher, student, unbalanced, batches)
+

@@ -1,0 +1,142 @@
+"""pi0 / pi0.5 behind the PolicyFamily interface (lerobot checkpoints, PaliGemma prompts)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantvla_ros.data.observation import ObservationError
+from quantvla_ros.models.checkpoint import load_checkpoint, read_config
+from quantvla_ros.models.config import STATE_PROMPTS
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
+from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
+from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
+from quantvla_ros.runtime.cuda_graph import GraphedChunk
+from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.preprocess import images_to_pixels
+
+
+class PiFamily(PolicyFamily):
+    """pi0 and pi0.5 (`PiModel`): prefix + KV cache, then the denoising loop."""
+
+    name = "pi"
+    supports_cuda_graphs = True
+
+    def load_checkpoint(self, folder: Path, tokenizer: Path | None, device, dtype,
+                        options: PolicyOptions) -> Loaded:
+        """Load a lerobot pi0 / pi0.5 folder; its tokenizer/ (or ``tokenizer``) is required."""
+        cfg, raw = read_config(folder)
+        tok_path = str(tokenizer) if tokenizer is not None else cfg.tokenizer_path
+        if tok_path is None and "quantvla" not in raw:
+            # A trained lerobot checkpoint fed byte tokens would output confident garbage.
+            raise ValueError(f"{folder} is a lerobot checkpoint without a tokenizer: put the "
+                             f"PaliGemma tokenizer in its {TOKENIZER_DIR}/ folder or pass "
+                             "tokenizer=")
+        model, _, normalizer = load_checkpoint(folder, device, dtype)
+        return Loaded(model, normalizer, load_tokenizer(tok_path))
+
+    def tokenizer(self, cfg, folder: Path | None, trained: bool):
+        """Return the folder's tokenizer, else the config's (bytes where it names none)."""
+        return load_tokenizer(str(folder) if folder is not None else cfg.tokenizer_path)
+
+    def configure(self, policy, options: PolicyOptions) -> str:
+        """Resolve the pi0.5 state prompt (kept in the config so that artifacts record it).
+
+        "unpadded" writes the robot's own state values into the prompt (lerobot >= 0.5,
+        openpi), "padded" the vector zero-padded to the model's state_dim (lerobot 0.4.x);
+        None takes what the source declares, else "unpadded".
+        """
+        if options.embodiment is not None:
+            raise ValueError("embodiment applies to GR00T policies only; this is "
+                             f"{policy.cfg.name} (pi)")
+        explicit = options.state_prompt
+        policy.state_prompt, policy.options = None, PolicyOptions()
+        if explicit is not None and explicit not in STATE_PROMPTS:
+            raise ValueError(f"state_prompt {explicit!r}: expected one of {list(STATE_PROMPTS)}"
+                             " or None (what the source declares)")
+        if policy.cfg.variant != "pi05":
+            return ""
+        declared = policy.cfg.state_prompt
+        policy.state_prompt = explicit or declared or "unpadded"
+        why = "set explicitly" if explicit else "declared by the source" if declared else "default"
+        if policy.state_prompt != declared:
+            policy.model.cfg = policy.cfg = policy.cfg.with_(state_prompt=policy.state_prompt)
+        policy.options = PolicyOptions(state_prompt=policy.state_prompt)
+        return f" [state prompt: {policy.state_prompt}, {why}]"
+
+    def prepare(self, policy, obs) -> dict[str, torch.Tensor]:
+        """Pixels and masks per camera slot, the tokenized prompt and the padded state."""
+        cfg = policy.cfg
+        pixels, present = images_to_pixels(
+            obs.images, cfg.cameras, cfg.vision.image_size, policy.device, policy.dtype
+        )
+        state = policy.normalizer.normalize_state(obs.state)
+        if state.shape[0] > cfg.state_dim:
+            raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
+        padded = np.zeros(cfg.state_dim, np.float32)
+        padded[: state.shape[0]] = state
+        # pi0.5's prompt bins: the robot's own values, or the padded vector (see configure)
+        bins = padded if policy.state_prompt == "padded" else state
+        prompt = build_prompt(cfg.variant, obs.instruction, bins)
+        ids, mask = tokenize(policy.tokenizer, prompt, cfg.max_token_len)
+        dev = policy.device
+        return {
+            "images": pixels, "image_masks": present,
+            "tokens": torch.from_numpy(ids)[None].to(dev),
+            "token_masks": torch.from_numpy(mask)[None].to(dev),
+            "state": torch.from_numpy(padded)[None].to(dev),
+        }
+
+    def collate(self, inputs):
+        """Every input has fixed shapes (right-padded prompts): concatenate along the batch."""
+        return {k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}
+
+    def run(self, model, inputs, noise, sync):
+        """Prefix embedding and prefill (timed as prefix), then the denoising loop."""
+        t1 = time.perf_counter()
+        embs, valid = model.embed_prefix(
+            inputs["images"], inputs["image_masks"], inputs["tokens"], inputs["token_masks"]
+        )
+        cache = model.prefill(embs, valid, room=model.suffix_len)
+        sync()
+        t2 = time.perf_counter()
+        actions = model.denoise_loop(cache, valid, noise, inputs["state"], model.cfg.num_steps)
+        sync()
+        return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
+
+    def graphed(self, model, inputs, noise):
+        """Two captured graphs: prefix + prefill, then the denoising loop."""
+        return GraphedChunk(model, inputs, noise, model.cfg.num_steps)
+
+    def sample(self, model, batches, observer=None):
+        """`PiModel.sample_actions` per batch with `observer` as the model's observer."""
+        return run_batches(model, batches, observer)
+
+    def calibrate_balance(self, teacher, student, batches, cfg, progress=None):
+        """Progressive ATM / OHB over the expert (and, if asked, backbone) layers."""
+        return calibrate_balance(teacher, student, batches, cfg, progress=progress)
+
+    def unfold_balance(self, model, alpha, beta):
+        """Divide the folded factors back out."""
+        unfold_balance(model, alpha, beta)
+
+    def balance_tables(self, teacher, student, unbalanced, batches, towers):
+        """Per "tower.layer" logit-std / o_proj-RMS ratios before and after balancing."""
+        runs = {}
+        for name, model in (("teacher", teacher), ("student", student),
+                            ("unbalanced", unbalanced)):
+            stats = StatsCollector(towers)
+            runs[name] = (run_batches(model, batches, stats), stats)
+        t_stats, s_stats, u_stats = (runs[n][1] for n in ("teacher", "student", "unbalanced"))
+        before, after = ratio_table(t_stats, u_stats), ratio_table(t_stats, s_stats)
+        keys = sorted({*after["logit_std"], *after["oproj_rms"]},
+                      key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
+        layers = [{"layer": key, **{f"{stat}_ratio_{when}": table[stat].get(key)
+                                    for stat in ("logit_std", "oproj_rms")
+                                    for when, table in (("before", before), ("after", after))}}
+                  for key in keys]
+        return {**{n: runs[n][0] for n in runs}, "layers": layers,
+                "per_step_after": per_step_ratios(t_stats, s_stats)}
