@@ -66,8 +66,12 @@ class PolicyFamily(ABC):
         """Check one Observation against the policy; return the model inputs (batch of 1)."""
 
     @abstractmethod
-    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Merge prepared single observations into one batch."""
+    def collate(self, inputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Merge prepared single observations into batches, in order.
+
+        A batch must give each row the actions it gets alone (the node runs one observation
+        at a time), so a family whose batched padding changes results splits there.
+        """
 
     @abstractmethod
     def run(self, model, inputs: dict, noise: torch.Tensor, sync) -> tuple:
@@ -76,6 +80,14 @@ class PolicyFamily(ABC):
         `sync()` synchronizes the device for timing (the caller has just before); "prefix" is
         everything before the flow steps (vision and language), "denoise" the steps.
         """
+
+    @abstractmethod
+    def fuse_projections(self, model) -> dict[str, int]:
+        """Merge quantized projections that share an input, in place; counts per kind."""
+
+    @abstractmethod
+    def prepare_for_inference(self, model) -> dict[str, int]:
+        """Swap float blocks for their fused-kernel forms, in place; counts per kind."""
 
     def graphed(self, model, inputs: dict, noise: torch.Tensor):
         """Return a captured chunk for CUDA (only where `supports_cuda_graphs`)."""

@@ -3,8 +3,9 @@
 Inputs are built by `models.groot.processing.GrootProcessor` (GROOT.md §1.2): every camera
 slot must be filled (GR00T has no image mask), the Qwen tokenizer comes from the source's
 `tokenizer/` or `eagle2_hg_model/` folder (a byte stand-in only for random weights), and the
-embodiment picks both the projector slot and the statistics of `metadata.json`. CUDA graphs
-are not captured for GR00T yet: a chunk runs eagerly on every device.
+embodiment picks both the projector slot and the statistics of `metadata.json`. Not built for
+GR00T yet: CUDA-graph capture and the fused float / norm blocks of pi's fast path, so a chunk
+runs eagerly (integer GEMMs for the quantized linears, PyTorch for the rest).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from quantvla_ros.models.groot.processing import (
     ProcessingError,
     embodiment_id,
     load_tokenizer,
-    pad_left,
 )
 from quantvla_ros.quant.groot_balance import (
     calibrate_dit_balance,
@@ -114,15 +114,19 @@ class GrootFamily(PolicyFamily):
                 "embodiment_id": raw["embodiment_id"].to(dev)}
 
     def collate(self, inputs):
-        """Concatenate; prompts of different lengths are left-padded again to the longest."""
-        seqs = [ids[m.bool()].tolist() for x in inputs
-                for ids, m in zip(x["input_ids"], x["attention_mask"], strict=True)]
-        pad = self.processor.tokenizer.pad_id
-        ids, mask = pad_left(seqs, pad)
-        dev = inputs[0]["input_ids"].device
-        out = {k: torch.cat([x[k] for x in inputs]) for k in BATCH_KEYS
-               if k not in ("input_ids", "attention_mask")}
-        return {**out, "input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
+        """Batch runs of consecutive equal-length prompts, in order.
+
+        GR00T never masks left padding after the LLM and does not shift RoPE for it
+        (GROOT.md §7.12), so a padded row's actions differ from its single run: a batch only
+        joins prompts of one length.
+        """
+        runs: list[list[dict]] = []
+        for x in inputs:
+            if runs and runs[-1][0]["input_ids"].shape[1] == x["input_ids"].shape[1]:
+                runs[-1].append(x)
+            else:
+                runs.append([x])
+        return [{k: torch.cat([x[k] for x in run]) for k in BATCH_KEYS} for run in runs]
 
     def run(self, model, inputs, noise, sync):
         """Run the Eagle backbone (timed as prefix), then the action head's flow steps."""
@@ -135,6 +139,14 @@ class GrootFamily(PolicyFamily):
                                                    inputs["embodiment_id"], noise)
         sync()
         return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
+
+    def fuse_projections(self, model):
+        """Leave GR00T's modules as they are: no fused GR00T blocks are built yet."""
+        return {}
+
+    def prepare_for_inference(self, model):
+        """Leave GR00T's modules as they are (eager PyTorch plus the integer GEMMs)."""
+        return {}
 
     def sample(self, model, batches, observer=None):
         """Run `GrootModel.sample_actions` per batch.

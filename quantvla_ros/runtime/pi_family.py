@@ -14,7 +14,9 @@ from quantvla_ros.models.config import STATE_PROMPTS
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
 from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
+from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.runtime.cuda_graph import GraphedChunk
+from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
 from quantvla_ros.runtime.preprocess import images_to_pixels
 
@@ -91,8 +93,8 @@ class PiFamily(PolicyFamily):
         }
 
     def collate(self, inputs):
-        """Every input has fixed shapes (right-padded prompts): concatenate along the batch."""
-        return {k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}
+        """Fixed shapes, masked padding (right-padded prompts): one batch of them all."""
+        return [{k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}]
 
     def run(self, model, inputs, noise, sync):
         """Prefix embedding and prefill (timed as prefix), then the denoising loop."""
@@ -106,6 +108,14 @@ class PiFamily(PolicyFamily):
         actions = model.denoise_loop(cache, valid, noise, inputs["state"], model.cfg.num_steps)
         sync()
         return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
+
+    def fuse_projections(self, model):
+        """Norm + q/k/v, norm + k/v and norm + gate/up share one quantization and GEMM."""
+        return fuse_projections(model)
+
+    def prepare_for_inference(self, model):
+        """Fused norms, RoPE, concatenated float projections, per-step modulation."""
+        return prepare_for_inference(model)
 
     def graphed(self, model, inputs, noise):
         """Two captured graphs: prefix + prefill, then the denoising loop."""

@@ -15,10 +15,8 @@ from quantvla_ros.models.build import compute_dtype, random_model
 from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from quantvla_ros.models.registry import ModelConfig, checkpoint_family, get_config
 from quantvla_ros.quant.artifact import load_artifact
-from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.runtime.family import PolicyOptions, family_for, family_named
-from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.source import PolicySource
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -119,7 +117,7 @@ class Policy:
         model, cfg, normalizer, manifest = load_artifact(src.path, device,
                                                          resolve_dtype(precision))
         if fuse:
-            fuse_projections(model)
+            family_for(cfg).fuse_projections(model)
         tok = family_for(cfg).tokenizer(cfg, src.tokenizer,
                                         trained=manifest.source.kind != "named")
         policy = cls(model, normalizer, tok, device, seed,
@@ -163,8 +161,11 @@ class Policy:
                                    f"{self.max_state_dim}")
         return self.family.prepare(self, obs)
 
-    def prepare_batch(self, observations) -> dict[str, torch.Tensor]:
-        """Prepare several observations as one batch (calibration, reports)."""
+    def prepare_batches(self, observations) -> list[dict[str, torch.Tensor]]:
+        """Prepare several observations as batches, in order (calibration, reports).
+
+        Each row of a batch gets the actions it would get alone (see PolicyFamily.collate).
+        """
         return self.family.collate([self.prepare(o) for o in observations])
 
     def _sync(self) -> None:
@@ -178,7 +179,7 @@ class Policy:
         inputs = self.prepare(obs)
         noise = (self.draw_noise() if noise is None else noise).to(self.device)
         if self.fuse and not self._prepared:
-            prepare_for_inference(self.model)
+            self.family.prepare_for_inference(self.model)
             self._prepared = True
         self._sync()
         t1 = time.perf_counter()

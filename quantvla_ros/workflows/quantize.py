@@ -81,11 +81,11 @@ def prepare_batches(policy: Policy, observations, batch_size: int, noise_seed: i
     gen = torch.Generator().manual_seed(noise_seed)
     batches = []
     for i in range(0, len(observations), batch_size):
-        chunk = observations[i:i + batch_size]
-        batch = policy.prepare_batch(chunk)
-        shape = (len(chunk), policy.cfg.action_horizon, policy.cfg.action_dim)
-        batch["noise"] = torch.randn(shape, generator=gen).to(policy.device)
-        batches.append(batch)
+        for batch in policy.prepare_batches(observations[i:i + batch_size]):
+            rows = batch["state"].shape[0]
+            shape = (rows, policy.cfg.action_horizon, policy.cfg.action_dim)
+            batch["noise"] = torch.randn(shape, generator=gen).to(policy.device)
+            batches.append(batch)
     return batches
 
 
