@@ -13,11 +13,11 @@ from quantvla_ros.models.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.config import STATE_PROMPTS
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
-from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
 from quantvla_ros.quant.fused import fuse_projections
+from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
 from quantvla_ros.runtime.cuda_graph import GraphedChunk
-from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.preprocess import images_to_pixels
 
 
@@ -93,7 +93,7 @@ class PiFamily(PolicyFamily):
         }
 
     def collate(self, inputs):
-        """Fixed shapes, masked padding (right-padded prompts): one batch of them all."""
+        """Return one batch of them all (fixed shapes; right padding is masked)."""
         return [{k: torch.cat([x[k] for x in inputs]) for k in inputs[0]}]
 
     def run(self, model, inputs, noise, sync):
