@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from quantvla_ros.data.observation import Observation
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.registry import get_config
 from quantvla_ros.runtime.policy import Policy
 
 
@@ -38,16 +38,17 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
     Latency does not depend on the calibration, and ATM / OHB are folded into weights, so
     they cost nothing at runtime.
     """
+    from quantvla_ros.models.registry import family_of
     from quantvla_ros.quant.apply import QuantConfig, quantize_
-    from quantvla_ros.quant.fused import fuse_projections
     from quantvla_ros.quant.layouts import get_layout
     from quantvla_ros.quant.scheme import parse_bits
 
     act = "bf16" if device == "cuda" else "fp32"
     policy = Policy.from_config(model, seed=seed, device=device, precision=act,
                                 state_prompt=state_prompt)
-    quantize_(policy.model, QuantConfig(parse_bits(bits), get_layout(preset)))
-    fused = fuse_projections(policy.model)  # as Policy.from_artifact serves it
+    layout = get_layout(preset, family=family_of(policy.cfg))
+    quantize_(policy.model, QuantConfig(parse_bits(bits), layout))
+    fused = policy.family.fuse_projections(policy.model)  # as Policy.from_artifact serves it
     policy.source += f", {bits} {preset} round-to-nearest, fused {fused}"
     return policy
 
