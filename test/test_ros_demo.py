@@ -23,3 +23,17 @@ def test_demo_float_policy_reproduces_its_chunks(tmp_path):
     # recomputes every published chunk.
     assert r["action_rel_error"] < 1e-4 and r["action_rel_error_max"] < 1e-4
     assert r["elapsed_s"] < 240
+
+
+@pytest.mark.slow
+def test_demo_quantized_groot_follows_the_float_policy(tmp_path):
+    from quantvla_ros.workflows.quantize import quantize_hook
+
+    hook = quantize_hook("groot-n15-tiny", "w8a8", seed=0, log=lambda *_: None)
+    r = run_demo(tmp_path / "demo", quantize_fn=hook, model="groot-n15-tiny", seconds=2.0,
+                 actions_per_chunk=16)
+    assert all(t["success"] for t in r["lifecycle"]), r["lifecycle"]
+    assert r["trajectories"] >= 1
+    assert r["points_per_trajectory"] == [16]
+    # Random weights: W8A8 error relative to the displacement; bound with wide margin.
+    assert 0.0 <= r["action_rel_error"] < 1.0 and r["action_rel_error_max"] < 1.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,13 @@ from quantvla_ros.data.observation import Observation
 from quantvla_ros.demo.lifecycle_client import LifecycleClient
 from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id
 from quantvla_ros.demo.player import BagPlayer, Played
-from quantvla_ros.demo.synthetic_bag import topics_config, write_synthetic_bag, write_topics_file
+from quantvla_ros.demo.synthetic_bag import (
+    DEFAULT_CAMERAS,
+    topics_config,
+    write_synthetic_bag,
+    write_topics_file,
+)
+from quantvla_ros.models.registry import get_config
 from quantvla_ros.ros.bag_recorder import record_from_bags
 from quantvla_ros.ros.convert import joint_positions, stamp_to_ns, to_rgb
 from quantvla_ros.ros.noise import policy_noise
@@ -70,9 +77,12 @@ def run_demo(
     bag = work / f"bag_{storage}"
     if bag.exists():
         raise ValueError(f"{work} holds an earlier demo run; give an empty or new workdir")
+    cfg = get_config(model)
+    cameras = model_cameras(cfg.cameras)
+    actions_per_chunk = min(actions_per_chunk, cfg.action_horizon)
     info = write_synthetic_bag(bag, storage=storage, seconds=seconds, camera_hz=camera_hz,
-                               joint_hz=camera_hz * 5, seed=seed)
-    topics_file = write_topics_file(work / "topics.yaml", topics_config())
+                               joint_hz=camera_hz * 5, cameras=cameras, seed=seed)
+    topics_file = write_topics_file(work / "topics.yaml", topics_config(cameras))
     inputs = load_topics_file(topics_file)
     log(f"wrote {bag} ({info['frames']} frames per camera, {storage})")
     buffer = record_from_bags([bag], inputs, work / "calibration", samples=samples,
@@ -110,6 +120,14 @@ def run_demo(
         "reference": f"float {model} (seed {seed}) in-process, same observations and noise",
         "elapsed_s": round(time.monotonic() - t_start, 2),
     }
+
+
+def model_cameras(slots) -> tuple:
+    """Return the default bag cameras mapped, in order, onto the model's first camera slots."""
+    if len(slots) < len(DEFAULT_CAMERAS):
+        raise ValueError(f"the model has {len(slots)} camera slots; the demo needs "
+                         f"{len(DEFAULT_CAMERAS)}")
+    return tuple(replace(c, slot=s) for c, s in zip(DEFAULT_CAMERAS, slots, strict=False))
 
 
 def _write_params(path: Path, inputs: InputSettings, **extra) -> Path:
