@@ -95,7 +95,20 @@ def load_policy(s: InferenceSettings) -> Policy:
     if s.actions_per_chunk > policy.cfg.action_horizon:
         raise ConfigureError(f"actions_per_chunk {s.actions_per_chunk} exceeds the policy's "
                              f"action horizon {policy.cfg.action_horizon}")
+    # A family that needs every slot (GR00T) rejects a partial mapping here, not per message.
+    try:
+        policy.prepare(_blank_observation(policy, s))
+    except ObservationError as exc:
+        raise ConfigureError(f"camera_slots {list(s.inputs.slots)} do not suit this policy: "
+                             f"{exc}") from exc
     return policy
+
+
+def _blank_observation(policy: Policy, s: InferenceSettings) -> Observation:
+    size = policy.cfg.vision.image_size
+    return Observation({c.slot: np.full((size, size, 3), 128, np.uint8) for c in s.inputs.cameras},
+                       np.zeros(len(s.inputs.joint_names), np.float32),
+                       s.inputs.default_instruction.strip() or "warm up")
 
 
 def trajectory(stamp_ns: int, joint_names, actions: np.ndarray,
@@ -192,11 +205,7 @@ class QuantVLANode(LifecycleNode):
         return FAILURE
 
     def _warm_up(self, policy: Policy, s: InferenceSettings) -> None:
-        size = policy.cfg.vision.image_size
-        obs = Observation({c.slot: np.full((size, size, 3), 128, np.uint8)
-                           for c in s.inputs.cameras},
-                          np.zeros(len(s.inputs.joint_names), np.float32),
-                          s.inputs.default_instruction.strip() or "warm up")
+        obs = _blank_observation(policy, s)
         for i in range(s.warmup_runs):
             policy.infer(obs, noise=policy_noise(policy, s.seed, i))
 
