@@ -296,20 +296,26 @@ BYTE_CFG = TINY.with_(llm=replace(TINY.llm, vocab_size=262), image_token_id=259,
                       pad_token_id=256)
 
 
-@pytest.fixture
-def qwen_folder(tmp_path):
-    """A byte-level Qwen2 BPE folder (no merges) with the Eagle special tokens."""
+def write_qwen_folder(folder):
+    """Write a byte-level Qwen2 BPE folder (no merges) with the Eagle special tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
     b2u = _bytes_to_unicode()
-    (tmp_path / "vocab.json").write_text(json.dumps({b2u[b]: b for b in range(256)}))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+    (folder / "vocab.json").write_text(json.dumps({b2u[b]: b for b in range(256)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False,
         "pad_token": pr.PAD, "eos_token": pr.IM_END,
         "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False,
                                           "rstrip": False, "normalized": False,
                                           "single_word": False}
                                  for t, i in SPECIAL.items()}}))
-    return tmp_path
+    return folder
+
+
+@pytest.fixture
+def qwen_folder(tmp_path):
+    """A byte-level Qwen2 BPE folder (no merges) with the Eagle special tokens."""
+    return write_qwen_folder(tmp_path)
 
 
 def _image_blocks(ids, img, start, end):

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_groot_checkpoint import BYTE_CFG, SPECIAL, _bytes_to_unicode  # noqa: F401
+from test_groot_checkpoint import BYTE_CFG, write_qwen_folder
 
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.data.synthetic import synthetic_observation
@@ -112,20 +112,7 @@ def _write_checkpoint(folder, with_tokenizer=True):
     ck.save_checkpoint(model, folder, metadata={"new_embodiment": {"statistics": stats}},
                        max_shard_bytes=1 << 20)
     if with_tokenizer:
-        import json
-
-        tok = folder / pr.TOKENIZER_DIR
-        tok.mkdir()
-        b2u = _bytes_to_unicode()
-        (tok / "vocab.json").write_text(json.dumps({b2u[b]: b for b in range(256)}))
-        (tok / "merges.txt").write_text("#version: 0.2\n")
-        (tok / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False, "pad_token": pr.PAD,
-            "eos_token": pr.IM_END,
-            "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False,
-                                              "rstrip": False, "normalized": False,
-                                              "single_word": False}
-                                     for t, i in SPECIAL.items()}}))
+        write_qwen_folder(folder / pr.TOKENIZER_DIR)
     return folder
 
 
