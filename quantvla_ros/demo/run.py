@@ -38,13 +38,13 @@ from quantvla_ros.demo.synthetic_bag import (
     write_synthetic_bag,
     write_topics_file,
 )
-from quantvla_ros.models.registry import get_config
 from quantvla_ros.ros.bag_recorder import record_from_bags
 from quantvla_ros.ros.convert import joint_positions, stamp_to_ns, to_rgb
 from quantvla_ros.ros.noise import policy_noise
 from quantvla_ros.ros.pairing import nearest_index
 from quantvla_ros.ros.settings import InputSettings, load_topics_file
 from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.runtime.source import PolicySource
 from quantvla_ros.workflows.action_metrics import robot_space_error
 
 NODE_MODULE = "quantvla_ros.ros.inference_node"
@@ -77,7 +77,7 @@ def run_demo(
     bag = work / f"bag_{storage}"
     if bag.exists():
         raise ValueError(f"{work} holds an earlier demo run; give an empty or new workdir")
-    cfg = get_config(model)
+    cfg = PolicySource.resolve(model).config()
     cameras = model_cameras(cfg.cameras)
     actions_per_chunk = min(actions_per_chunk, cfg.action_horizon)
     info = write_synthetic_bag(bag, storage=storage, seconds=seconds, camera_hz=camera_hz,

@@ -92,6 +92,14 @@ class PolicySource:
         raise PolicySourceError(f"{self.path} is already a quantized artifact; quantize its "
                                 "source checkpoint instead")
 
+    def config(self):
+        """Return the model config of a named source or an artifact (checkpoints: load them)."""
+        if self.kind == "named":
+            return get_config(self.name)
+        if self.kind == "artifact":
+            return ArtifactManifest.read(self.path).model_config
+        raise PolicySourceError(f"{self.path}: a checkpoint's config is read by loading it")
+
     def family(self) -> str:
         """Return the model family ("pi" or "groot") of this source, without loading it."""
         if self.kind == "named":
