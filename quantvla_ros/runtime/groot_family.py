@@ -63,11 +63,11 @@ class GrootFamily(PolicyFamily):
         tok = self.tokenizer(cfg, tok_dir, trained=True)
         tag = statistics_tag(folder, options.embodiment, cfg.embodiment)
         normalizer = read_normalizer(folder, tag)
-        if options.embodiment is None and tag != cfg.embodiment:
-            model.cfg = cfg.with_(embodiment=tag)  # the statistics' tag is the robot's
         if normalizer is None:
             raise ProcessingError(f"{folder}: no statistics (experiment_cfg/metadata.json or "
                                   "lerobot's processor files); a trained policy needs them")
+        if options.embodiment is None and tag != cfg.embodiment:
+            model.cfg = cfg.with_(embodiment=tag)  # the statistics' tag is the robot's
         return Loaded(model, normalizer, tok)
 
     def tokenizer(self, cfg, folder: Path | None, trained: bool):

@@ -55,19 +55,19 @@ class PiFamily(PolicyFamily):
             raise ValueError("embodiment applies to GR00T policies only; this is "
                              f"{policy.cfg.name} (pi)")
         explicit = options.state_prompt
-        policy.state_prompt, policy.options = None, PolicyOptions()
+        policy.options = PolicyOptions()
         if explicit is not None and explicit not in STATE_PROMPTS:
             raise ValueError(f"state_prompt {explicit!r}: expected one of {list(STATE_PROMPTS)}"
                              " or None (what the source declares)")
         if policy.cfg.variant != "pi05":
             return ""
         declared = policy.cfg.state_prompt
-        policy.state_prompt = explicit or declared or "unpadded"
+        chosen = explicit or declared or "unpadded"
         why = "set explicitly" if explicit else "declared by the source" if declared else "default"
-        if policy.state_prompt != declared:
-            policy.model.cfg = policy.cfg = policy.cfg.with_(state_prompt=policy.state_prompt)
-        policy.options = PolicyOptions(state_prompt=policy.state_prompt)
-        return f" [state prompt: {policy.state_prompt}, {why}]"
+        if chosen != declared:
+            policy.model.cfg = policy.cfg = policy.cfg.with_(state_prompt=chosen)
+        policy.options = PolicyOptions(state_prompt=chosen)
+        return f" [state prompt: {chosen}, {why}]"
 
     def prepare(self, policy, obs) -> dict[str, torch.Tensor]:
         """Pixels and masks per camera slot, the tokenized prompt and the padded state."""

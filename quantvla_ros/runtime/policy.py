@@ -13,7 +13,7 @@ import torch
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.models.build import compute_dtype, random_model
 from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
-from quantvla_ros.models.registry import ModelConfig, checkpoint_family, get_config
+from quantvla_ros.models.registry import ModelConfig, get_config
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.runtime.family import PolicyOptions, family_for, family_named
@@ -72,10 +72,14 @@ class Policy:
         # length up to the model's padded state_dim is accepted.
         self.state_dim = normalizer.dim(STATE_KEY)
         self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
-        self.state_prompt: str | None = None
         self.options = PolicyOptions()  # the resolved choices (set by the family)
         self.source += self.family.configure(self, PolicyOptions(state_prompt, embodiment))
         self.reseed(seed)
+
+    @property
+    def state_prompt(self) -> str | None:
+        """pi0.5's resolved state prompt ("unpadded" | "padded"); None for other models."""
+        return self.options.state_prompt
 
     @property
     def max_state_dim(self) -> int:
@@ -99,7 +103,7 @@ class Policy:
                         tokenizer: str | Path | None = None, **options):
         """Load a checkpoint of any family (its own tokenizer folder unless ``tokenizer``)."""
         src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
-        family = family_named(checkpoint_family(src.path))
+        family = family_named(src.family())
         loaded = family.load_checkpoint(src.path, src.tokenizer, device, resolve_dtype(precision),
                                      PolicyOptions(**options))
         return cls(loaded.model, loaded.normalizer, loaded.tokenizer, device, seed,
@@ -116,10 +120,10 @@ class Policy:
         src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
         model, cfg, normalizer, manifest = load_artifact(src.path, device,
                                                          resolve_dtype(precision))
+        family = family_for(cfg)
         if fuse:
-            family_for(cfg).fuse_projections(model)
-        tok = family_for(cfg).tokenizer(cfg, src.tokenizer,
-                                        trained=manifest.source.kind != "named")
+            family.fuse_projections(model)
+        tok = family.tokenizer(cfg, src.tokenizer, trained=manifest.source.kind != "named")
         policy = cls(model, normalizer, tok, device, seed,
                      source=f"{folder} ({manifest.bits})", **options)
         policy.manifest, policy.fuse = manifest, fuse

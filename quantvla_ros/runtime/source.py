@@ -102,11 +102,9 @@ class PolicySource:
 
     def family(self) -> str:
         """Return the model family ("pi" or "groot") of this source, without loading it."""
-        if self.kind == "named":
-            return family_of(get_config(self.name))
         if self.kind == "checkpoint":
             return checkpoint_family(self.path)
-        return family_of(ArtifactManifest.read(self.path).model_config)
+        return family_of(self.config())
 
     def __str__(self) -> str:
         """Return the name or the folder."""

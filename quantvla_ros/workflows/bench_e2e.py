@@ -38,7 +38,6 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
     Latency does not depend on the calibration, and ATM / OHB are folded into weights, so
     they cost nothing at runtime.
     """
-    from quantvla_ros.models.registry import family_of
     from quantvla_ros.quant.apply import QuantConfig, quantize_
     from quantvla_ros.quant.layouts import get_layout
     from quantvla_ros.quant.scheme import parse_bits
@@ -46,7 +45,7 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
     act = "bf16" if device == "cuda" else "fp32"
     policy = Policy.from_config(model, seed=seed, device=device, precision=act,
                                 state_prompt=state_prompt)
-    layout = get_layout(preset, family=family_of(policy.cfg))
+    layout = get_layout(preset, family=policy.family.name)
     quantize_(policy.model, QuantConfig(parse_bits(bits), layout))
     fused = policy.family.fuse_projections(policy.model)  # as Policy.from_artifact serves it
     policy.source += f", {bits} {preset} round-to-nearest, fused {fused}"

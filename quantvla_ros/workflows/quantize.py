@@ -11,7 +11,6 @@ import torch
 
 from quantvla_ros.data.buffer import ObservationBuffer
 from quantvla_ros.data.sources import open_observations
-from quantvla_ros.models.registry import family_of
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import save_artifact
 from quantvla_ros.quant.balance import BalanceConfig
@@ -99,7 +98,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     teacher = Policy.load(source, device=req.device, precision=req.precision,
                           state_prompt=req.state_prompt, embodiment=req.embodiment)
     qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude,
-                                          family=family_of(teacher.cfg)), req.smooth_alpha)
+                                          family=teacher.family.name), req.smooth_alpha)
     buffer = open_buffer_for(teacher, req.calib)
     check_buffer_size(len(buffer), req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
