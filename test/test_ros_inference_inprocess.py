@@ -1,5 +1,5 @@
 """quantvla_node in this process: lifecycle fast paths through trigger_*() and one exact
-end-to-end check of the published chunk against the policy run directly."""
+end-to-end check of the published chunk against the policy run directly (pi and GR00T)."""
 
 import threading
 
@@ -38,9 +38,9 @@ def context():
     rclpy.shutdown(context=ctx)
 
 
-def make_node(context, micro, **overrides):
-    values = {"policy": micro, "camera_topics": [t for t, _ in CAMERAS],
-              "camera_slots": [s for _, s in CAMERAS], "joint_names": JOINTS,
+def make_node(context, source, cameras=CAMERAS, **overrides):
+    values = {"policy": source, "camera_topics": [t for t, _ in cameras],
+              "camera_slots": [s for _, s in cameras], "joint_names": JOINTS,
               "control_rate_hz": 20.0, "actions_per_chunk": 4, "warmup_runs": 1,
               "max_observation_age_s": 1.0, **overrides}
     return QuantVLANode(context=context,
@@ -122,33 +122,83 @@ def test_lifecycle_in_process(context, micro):
         node.destroy_node()
 
 
-def test_published_chunk_equals_the_policy_on_the_same_observation(context, micro):
-    node = make_node(context, micro, seed=3)
+def published_and_expected(context, policy_source, cameras, chunk, stream_hz, count,
+                           timeout_s, **overrides):
+    """Serve ``policy_source`` on a node, stream until ``count`` trajectories arrive; return
+    the last one's points [chunk, 7] and the policy's own chunk on the same observation and
+    noise (seed 3), plus the message."""
+    node = make_node(context, policy_source, cameras, seed=3, actions_per_chunk=chunk,
+                     **overrides)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    driver = Driver(context, CAMERAS, JOINTS, name="inprocess_driver")
+    driver = Driver(context, cameras, JOINTS, name="inprocess_driver")
     try:
         driver.publish_instruction("open the drawer")
         assert node.trigger_configure() == SUCCESS
         assert node.trigger_activate() == SUCCESS
-        driver.start_stream(10.0)
-        assert driver.wait_for(lambda: len(driver.trajectories) >= 2, 20.0)
+        driver.start_stream(stream_hz)
+        assert driver.wait_for(lambda: len(driver.trajectories) >= count, timeout_s)
         driver.stop_stream()
         msg, _ = driver.trajectories[-1]
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        policy = Policy.load(micro, seed=3)
+        policy = Policy.load(policy_source, seed=3)
         wrist = compressed_to_rgb(CompressedImage(format="jpeg", data=driver.jpeg))
-        obs = {"images": {"base_0_rgb": driver.rgb, "left_wrist_0_rgb": wrist},
+        (base_slot, wrist_slot) = (slot for _, slot in cameras)
+        obs = {"images": {base_slot: driver.rgb, wrist_slot: wrist},
                "state": np.array([0.1 * i for i in range(7)], np.float32),
                "instruction": "open the drawer"}
-        expected = policy.infer(obs, noise=policy_noise(policy, 3, stamp)).actions[:4, :7]
+        expected = policy.infer(obs, noise=policy_noise(policy, 3, stamp)).actions[:chunk, :7]
         got = np.array([p.positions for p in msg.points])
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
         assert node.trigger_deactivate() == SUCCESS
+        return got, expected, msg
     finally:
         driver.close()
         executor.shutdown()
         node.destroy_node()
         spinner.join(5.0)
+
+
+def test_published_chunk_equals_the_policy_on_the_same_observation(context, micro):
+    got, expected, _ = published_and_expected(context, micro, CAMERAS, chunk=4, stream_hz=10.0,
+                                              count=2, timeout_s=20.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- GR00T N1.5: the same node on a quantized GR00T artifact ------------------------------
+GROOT_CAMERAS = [("/cam/base", "video.image"), ("/cam/wrist/compressed", "video.wrist_image")]
+
+
+@pytest.fixture(scope="module")
+def groot_artifact(tmp_path_factory):
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+
+    out = tmp_path_factory.mktemp("groot") / "artifact"
+    quantize_policy(QuantizeRequest(source="groot-n15-tiny", calib="synthetic:6", bits="w8a8"),
+                    out, log=lambda *_: None)
+    return str(out)
+
+
+@pytest.mark.parametrize("cameras, overrides, reason", [
+    (GROOT_CAMERAS[:1], {"warmup_runs": 0}, "GR00T needs every camera slot"),
+    (GROOT_CAMERAS, {"embodiment": "5"}, "5"),
+])
+def test_groot_configure_failure_names_the_reason(context, groot_artifact, cameras, overrides,
+                                                  reason):
+    node = make_node(context, groot_artifact, cameras, actions_per_chunk=16, **overrides)
+    try:
+        assert node.trigger_configure() == FAILURE
+        assert reason in node.last_error, node.last_error
+        assert node.policy is None
+    finally:
+        node.destroy_node()
+
+
+def test_groot_published_chunk_equals_the_policy(context, groot_artifact):
+    got, expected, msg = published_and_expected(
+        context, groot_artifact, GROOT_CAMERAS, chunk=16, stream_hz=5.0, count=1,
+        timeout_s=60.0, max_observation_age_s=2.0)
+    assert len(msg.points) == 16
+    # Same artifact, same inputs, same noise on the same CPU: only float reordering.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
