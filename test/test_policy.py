@@ -198,7 +198,7 @@ def test_state_prompt_cli_flag_and_node_parameter():
     values = {**defaults(INFERENCE_PARAMS), "policy": "pi05-micro", "camera_topics": ["/cam"],
               "camera_slots": ["base_0_rgb"], "joint_names": ["j1", "j2"]}
     assert parse_inference(values).state_prompt == "auto"
-    with pytest.raises(SettingsError, match="state_prompt must be auto, unpadded or padded"):
+    with pytest.raises(SettingsError, match="state_prompt must be auto, unpadded, padded or none"):
         parse_inference({**values, "state_prompt": "pad"})
     policy = load_policy(parse_inference({**values, "state_prompt": "padded"}))
     assert policy.state_prompt == "padded"

@@ -24,12 +24,13 @@ def write_episode(path, steps, image_every=1, seed=0, instruction="pick up the s
     """Write one episode in the recorder's format (scripts/record_libero_demos.py)."""
     rng = np.random.default_rng(seed)
     image_step = np.arange(0, steps, image_every)
+    expert = rng.uniform(-1, 1, (steps, 8)).astype(np.float32)
     np.savez_compressed(
         path, agentview=rng.integers(0, 256, (len(image_step), size, size, 3), np.uint8),
         wrist=rng.integers(0, 256, (len(image_step), size, size, 3), np.uint8),
         image_step=image_step, state=rng.normal(size=(steps, 8)).astype(np.float32),
-        action=rng.uniform(-1, 1, (steps, 8)).astype(np.float32),
-        instruction=np.str_(instruction), success=np.bool_(success))
+        action=np.clip(expert + rng.normal(0, 0.1, expert.shape), -1, 1).astype(np.float32),
+        expert_action=expert, instruction=np.str_(instruction), success=np.bool_(success))
 
 
 @pytest.fixture()

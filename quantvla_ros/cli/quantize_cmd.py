@@ -19,10 +19,12 @@ def add_source_args(p) -> None:
 
 def add_state_prompt_arg(p) -> None:
     """Add --state-prompt (pi0.5: how the robot state is written into the prompt)."""
-    p.add_argument("--state-prompt", default="auto", choices=["auto", "unpadded", "padded"],
+    p.add_argument("--state-prompt", default="auto",
+                   choices=["auto", "unpadded", "padded", "none"],
                    help="pi0.5: write the robot's own state values into the prompt (unpadded: "
-                        "lerobot >= 0.5, openpi) or the vector zero-padded to the model's "
-                        "state dim (padded: lerobot 0.4.x); auto: what the checkpoint or "
+                        "lerobot >= 0.5, openpi), the vector zero-padded to the model's "
+                        "state dim (padded: lerobot 0.4.x) or no state (none: a policy "
+                        "trained with state dropout); auto: what the checkpoint or "
                         "artifact declares, else unpadded")
 
 

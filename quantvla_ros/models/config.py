@@ -43,8 +43,9 @@ class GemmaConfig:
     rope_theta: float = 10_000.0
 
 
-# How pi0.5 writes the robot state into its prompt (see PiConfig.state_prompt).
-STATE_PROMPTS = ("unpadded", "padded")
+# How pi0.5 writes the robot state into its prompt (see PiConfig.state_prompt); "none" leaves
+# it out (a policy trained with state dropout can be served from its images and task alone).
+STATE_PROMPTS = ("unpadded", "padded", "none")
 
 GEMMA_VARIANTS = {
     "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384),
@@ -74,7 +75,8 @@ class PiConfig:
     max_period: float = 4.0
     tokenizer_path: str | None = None
     # pi0.5: the prompt's state bins are the robot's own values ("unpadded") or the vector
-    # zero-padded to state_dim ("padded"); None = not declared (the Policy then uses unpadded).
+    # zero-padded to state_dim ("padded"), or no state at all ("none"); None = not declared
+    # (the Policy then uses unpadded).
     state_prompt: str | None = None
 
     def __post_init__(self) -> None:

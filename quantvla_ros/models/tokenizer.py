@@ -63,9 +63,12 @@ def build_prompt(variant: str, task: str, state_norm: np.ndarray | None) -> str:
     """pi0.5 writes the discretized state into the prompt; pi0 feeds it as a token instead.
 
     ``state_norm`` holds exactly the values the prompt shows: the robot's normalized state
-    (lerobot >= 0.5, openpi) or that state zero-padded to the model's width (lerobot 0.4.x).
+    (lerobot >= 0.5, openpi) or that state zero-padded to the model's width (lerobot 0.4.x);
+    None leaves the state out (state_prompt "none": the task, then the action cue).
     """
     task = clean_task(task)
+    if variant == "pi05" and state_norm is None:
+        return f"Task: {task};\nAction: "
     if variant == "pi05":
         bins = " ".join(str(int(b)) for b in discretize_state(state_norm))
         return f"Task: {task}, State: {bins};\nAction: "

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 COMPRESSED_SUFFIX = "/compressed"
-STATE_PROMPT_CHOICES = ("auto", "unpadded", "padded")
+STATE_PROMPT_CHOICES = ("auto", "unpadded", "padded", "none")
 
 
 class SettingsError(ValueError):
@@ -68,8 +68,8 @@ INFERENCE_PARAMS = (
     Param("state_prompt", "str", "auto",
           "pi0.5: how the robot state is written into the prompt: unpadded (the robot's own "
           "values: lerobot >= 0.5, openpi), padded (zero-padded to the model's state dim "
-          "first: lerobot 0.4.x) or auto (what the checkpoint or artifact declares, else "
-          "unpadded)."),
+          "first: lerobot 0.4.x), none (no state: a policy trained with state dropout) or auto "
+          "(what the checkpoint or artifact declares, else unpadded)."),
     Param("embodiment", "str", "",
           "GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or projector slot "
           "number, which also picks the checkpoint's statistics; empty = what the checkpoint "
@@ -270,7 +270,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
     if "device" in v and not (v["device"] == "cpu" or v["device"].startswith("cuda")):
         problems.append(f"device must be cpu, cuda or cuda:N, got {v['device']!r}")
     if "state_prompt" in v and v["state_prompt"] not in STATE_PROMPT_CHOICES:
-        problems.append(f"state_prompt must be auto, unpadded or padded, got "
+        problems.append(f"state_prompt must be auto, unpadded, padded or none, got "
                         f"{v['state_prompt']!r}")
     if "policy" in v and not v["policy"].strip():
         problems.append("policy must name a checkpoint / artifact folder or a model")

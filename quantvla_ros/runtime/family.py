@@ -22,8 +22,8 @@ from quantvla_ros.models.registry import ModelConfig, family_of
 class PolicyOptions:
     """Per-deployment choices; each applies to one family (None: what the source declares).
 
-    state_prompt (pi0.5): "unpadded" | "padded". embodiment (GR00T): an embodiment tag such as
-    "new_embodiment" or a projector slot number.
+    state_prompt (pi0.5): "unpadded" | "padded" | "none". embodiment (GR00T): an embodiment
+    tag such as "new_embodiment" or a projector slot number.
     """
 
     state_prompt: str | None = None

@@ -48,8 +48,9 @@ class PiFamily(PolicyFamily):
         """Resolve the pi0.5 state prompt (kept in the config so that artifacts record it).
 
         "unpadded" writes the robot's own state values into the prompt (lerobot >= 0.5,
-        openpi), "padded" the vector zero-padded to the model's state_dim (lerobot 0.4.x);
-        None takes what the source declares, else "unpadded".
+        openpi), "padded" the vector zero-padded to the model's state_dim (lerobot 0.4.x),
+        "none" leaves the state out (a policy trained with state dropout); None takes what
+        the source declares, else "unpadded".
         """
         if options.embodiment is not None:
             raise ValueError("embodiment applies to GR00T policies only; this is "
@@ -80,8 +81,8 @@ class PiFamily(PolicyFamily):
             raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
         padded = np.zeros(cfg.state_dim, np.float32)
         padded[: state.shape[0]] = state
-        # pi0.5's prompt bins: the robot's own values, or the padded vector (see configure)
-        bins = padded if policy.state_prompt == "padded" else state
+        # pi0.5's prompt bins: the robot's own values, the padded vector or none (configure)
+        bins = {"padded": padded, "none": None}.get(policy.state_prompt, state)
         prompt = build_prompt(cfg.variant, obs.instruction, bins)
         ids, mask = tokenize(policy.tokenizer, prompt, cfg.max_token_len)
         dev = policy.device

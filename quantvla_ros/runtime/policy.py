@@ -51,8 +51,8 @@ class Policy:
                  embodiment: str | None = None):
         """Store the model with its pre / post-processing; seed the noise stream.
 
-        ``state_prompt`` (pi0.5: "unpadded" | "padded") and ``embodiment`` (GR00T: a tag or a
-        projector slot) are deployment choices; None takes what the source declares.
+        ``state_prompt`` (pi0.5: "unpadded" | "padded" | "none") and ``embodiment`` (GR00T: a
+        tag or a projector slot) are deployment choices; None takes what the source declares.
         """
         self.model, self.cfg = model, model.cfg
         self.family = family_for(model.cfg)
@@ -78,7 +78,7 @@ class Policy:
 
     @property
     def state_prompt(self) -> str | None:
-        """pi0.5's resolved state prompt ("unpadded" | "padded"); None for other models."""
+        """pi0.5's resolved state prompt ("unpadded" | "padded" | "none"); None otherwise."""
         return self.options.state_prompt
 
     @property

@@ -19,9 +19,11 @@ from quantvla_ros.models.tokenizer import build_prompt, tokenize
 from quantvla_ros.training.demos import DemoError, DemoSet
 
 
-def frame_tokens(demos: DemoSet, normalizer: Normalizer, tokenizer, cfg: PiConfig):
+def frame_tokens(demos: DemoSet, normalizer: Normalizer, tokenizer, cfg: PiConfig,
+                 with_state: bool = True):
     """Return token ids [N, L] and masks [N, L] of every frame's pi0.5 prompt.
 
+    ``with_state`` False writes the prompt without the state (state_prompt "none").
     Raises DemoError if a prompt would be truncated (the policy would never see its end).
     """
     state = normalizer.normalize_state(demos.state[demos.frame_step])
@@ -29,7 +31,8 @@ def frame_tokens(demos: DemoSet, normalizer: Normalizer, tokenizer, cfg: PiConfi
     ids = np.zeros((demos.num_frames, cfg.max_token_len), np.int64)
     masks = np.zeros((demos.num_frames, cfg.max_token_len), bool)
     for i in range(demos.num_frames):
-        prompt = build_prompt(cfg.variant, demos.instructions[episode[i]], state[i])
+        prompt = build_prompt(cfg.variant, demos.instructions[episode[i]],
+                              state[i] if with_state else None)
         if len(tokenizer.encode(prompt)) > cfg.max_token_len:
             raise DemoError(f"frame {i}: prompt of {len(tokenizer.encode(prompt))} tokens "
                             f"exceeds max_token_len {cfg.max_token_len}: {prompt!r}")
@@ -56,11 +59,19 @@ def random_shift(pixels: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
 
 
 class BatchMaker:
-    """Draws seeded random batches of (pixels, tokens, normalized action chunks)."""
+    """Draws seeded random batches of (pixels, tokens, normalized action chunks).
+
+    ``state_dropout``: the probability that a frame's prompt leaves the state out (state
+    prompt "none"), drawn per frame when a generator is given. A policy that sees the state
+    in every prompt learns to copy it and to ignore where the object is (shared/LIBERO-REVIEW.md
+    section 1.2); without the state it must read the images.
+    """
 
     def __init__(self, demos: DemoSet, cfg: PiConfig, normalizer: Normalizer, tokenizer,
-                 views=("agentview", "wrist"), shift: int = 0):
+                 views=("agentview", "wrist"), shift: int = 0, state_dropout: float = 0.0):
         """Tokenize every frame once and normalize every action (quantiles)."""
+        if not 0.0 <= state_dropout <= 1.0:
+            raise DemoError(f"state_dropout {state_dropout} is not a probability")
         if len(views) != len(cfg.cameras):
             raise DemoError(f"{len(views)} views for a model with cameras {cfg.cameras}")
         size = demos.views[views[0]].shape[1]
@@ -68,7 +79,11 @@ class BatchMaker:
             raise DemoError(f"demonstrations are {size} px, the model takes "
                             f"{cfg.vision.image_size} px: record at the model's resolution")
         self.demos, self.cfg, self.views, self.shift = demos, cfg, views, shift
+        self.state_dropout = state_dropout
         self.tokens, self.token_masks = frame_tokens(demos, normalizer, tokenizer, cfg)
+        self.bare_tokens, self.bare_masks = (
+            frame_tokens(demos, normalizer, tokenizer, cfg, with_state=False)
+            if state_dropout > 0 else (self.tokens, self.token_masks))
         lo, hi = normalizer.stats["action.q01"], normalizer.stats["action.q99"]
         self.actions = (2.0 * (demos.action - lo) / np.maximum(hi - lo, 1e-8) - 1.0)
         self.actions = self.actions.astype(np.float32)
@@ -80,11 +95,16 @@ class BatchMaker:
         if gen is not None:
             pixels = random_shift(pixels, self.shift, gen)
         steps, pad = self.demos.chunk_steps(frames, self.cfg.action_horizon)
+        tokens, masks = self.tokens[frames], self.token_masks[frames]
+        if gen is not None and self.state_dropout > 0:
+            bare = (torch.rand(len(frames), generator=gen) < self.state_dropout).numpy()
+            tokens = np.where(bare[:, None], self.bare_tokens[frames], tokens)
+            masks = np.where(bare[:, None], self.bare_masks[frames], masks)
         return {
             "images": pixels,
             "image_masks": torch.ones(len(frames), len(self.views), dtype=torch.bool),
-            "tokens": torch.from_numpy(self.tokens[frames]),
-            "token_masks": torch.from_numpy(self.token_masks[frames]),
+            "tokens": torch.from_numpy(tokens),
+            "token_masks": torch.from_numpy(masks),
             "actions": torch.from_numpy(self.actions[steps]),
             "action_pad": torch.from_numpy(pad),
         }

@@ -2,8 +2,9 @@
 
 Reads the episodes ``scripts/record_libero_demos.py`` writes (one ``.npz`` per episode:
 ``agentview`` / ``wrist`` uint8 (F, R, R, 3) already rotated as the policy sees them,
-``state`` (T, 8), ``action`` (T, 7), ``instruction``, and ``image_step`` (F) when the
-cameras rendered only every few steps). A *frame* is a step with images, one training sample;
+``state`` (T, 8), ``action`` (T, 7: executed, noise included), ``expert_action`` (T, 7: the
+expert's clean action), ``instruction``, and ``image_step`` (F) when the cameras rendered only
+every few steps). A *frame* is a step with images, one training sample;
 state and action are kept at every step (action chunks need them all). Statistics are
 per-dimension 1% / 99% quantiles over every step, as lerobot and openpi normalize pi0.5
 (``observation.state.q01``, ``action.q99``, ...).
@@ -79,25 +80,44 @@ def _episode_files(folder: Path) -> list[Path]:
     return files
 
 
+LABELS = ("expert_action", "action")
+
+
+def demo_instructions(folder: str | Path) -> list[str]:
+    """Return every episode's instruction (read alone: no images are decompressed)."""
+    out = []
+    for path in _episode_files(Path(folder)):
+        with np.load(path) as ep:
+            if "instruction" not in ep:
+                raise DemoError(f"{path}: missing arrays ['instruction']")
+            out.append(str(ep["instruction"]))
+    return out
+
+
 def load_demos(folder: str | Path, views=("agentview", "wrist"), successful_only: bool = True,
-               limit: int | None = None, exclude: str = "", include: str = "") -> DemoSet:
+               limit: int | None = None, exclude: str = "", include: str = "",
+               labels: str = "action") -> DemoSet:
     """Load the episodes in ``folder`` (sorted by name; failed expert runs skipped).
 
     ``exclude``: a file-name glob of episodes held out (e.g. ``*_ep000[01].npz``);
-    ``include``: load only the episodes matching this glob.
+    ``include``: load only the episodes matching this glob. ``labels``: the array that
+    becomes ``DemoSet.action``: ``action`` (what was executed, noise included) or
+    ``expert_action`` (the expert's clean action at the same state: DART-style labels).
     """
+    if labels not in LABELS:
+        raise DemoError(f"labels {labels!r}: expected one of {list(LABELS)}")
     parts: dict[str, list[np.ndarray]] = {v: [] for v in (*views, "state", "action")}
     instructions, lengths, files, frame_steps = [], [], [], []
     files_in = [p for p in _episode_files(Path(folder))
                 if not (exclude and p.match(exclude)) and (not include or p.match(include))]
     for path in files_in[:limit]:
         with np.load(path) as ep:
-            missing = [k for k in (*views, "state", "action", "instruction") if k not in ep]
+            missing = [k for k in (*views, "state", labels, "instruction") if k not in ep]
             if missing:
                 raise DemoError(f"{path}: missing arrays {missing}")
             if successful_only and "success" in ep and not bool(ep["success"]):
                 continue
-            n = ep["action"].shape[0]
+            n = ep[labels].shape[0]
             image_step = (ep["image_step"].astype(np.int64) if "image_step" in ep
                           else np.arange(n))
             if (ep["state"].shape[0] != n or n == 0
@@ -106,7 +126,7 @@ def load_demos(folder: str | Path, views=("agentview", "wrist"), successful_only
                 raise DemoError(f"{path}: arrays of inconsistent lengths or an empty episode")
             frame_steps.append(image_step + sum(lengths))
             for key in parts:
-                parts[key].append(ep[key])
+                parts[key].append(ep[labels if key == "action" else key])
             instructions.append(str(ep["instruction"]))
             lengths.append(n)
             files.append(path.name)

@@ -4,8 +4,17 @@
         --out runs/pi05-libero --steps 6000 --batch 16
 
 AdamW with linear warm-up and cosine decay (openpi's recipe: betas 0.9 / 0.95, gradient
-clipping at 1.0). Every ``--save-every`` steps, ``OUT/checkpoint`` (weights + quantile
-statistics, loadable by every ``quantvla`` command) and ``OUT/train_state.pt`` (optimizer,
+clipping at 1.0, an exponential moving average of the weights, ``--ema`` 0.99, which is what
+the checkpoint holds). Labels are the expert's clean actions by default (``--labels``; the
+executed ones carry the recording noise). ``--state-dropout`` leaves the state out of that
+fraction of prompts; ``--serve-prompt`` is the state prompt the checkpoint declares.
+``--init-from`` starts from a checkpoint's weights with a fresh optimizer (and this run's
+warm-up and statistics). ``--tokenizer`` takes a Hugging Face tokenizer folder (e.g. the
+compact BPE of ``training.bpe``), copied into the checkpoint; ``--max-token-len`` sets the
+prompt length.
+
+Every ``--save-every`` steps, ``OUT/checkpoint`` (EMA weights + quantile statistics,
+loadable by every ``quantvla`` command) and ``OUT/train_state.pt`` (raw weights, optimizer,
 step, random generators) are replaced atomically; a rerun with the same ``--out`` resumes
 from there. ``OUT/loss.jsonl`` holds one line per logged step.
 """
@@ -13,8 +22,10 @@ from there. ``OUT/loss.jsonl`` holds one line per logged step.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +38,7 @@ from quantvla_ros.data.atomic import folder_atomic, write_file_atomic
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from quantvla_ros.models.config import get_config
-from quantvla_ros.models.tokenizer import ByteTokenizer
+from quantvla_ros.models.tokenizer import TOKENIZER_DIR, load_tokenizer
 from quantvla_ros.training.batches import BatchMaker
 from quantvla_ros.training.demos import load_demos
 from quantvla_ros.training.flow_loss import flow_matching_loss
@@ -52,6 +63,13 @@ class RunConfig:
     shift: int = 4
     seed: int = 0
     threads: int = 2
+    labels: str = "expert_action"  # or "action": the executed (noisy) action
+    state_dropout: float = 0.0  # fraction of prompts without the state
+    ema: float = 0.99  # weight EMA decay; 0 = the raw weights
+    init_from: str = ""  # a checkpoint folder to start from (weights only)
+    serve_prompt: str = "unpadded"  # the state prompt the checkpoint declares
+    tokenizer: str = ""  # a Hugging Face tokenizer folder (training.bpe); "" = bytes
+    max_token_len: int = 0  # prompt tokens; 0 = the named config's
 
 
 def learning_rate(step: int, run: RunConfig) -> float:
@@ -62,10 +80,13 @@ def learning_rate(step: int, run: RunConfig) -> float:
     return run.min_lr + 0.5 * (run.lr - run.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def _save(out: Path, model, normalizer, optimizer, step: int, gens) -> None:
+def _save(out: Path, model, ema_model, normalizer, optimizer, step: int, gens,
+          tokenizer_dir: str) -> None:
     with folder_atomic(out / CHECKPOINT) as folder:
-        save_checkpoint(model, folder, normalizer)
-    state = {"step": step, "optimizer": optimizer.state_dict(),
+        save_checkpoint(ema_model, folder, normalizer)
+        if tokenizer_dir:  # where Policy.load looks for the checkpoint's own tokenizer
+            shutil.copytree(tokenizer_dir, Path(folder) / TOKENIZER_DIR)
+    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "generators": [g.get_state() for g in gens],
              "numpy": np.random.get_state()}
     tmp = out / f".{STATE}.tmp"
@@ -87,11 +108,22 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
     if saved.exists() and json.loads(saved.read_text()) != asdict(run):
         raise SystemExit(f"{saved} holds a different run configuration; use another --out")
     write_file_atomic(saved, json.dumps(asdict(run), indent=2).encode())
-    cfg = get_config(run.model)
-    demos = load_demos(run.demos, exclude=run.exclude)
+    cfg = get_config(run.model).with_(state_prompt=run.serve_prompt)
+    if run.max_token_len:
+        cfg = cfg.with_(max_token_len=run.max_token_len)
+    if not 0.0 <= run.ema < 1.0:
+        raise SystemExit(f"--ema {run.ema}: expected a decay in [0, 1)")
+    tokenizer = load_tokenizer(run.tokenizer or None)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise SystemExit(f"tokenizer {run.tokenizer} has {tokenizer.vocab_size} ids, the model "
+                         f"{cfg.vocab_size} embedding rows")
+    demos = load_demos(run.demos, exclude=run.exclude, labels=run.labels)
     normalizer = demos.normalizer()
-    maker = BatchMaker(demos, cfg, normalizer, ByteTokenizer(), shift=run.shift)
+    maker = BatchMaker(demos, cfg, normalizer, tokenizer, shift=run.shift,
+                       state_dropout=run.state_dropout)
     model = random_model(cfg, seed=run.seed).train()
+    if run.init_from:
+        _load_weights(model, Path(run.init_from))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": run.weight_decay},
@@ -99,10 +131,12 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
                                   lr=run.lr, betas=(0.9, 0.95), eps=1e-8)
     frame_gen, noise_gen = (torch.Generator().manual_seed(run.seed + k) for k in (1, 2))
     step = 0
+    ema_model = copy.deepcopy(model).requires_grad_(False)
     if (out / STATE).exists() and (out / CHECKPOINT).exists():
-        loaded, _, _ = load_checkpoint(out / CHECKPOINT)
-        model.load_state_dict(loaded.state_dict())
+        _load_weights(ema_model, out / CHECKPOINT)
         state = torch.load(out / STATE, weights_only=False)
+        # runs saved before the EMA kept their (raw) weights in the checkpoint only
+        model.load_state_dict(state.get("model", ema_model.state_dict()))
         optimizer.load_state_dict(state["optimizer"])
         for g, s in zip((frame_gen, noise_gen), state["generators"], strict=True):
             g.set_state(s)
@@ -123,6 +157,9 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        with torch.no_grad():  # ema += (1 - decay) * (weights - ema)
+            torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()),
+                                 1.0 - run.ema)
         step += 1
         window.append(float(loss.detach()))
         if step % log_every == 0 or step == run.steps:
@@ -135,10 +172,19 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
                   f"lr {learning_rate(step - 1, run):.2e} {rate:.2f} s/step", flush=True)
             window, start = [], time.time()
         if step % save_every == 0 or step == last:
-            _save(out, model.eval(), normalizer, optimizer, step, (frame_gen, noise_gen))
-            model.train()
+            _save(out, model, ema_model.eval(), normalizer, optimizer, step,
+                  (frame_gen, noise_gen), run.tokenizer)
     log.close()
     return out / CHECKPOINT
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Copy a checkpoint's weights into ``model`` (same architecture, else a clear exit)."""
+    loaded, cfg, _ = load_checkpoint(folder)
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as exc:
+        raise SystemExit(f"{folder} ({cfg.name}) does not fit {model.cfg.name}: {exc}") from exc
 
 
 def main(argv=None) -> int:

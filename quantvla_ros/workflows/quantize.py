@@ -48,7 +48,7 @@ class QuantizeRequest:
     precision: str = "fp32"
     batch_size: int = 8
     max_samples: int | None = None
-    state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | None (as declared)
+    state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | "none" | None
     embodiment: str | None = None  # GR00T: a tag or projector slot | None (as declared)
 
 
