@@ -176,3 +176,21 @@ def test_argument_parsing():
     assert camera_map("", ("base_0_rgb", "left_wrist_0_rgb")) == CAMERAS
     with pytest.raises(ValueError, match="views are"):
         camera_map("front=base_0_rgb", ("base_0_rgb",))
+
+
+def test_progress_lines_give_rate_eta_and_tallies():
+    import io
+
+    from quantvla_ros.cli.progress import EpisodeProgress
+    from quantvla_ros.workflows.libero_eval import EpisodeResult
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = EpisodeProgress(6, stream=out, clock=lambda: now[0])
+    for k, success in enumerate((True, False, None)):
+        now[0] = 30.0 * (k + 1)  # one episode every 30 s: 2 episodes/min
+        bar(EpisodeResult("fp32", 3, k, 0, success))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[1/6] 2.0 episodes/min, ETA 2 min | fp32 task 3 init 0 ok")
+    assert lines[2] == ("[3/6] 2.0 episodes/min, ETA 2 min | fp32 task 3 init 2 crashed | "
+                        "fp32 1/2")

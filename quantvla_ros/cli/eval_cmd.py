@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from quantvla_ros.cli.output import print_json
+from quantvla_ros.cli.progress import EpisodeProgress
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.sim.client import LiberoClient, libero_available
 from quantvla_ros.workflows.libero_eval import (
@@ -15,6 +15,7 @@ from quantvla_ros.workflows.libero_eval import (
     Protocol,
     episodes_for,
     evaluate,
+    load_done,
 )
 from quantvla_ros.workflows.libero_summary import (
     bar_chart,
@@ -39,6 +40,9 @@ def register(sub) -> None:
     q.add_argument("--tasks", default="all", help="comma-separated task indices, or all")
     q.add_argument("--inits", default="0-49", help="fixed init states: 0-49, 0,3,7, ...")
     q.add_argument("--workers", type=int, default=1, help="episodes in parallel")
+    q.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default 1: with more, a core taken by "
+                        "another process stalls every op; see README, LIBERO)")
     q.add_argument("--seed", type=int, default=0, help="base of the per-episode noise seeds")
     q.add_argument("--actions-per-chunk", type=int, default=5, help="replan after this many")
     q.add_argument("--max-steps", type=int, help="step limit (default: the suite's)")
@@ -116,8 +120,14 @@ def run(args) -> int:
         raise FileNotFoundError(f"LIBERO is not available: {why}")
     import torch
 
-    # each worker's chunks run in this process beside its simulator process: share the cores
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.workers)))
+    # Each worker's chunks run in this process beside its simulator process. torch's
+    # intra-op threads wait for each other at every op, so when another process holds a
+    # core, a second thread turns each op into a scheduler time slice (a 67 ms chunk at one
+    # thread took 151 ms median, 2.3 s worst, at two on a busy 2-core machine): one thread
+    # per worker unless asked; parallelism comes from --workers.
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: need at least 1")
+    torch.set_num_threads(args.threads)
     policies = load_policies(args.policy, args.device)
     first = next(iter(policies.values()))
     cameras = camera_map(args.cameras, first.cfg.cameras)
@@ -133,7 +143,9 @@ def run(args) -> int:
         raise ValueError(f"tasks {bad} out of range: {args.suite} has {len(tasks_info)} tasks")
     episodes = episodes_for(tasks, inits, args.seed)
     out = Path(args.out) if args.out else None
-    bar = _progress(len(episodes) * len(policies))
+    done = load_done(out)
+    bar = EpisodeProgress(sum((label, ep.task, ep.init, ep.seed) not in done
+                              for ep in episodes for label in policies))
     keep = args.video_episodes if args.video else 0
     results = evaluate(policies, episodes, protocol, cameras, LiberoClient, args.workers, out,
                        keep, on_result=bar)
@@ -163,17 +175,3 @@ def run(args) -> int:
                   file=sys.stderr)
     return 0
 
-
-def _progress(total: int):
-    """Return a callback that advances a progress bar on stderr per finished episode."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    bar = tqdm(total=total, desc="episodes", file=sys.stderr)
-
-    def advance(result) -> None:
-        bar.update(1)
-        outcome = {True: "ok", False: "x", None: "crash"}[result.success]
-        bar.set_postfix_str(f"{result.policy} t{result.task} i{result.init} {outcome}")
-    return advance
