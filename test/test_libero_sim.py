@@ -64,6 +64,23 @@ def test_expert_solves_a_fixed_seed_fresh_placement(sim):
     assert obs["done"] and obs["success"], f"not solved in {obs['t']} steps"
 
 
+def test_memoryless_labels_recover_from_a_state_the_expert_never_visits(sim):
+    """DAgger labels: after 25 steps of a wrong, closing arm motion the labels alone solve it.
+
+    The phase machine would still be in "approach" with a closed gripper; the memoryless
+    label reads the state (fingers closed on nothing, hand off the grasp point) and reopens.
+    """
+    obs = sim.reset(SUITE, 5, seed=4321, resolution=0, settle=10)
+    for _ in range(25):
+        obs = sim.step([0.3, -0.4, -0.3, 0.0, 0.0, 0.2, 1.0])
+    assert not obs["done"]
+    for _ in range(280 - 25):
+        obs = sim.step(sim.expert_label())
+        if obs["done"]:
+            break
+    assert obs["done"] and obs["success"], f"not solved in {obs['t']} steps"
+
+
 def test_rendering_only_where_asked_keeps_the_physics(sim):
     """Skipping the cameras on some steps changes neither the state nor the episode.
 
@@ -112,3 +129,28 @@ def test_a_short_episode_of_the_trained_policy_through_the_cli(tmp_path, capsys)
     assert "| pi05-libero-object |" in capsys.readouterr().out
     assert len(list((tmp_path / "video").glob("*.gif"))) == 2
     assert (out / "success.png").stat().st_size > 1000
+
+
+def test_a_dagger_rollout_is_labelled_and_kept_for_training(sim, tmp_path):
+    """The policy acts, the expert labels every step; a failed rollout still trains."""
+    from pathlib import Path
+
+    from quantvla_ros.runtime.policy import Policy
+    from quantvla_ros.training.demos import load_demos
+    from quantvla_ros.workflows.libero_dagger import dagger_episode
+
+    checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "pi05-libero-object"
+    policy = Policy.load(str(checkpoint))
+    size = policy.cfg.vision.image_size
+    ep = dagger_episode(policy, sim, SUITE, 2, seed=99, resolution=size, max_steps=12)
+    assert ep["image_step"].tolist() == [0, 5, 10]
+    assert ep["agentview"].shape == (3, size, size, 3) and ep["state"].shape == (12, 8)
+    assert bool(ep["labelled"]) and not bool(ep["success"]) and int(ep["expert_chunks"]) == 0
+    assert not np.allclose(ep["action"], ep["expert_action"])  # the policy acted
+    mixed = dagger_episode(policy, sim, SUITE, 2, seed=99, resolution=size, max_steps=12,
+                           beta=1.0)
+    np.testing.assert_array_equal(mixed["action"], mixed["expert_action"])  # the expert acted
+    np.savez(tmp_path / "task02_dagger0000.npz", **ep)
+    demos = load_demos(tmp_path, labels="expert_action")
+    assert demos.num_frames == 3
+    np.testing.assert_array_equal(demos.action, ep["expert_action"])

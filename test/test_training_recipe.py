@@ -194,3 +194,17 @@ def test_training_with_the_bpe_serves_the_same_tokens(demo_folder, tmp_path):
                "instruction": demos.instructions[demos.episode_of[step]]}
         assert torch.equal(maker.batch(np.array([frame]))["tokens"][0],
                            policy.prepare(obs)["tokens"][0])
+
+
+def test_folders_combine_and_labelled_failures_are_kept(demo_folder, tmp_path):
+    rollouts = tmp_path / "dagger"
+    rollouts.mkdir()
+    write_episode(rollouts / "task00_dagger0000.npz", 6, seed=8, success=False)
+    with np.load(rollouts / "task00_dagger0000.npz") as ep:
+        np.savez(rollouts / "task00_dagger0001.npz", **ep, labelled=np.bool_(True))
+    both = load_demos(f"{demo_folder},{rollouts}")
+    assert both.files == ["task00_ep0000.npz", "task00_ep0001.npz", "task01_ep0000.npz",
+                          "task00_dagger0001.npz"]  # the unlabelled failure is skipped
+    assert both.num_frames == load_demos(demo_folder).num_frames + 6
+    with pytest.raises(DemoError, match="no demonstration folder"):
+        load_demos(" , ")

@@ -182,6 +182,10 @@ class LiberoClient:
         """Return the scripted expert's next action for the current episode."""
         return self.request("expert_action")["action"]
 
+    def expert_label(self) -> np.ndarray:
+        """Return the expert's memoryless label of the current state (for DAgger)."""
+        return self.request("expert_label")["action"]
+
     # -- lifetime ---------------------------------------------------------------------------
     def kill(self):
         """Kill the server process at once."""

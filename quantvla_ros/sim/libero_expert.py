@@ -18,6 +18,9 @@ GAIN = 1.5                             # action = GAIN * error in action units, 
 MAX_SPAN = 0.066                       # widest span the open fingers take (m)
 FINGER_HALF = 0.045                    # open finger pad centre distance from the grip axis (m)
 GRIP_SITE = "gripper0_grip_site"
+# finger opening (qpos[0] - qpos[1], m) of a gripper closed on an object: fully open is about
+# 0.079, closed on nothing about 0 (closed on a 3 cm object measured 0.029)
+GRIPPED_WIDTH = (0.004, 0.072)
 
 
 def _rotz(yaw: float) -> np.ndarray:
@@ -188,6 +191,57 @@ class LiberoObjectExpert:
             up = self.timer > 8
             action, _ = self._move(np.array([pos[0], pos[1], pos[2] + (0.05 if up else 0.0)]),
                                    -1.0)
+        return action.astype(np.float32)
+
+    # -- memoryless labels (DAgger) -----------------------------------------------------------
+    def label(self, obs: dict) -> np.ndarray:
+        """Return the expert's action for the current state alone (float32 in [-1, 1]).
+
+        :meth:`act` is a phase machine with timers: on states a policy visits, its phase
+        says where the *expert* would be, and a timed-out phase labels "close" at the wrong
+        place. Here the phase is read off the state on every call: is the object between
+        the fingers and gripped, are the fingers still closing, is the hand over the grasp
+        point (the grasp is re-planned from the object's current pose while it is on the
+        table). Nothing is remembered between calls, so any visited state gets a label.
+        Call :meth:`reset` after each environment reset first.
+        """
+        sim = self._sim
+        pos = np.asarray(sim.data.site_xpos[self.site])
+        q, qvel = np.asarray(obs["robot0_gripper_qpos"]), np.asarray(obs["robot0_gripper_qvel"])
+        width, closing = float(q[0] - q[1]), float(qvel[0]) < -0.01
+        pts = collision_points(sim, self.obj_body)
+        between = (np.linalg.norm(pts[:, :2].mean(0) - pos[:2]) < 0.025
+                   and pts[:, 2].min() - 0.01 < pos[2] < pts[:, 2].max() + 0.01)
+        high = max(0.30, self.grasp_z + 0.15)
+        if self.task.success():  # placed: back off upwards, open
+            return self._move(pos + np.array([0.0, 0.0, 0.05]), -1.0)[0].astype(np.float32)
+        if between and GRIPPED_WIDTH[0] < width < GRIPPED_WIDTH[1] and not closing:
+            target = self._place_target()
+            off = float(np.linalg.norm(pos[:2] - target[:2]))
+            if off > 0.02 and pos[2] < high - 0.03:
+                action, _ = self._move(np.array([pos[0], pos[1], high]), 1.0)  # lift
+            elif off > 0.02:
+                action, _ = self._move(np.array([target[0], target[1], high]), 1.0)  # carry
+            elif np.linalg.norm(pos - target) > 0.015:
+                action, _ = self._move(target, 1.0)  # lower
+            else:
+                action, _ = self._move(pos, -1.0)  # release
+            return action.astype(np.float32)
+        if between and closing:  # the fingers are still closing on the object: keep closing
+            return self._move(np.array([*self.grasp_xy, self.grasp_z]), 1.0)[0].astype(
+                np.float32)
+        if pts[:, 2].min() < self.obj_z0 + 0.03:  # on the table: aim at where it is now
+            self._plan_grasp()
+        gz = self.grasp_z
+        off = float(np.linalg.norm(pos[:2] - self.grasp_xy))
+        tolerance = 0.02 if pos[2] < gz + 0.08 else 0.01  # descending: keep going
+        if off < tolerance and self._rot_ok() and width > GRIPPED_WIDTH[1]:
+            if pos[2] > gz + 0.008:
+                action, _ = self._move(np.array([*self.grasp_xy, gz]), -1.0)  # descend
+            else:
+                action, _ = self._move(np.array([*self.grasp_xy, gz]), 1.0)  # close
+        else:
+            action, _ = self._move(np.array([*self.grasp_xy, gz + 0.10]), -1.0)  # approach
         return action.astype(np.float32)
 
     def _rot_ok(self) -> bool:

@@ -16,6 +16,8 @@ libraries print goes to the log and never into the stream. Requests (``op``):
 - ``step`` ``action`` (7 float), optional ``render`` (default true; false: no images in the
   reply, and the step costs the physics only) -> observation
 - ``expert_action`` -> ``action``: the scripted expert's next action for the current episode
+- ``expert_label`` -> ``action``: the expert's action for the current state alone (no phase
+  memory: labels for states a policy visited, DAgger)
 - ``close`` -> ok, then the server exits
 
 An observation reply has ``agentview`` and ``wrist`` (uint8 RxRx3, rotated by 180 degrees; absent
@@ -127,6 +129,16 @@ class LiberoServer:
             self.expert = LiberoObjectExpert(task)
             self.expert.reset()
         return {"action": self.expert.act(task.last_obs), "phase": self.expert.phase}
+
+    def op_expert_label(self, _request):
+        """Return the expert's memoryless label of the current state (DAgger)."""
+        task = self._require_task()
+        if self.expert is None:
+            from quantvla_ros.sim.libero_expert import LiberoObjectExpert
+
+            self.expert = LiberoObjectExpert(task)
+            self.expert.reset()
+        return {"action": self.expert.label(task.last_obs)}
 
     def op_close(self, _request):
         """Free the environment; the loop exits after the reply."""

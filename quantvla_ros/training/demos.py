@@ -71,7 +71,14 @@ class DemoSet:
         return np.minimum(steps, end - 1), steps >= end
 
 
-def _episode_files(folder: Path) -> list[Path]:
+def _episode_files(folders: str | Path) -> list[Path]:
+    """Return the episodes of one folder, or of comma-separated folders in that order."""
+    parts = [Path(p.strip()) for p in str(folders).split(",") if p.strip()]
+    if not parts:
+        raise DemoError("no demonstration folder given")
+    if len(parts) > 1:
+        return [f for part in parts for f in _episode_files(part)]
+    folder = parts[0]
     if not folder.is_dir():
         raise DemoError(f"demonstration folder {folder} does not exist")
     files = sorted(p for p in folder.glob("*.npz") if not p.name.endswith(".tmp.npz"))
@@ -86,7 +93,7 @@ LABELS = ("expert_action", "action")
 def demo_instructions(folder: str | Path) -> list[str]:
     """Return every episode's instruction (read alone: no images are decompressed)."""
     out = []
-    for path in _episode_files(Path(folder)):
+    for path in _episode_files(folder):
         with np.load(path) as ep:
             if "instruction" not in ep:
                 raise DemoError(f"{path}: missing arrays ['instruction']")
@@ -99,6 +106,9 @@ def load_demos(folder: str | Path, views=("agentview", "wrist"), successful_only
                labels: str = "action") -> DemoSet:
     """Load the episodes in ``folder`` (sorted by name; failed expert runs skipped).
 
+    ``folder`` may list several folders separated by commas (demonstrations and DAgger
+    rollouts, say); their episodes are concatenated in that order.
+
     ``exclude``: a file-name glob of episodes held out (e.g. ``*_ep000[01].npz``);
     ``include``: load only the episodes matching this glob. ``labels``: the array that
     becomes ``DemoSet.action``: ``action`` (what was executed, noise included) or
@@ -108,14 +118,16 @@ def load_demos(folder: str | Path, views=("agentview", "wrist"), successful_only
         raise DemoError(f"labels {labels!r}: expected one of {list(LABELS)}")
     parts: dict[str, list[np.ndarray]] = {v: [] for v in (*views, "state", "action")}
     instructions, lengths, files, frame_steps = [], [], [], []
-    files_in = [p for p in _episode_files(Path(folder))
+    files_in = [p for p in _episode_files(folder)
                 if not (exclude and p.match(exclude)) and (not include or p.match(include))]
     for path in files_in[:limit]:
         with np.load(path) as ep:
             missing = [k for k in (*views, "state", labels, "instruction") if k not in ep]
             if missing:
                 raise DemoError(f"{path}: missing arrays {missing}")
-            if successful_only and "success" in ep and not bool(ep["success"]):
+            # a failed expert run is noise; a failed labelled rollout (DAgger) is the point
+            labelled = "labelled" in ep and bool(ep["labelled"])
+            if successful_only and "success" in ep and not bool(ep["success"]) and not labelled:
                 continue
             n = ep[labels].shape[0]
             image_step = (ep["image_step"].astype(np.int64) if "image_step" in ep
