@@ -51,29 +51,39 @@ def main(argv=None) -> int:
     fig.savefig(args.dest / "loss_curve.png", dpi=110)
     plt.close(fig)
 
-    demos = sorted(Path(run["demos"]).glob("*.npz"))
+    demos = sorted(p for folder in run["demos"].split(",") for p in Path(folder).glob("*.npz"))
     held = [p for p in demos if run.get("exclude") and p.match(run["exclude"])]
+    tokenizer = ("a compact BPE (`tokenizer/`, `quantvla_ros.training.bpe`)"
+                 if run.get("tokenizer")
+                 else "byte tokenizer")
+    start = (f"continued from `{run['init_from']}` (weights only, fresh optimizer)"
+             if run.get("init_from") else "trained from scratch")
     cfg = json.loads((args.dest / "config.json").read_text())["quantvla"]
-    size = sum(f.stat().st_size for f in args.dest.iterdir())
+    size = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file())
     command = ("PYTHONPATH=. .venv/bin/python -m quantvla_ros.training.train --out RUN "
                + " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in run.items()))
     card = f"""# {cfg['name']}: a pi0.5-architecture policy trained here on LIBERO-Object
 
-Trained from scratch on a 2-core CPU by `quantvla_ros.training` on scripted-expert
-demonstrations recorded with `scripts/record_libero_demos.py` (fresh random placements, never
-the 50 fixed evaluation init states; Gaussian action noise 0.05 on the pose dimensions).
+{start[0].upper() + start[1:]} on a 2-core CPU by `quantvla_ros.training` on
+scripted-expert demonstrations recorded with `scripts/record_libero_demos.py` (fresh random
+placements, never the 50 fixed evaluation init states; Gaussian noise on the executed pose
+actions).
 
 - Data: {len(demos) - len(held)} training episodes of `{run['demos']}`; {len(held)} held out
-  (`{run.get('exclude')}`) for calibration and offline metrics.
+  (`{run.get('exclude')}`) for calibration and offline metrics. Labels:
+  `{run.get('labels', 'action')}`.
 - Steps: {int(steps[-1])} at batch {run['batch']} x {run['noise_samples']} noise draws per
   frame; AdamW (lr {run['lr']}, warm-up {run['warmup']}, cosine to {run['min_lr']}, weight
-  decay {run['weight_decay']}), image shift augmentation {run['shift']} px.
+  decay {run['weight_decay']}), image shift augmentation {run['shift']} px; weight EMA
+  {run.get('ema', 0.0)} (the weights here are the EMA's); state left out of
+  {run.get('state_dropout', 0.0):.0%} of the prompts; declared state prompt
+  `{cfg.get('state_prompt')}`.
 - Final loss (mean of the last 10 logged points): {loss[-10:].mean():.4f}.
 - Model: vision {cfg['vision']['depth']} x {cfg['vision']['width']} at
   {cfg['vision']['image_size']} px / patch {cfg['vision']['patch_size']}; backbone
   {cfg['backbone']['depth']} x {cfg['backbone']['width']} (MLP {cfg['backbone']['mlp_dim']});
   expert {cfg['expert']['depth']} x {cfg['expert']['width']} (MLP {cfg['expert']['mlp_dim']});
-  horizon {cfg['action_horizon']}, {cfg['num_steps']} denoising steps; byte tokenizer
+  horizon {cfg['action_horizon']}, {cfg['num_steps']} denoising steps; {tokenizer}
   (`max_token_len` {cfg['max_token_len']}). Folder size {size / 1e6:.1f} MB.
 - Cameras: `base_0_rgb` = LIBERO agentview, `left_wrist_0_rgb` = eye-in-hand, both rotated
   by 180 degrees; state: eef position, axis-angle, gripper qpos (8); action: 7.
