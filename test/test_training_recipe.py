@@ -194,6 +194,16 @@ def test_training_with_the_bpe_serves_the_same_tokens(demo_folder, tmp_path):
                "instruction": demos.instructions[demos.episode_of[step]]}
         assert torch.equal(maker.batch(np.array([frame]))["tokens"][0],
                            policy.prepare(obs)["tokens"][0])
+    # a quantized artifact carries the tokenizer on, and its policy prompts the same way
+    from quantvla_ros.quant.balance import BalanceConfig
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+
+    req = QuantizeRequest(source=str(folder), calib="synthetic:2", bits="w8a8",
+                          balance=BalanceConfig(atm=False, ohb=False))
+    quantize_policy(req, tmp_path / "w8a8", log=lambda *_: None)
+    quantized = Policy.load(str(tmp_path / "w8a8"))
+    assert isinstance(quantized.tokenizer, HFTokenizer)
+    assert torch.equal(quantized.prepare(obs)["tokens"], policy.prepare(obs)["tokens"])
 
 
 def test_folders_combine_and_labelled_failures_are_kept(demo_folder, tmp_path):
