@@ -218,3 +218,16 @@ def test_folders_combine_and_labelled_failures_are_kept(demo_folder, tmp_path):
     assert both.num_frames == load_demos(demo_folder).num_frames + 6
     with pytest.raises(DemoError, match="no demonstration folder"):
         load_demos(" , ")
+
+
+def test_stats_from_keeps_a_checkpoints_normalization(demo_folder, tmp_path):
+    from quantvla_ros.models.normalization import Normalizer
+
+    own = load_demos(demo_folder, labels="expert_action").quantile_stats()
+    wide = {k: (v * 3.0 if k.startswith("action") else v) for k, v in own.items()}
+    save_checkpoint(random_model(MICRO), tmp_path / "src", Normalizer("quantiles", wide))
+    kept = train(_run(demo_folder, stats_from=str(tmp_path / "src")), tmp_path / "a")
+    fresh = train(_run(demo_folder), tmp_path / "b")
+    for key in own:
+        np.testing.assert_array_equal(load_checkpoint(kept)[2].stats[key], wide[key])
+        np.testing.assert_array_equal(load_checkpoint(fresh)[2].stats[key], own[key])

@@ -11,7 +11,8 @@ fraction of prompts; ``--serve-prompt`` is the state prompt the checkpoint decla
 ``--init-from`` starts from a checkpoint's weights with a fresh optimizer (and this run's
 warm-up and statistics). ``--tokenizer`` takes a Hugging Face tokenizer folder (e.g. the
 compact BPE of ``training.bpe``), copied into the checkpoint; ``--max-token-len`` sets the
-prompt length.
+prompt length; ``--stats-from`` keeps a checkpoint's normalization statistics instead of
+recomputing them (fine-tuning on rollouts whose labels would widen them).
 
 Every ``--save-every`` steps, ``OUT/checkpoint`` (EMA weights + quantile statistics,
 loadable by every ``quantvla`` command) and ``OUT/train_state.pt`` (raw weights, optimizer,
@@ -70,6 +71,7 @@ class RunConfig:
     serve_prompt: str = "unpadded"  # the state prompt the checkpoint declares
     tokenizer: str = ""  # a Hugging Face tokenizer folder (training.bpe); "" = bytes
     max_token_len: int = 0  # prompt tokens; 0 = the named config's
+    stats_from: str = ""  # a checkpoint whose statistics to keep; "" = from these demos
 
 
 def learning_rate(step: int, run: RunConfig) -> float:
@@ -118,7 +120,9 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
         raise SystemExit(f"tokenizer {run.tokenizer} has {tokenizer.vocab_size} ids, the model "
                          f"{cfg.vocab_size} embedding rows")
     demos = load_demos(run.demos, exclude=run.exclude, labels=run.labels)
-    normalizer = demos.normalizer()
+    # Rollout labels can widen the quantiles (saturated rotations took rx / ry from +-0.13
+    # to +-1 in a DAgger round): keeping the demonstrations' statistics keeps the scale.
+    normalizer = load_checkpoint(run.stats_from)[2] if run.stats_from else demos.normalizer()
     maker = BatchMaker(demos, cfg, normalizer, tokenizer, shift=run.shift,
                        state_dropout=run.state_dropout)
     model = random_model(cfg, seed=run.seed).train()
