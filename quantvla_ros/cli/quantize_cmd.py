@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
+from quantvla_ros.models.config import STATE_PROMPTS
 from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
@@ -20,7 +21,7 @@ def add_source_args(p) -> None:
 def add_state_prompt_arg(p) -> None:
     """Add --state-prompt (pi0.5: how the robot state is written into the prompt)."""
     p.add_argument("--state-prompt", default="auto",
-                   choices=["auto", "unpadded", "padded", "none"],
+                   choices=["auto", *STATE_PROMPTS],
                    help="pi0.5: write the robot's own state values into the prompt (unpadded: "
                         "lerobot >= 0.5, openpi), the vector zero-padded to the model's "
                         "state dim (padded: lerobot 0.4.x) or no state (none: a policy "

@@ -122,23 +122,12 @@ class LiberoServer:
 
     def op_expert_action(self, _request):
         """Return the scripted expert's next action (libero_object-style goals)."""
-        task = self._require_task()
-        if self.expert is None:
-            from quantvla_ros.sim.libero_expert import LiberoObjectExpert
-
-            self.expert = LiberoObjectExpert(task)
-            self.expert.reset()
-        return {"action": self.expert.act(task.last_obs), "phase": self.expert.phase}
+        expert = self._require_expert()
+        return {"action": expert.act(self.task.last_obs), "phase": expert.phase}
 
     def op_expert_label(self, _request):
         """Return the expert's memoryless label of the current state (DAgger)."""
-        task = self._require_task()
-        if self.expert is None:
-            from quantvla_ros.sim.libero_expert import LiberoObjectExpert
-
-            self.expert = LiberoObjectExpert(task)
-            self.expert.reset()
-        return {"action": self.expert.label(task.last_obs)}
+        return {"action": self._require_expert().label(self.task.last_obs)}
 
     def op_close(self, _request):
         """Free the environment; the loop exits after the reply."""
@@ -151,6 +140,16 @@ class LiberoServer:
         if self.task is None:
             raise RuntimeError("no episode: send 'reset' first")
         return self.task
+
+    def _require_expert(self):
+        """Return the episode's expert, made (and reset) on first use."""
+        task = self._require_task()
+        if self.expert is None:
+            from quantvla_ros.sim.libero_expert import LiberoObjectExpert
+
+            self.expert = LiberoObjectExpert(task)
+            self.expert.reset()
+        return self.expert
 
     def _observation(self, obs: dict, done: bool) -> dict:
         out = {"state": libero_state(obs), "done": bool(done), "t": self.task.steps,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from quantvla_ros.data.observation import Observation
+from quantvla_ros.models.config import STATE_PROMPTS
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.training.demos import DemoSet, load_demos
 
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
                         help="file-name glob of the held-out episodes to probe")
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--steps", type=int, default=5, help="actions compared per chunk")
-    parser.add_argument("--state-prompt", choices=["unpadded", "padded", "none"])
+    parser.add_argument("--state-prompt", choices=STATE_PROMPTS,
+                        help="override what the checkpoint declares")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")

@@ -37,7 +37,12 @@ import torch
 
 from quantvla_ros.data.atomic import folder_atomic, write_file_atomic
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from quantvla_ros.models.checkpoint import (
+    load_checkpoint,
+    read_config,
+    read_stats,
+    save_checkpoint,
+)
 from quantvla_ros.models.config import get_config
 from quantvla_ros.models.tokenizer import TOKENIZER_DIR, load_tokenizer
 from quantvla_ros.training.batches import BatchMaker
@@ -122,7 +127,8 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
     demos = load_demos(run.demos, exclude=run.exclude, labels=run.labels)
     # Rollout labels can widen the quantiles (saturated rotations took rx / ry from +-0.13
     # to +-1 in a DAgger round): keeping the demonstrations' statistics keeps the scale.
-    normalizer = load_checkpoint(run.stats_from)[2] if run.stats_from else demos.normalizer()
+    normalizer = (read_stats(run.stats_from, read_config(run.stats_from)[0].variant)
+                  if run.stats_from else demos.normalizer())
     maker = BatchMaker(demos, cfg, normalizer, tokenizer, shift=run.shift,
                        state_dropout=run.state_dropout)
     model = random_model(cfg, seed=run.seed).train()
@@ -136,6 +142,7 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
     frame_gen, noise_gen = (torch.Generator().manual_seed(run.seed + k) for k in (1, 2))
     step = 0
     ema_model = copy.deepcopy(model).requires_grad_(False)
+    ema_params, params = list(ema_model.parameters()), list(model.parameters())
     if (out / STATE).exists() and (out / CHECKPOINT).exists():
         _load_weights(ema_model, out / CHECKPOINT)
         state = torch.load(out / STATE, weights_only=False)
@@ -162,8 +169,7 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         with torch.no_grad():  # ema += (1 - decay) * (weights - ema)
-            torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()),
-                                 1.0 - run.ema)
+            torch._foreach_lerp_(ema_params, params, 1.0 - run.ema)
         step += 1
         window.append(float(loss.detach()))
         if step % log_every == 0 or step == run.steps:
