@@ -231,3 +231,21 @@ def test_stats_from_keeps_a_checkpoints_normalization(demo_folder, tmp_path):
     for key in own:
         np.testing.assert_array_equal(load_checkpoint(kept)[2].stats[key], wide[key])
         np.testing.assert_array_equal(load_checkpoint(fresh)[2].stats[key], own[key])
+
+
+def test_action_clip_bounds_the_normalized_targets_only(demo_folder):
+    """Targets outside +-clip (in the normalizer's units) are clipped; the rest are untouched."""
+    from quantvla_ros.models.normalization import Normalizer
+
+    demos = load_demos(demo_folder, labels="expert_action")
+    own = demos.quantile_stats()
+    # Narrow action quantiles put many targets far outside [-1, 1].
+    narrow = {k: (v * 0.2 if k.startswith("action") else v) for k, v in own.items()}
+    normalizer = Normalizer("quantiles", narrow)
+    free = BatchMaker(demos, MICRO, normalizer, ByteTokenizer())
+    clipped = BatchMaker(demos, MICRO, normalizer, ByteTokenizer(), action_clip=1.5)
+    outside = np.abs(free.actions) > 1.5
+    assert outside.any() and (~outside).any()
+    np.testing.assert_array_equal(clipped.actions[~outside], free.actions[~outside])
+    np.testing.assert_array_equal(clipped.actions[outside], 1.5 * np.sign(free.actions[outside]))
+    assert RunConfig(demos="x").action_clip == 0.0  # off unless asked

@@ -77,6 +77,7 @@ class RunConfig:
     tokenizer: str = ""  # a Hugging Face tokenizer folder (training.bpe); "" = bytes
     max_token_len: int = 0  # prompt tokens; 0 = the named config's
     stats_from: str = ""  # a checkpoint whose statistics to keep; "" = from these demos
+    action_clip: float = 0.0  # clip normalized action targets to +-this; 0 = no clip
 
 
 def learning_rate(step: int, run: RunConfig) -> float:
@@ -130,7 +131,7 @@ def train(run: RunConfig, out: Path, save_every: int = 250, log_every: int = 10,
     normalizer = (read_stats(run.stats_from, read_config(run.stats_from)[0].variant)
                   if run.stats_from else demos.normalizer())
     maker = BatchMaker(demos, cfg, normalizer, tokenizer, shift=run.shift,
-                       state_dropout=run.state_dropout)
+                       state_dropout=run.state_dropout, action_clip=run.action_clip)
     model = random_model(cfg, seed=run.seed).train()
     if run.init_from:
         _load_weights(model, Path(run.init_from))
