@@ -6,7 +6,8 @@ address) that contains a matrix-multiply instruction. A W4A8 kernel is issue-bou
 its unpack costs many instructions per weight, so ``instructions_per_weight`` =
 loop instructions * 32 * num_warps / weights per loop iteration (thread-instructions per
 weight per pass) is the number to drive down. Counts are static: both sides of a branch
-inside the loop are counted.
+inside the loop are counted. ``fences`` counts GPU- or system-scope MEMBARs in the whole
+kernel: each drains the thread's memory operations, so the split-K fixup must keep few.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from quantvla_ros.kernels.variants import KernelVariant, compile_variant
 # One SASS line of `cuobjdump -sass`: /*addr*/  [@pred] OPCODE operands ;
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 _TARGET = re.compile(r"0x([0-9a-f]+)\s*$")
+# A memory fence at GPU or system scope (MEMBAR.ALL.GPU, MEMBAR.SC.SYS, ...): each one waits
+# for the thread's outstanding memory operations, so a chain of them serializes round trips.
+_FENCE = re.compile(r"^MEMBAR\.(?:[A-Z]+\.)*(?:GPU|SYS)\b")
 _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 # Tensor-core opcodes: Ampere/Orin mma.sync (IMMA, HMMA), Hopper wgmma (*GMMA).
 MMA_OPCODES = frozenset({"IMMA", "HMMA", "DMMA", "BMMA", "IGMMA", "HGMMA", "QGMMA", "BGMMA"})
@@ -31,18 +35,20 @@ TOP_OPCODES = 8
 
 @dataclass(frozen=True)
 class Instr:
-    """One disassembled instruction: byte address, base opcode (no modifiers), operands."""
+    """One disassembled instruction: byte address, base opcode, operands, full opcode."""
 
     addr: int
     opcode: str
     operands: str
+    full: str = ""
 
 
 def parse_sass(text: str) -> list[Instr]:
     """Parse ``cuobjdump -sass`` text (one function) into instructions in address order."""
     out = []
     for m in _INSTR.finditer(text):
-        out.append(Instr(int(m.group(1), 16), m.group(2).split(".")[0], m.group(3).strip()))
+        out.append(Instr(int(m.group(1), 16), m.group(2).split(".")[0], m.group(3).strip(),
+                         m.group(2)))
     return out
 
 
@@ -105,6 +111,8 @@ def count_sass(sass: str, res_usage: str, num_warps: int, weights_per_kstep: int
         "kernel_instructions": len(instrs),
         "registers": int(res.group(1)) if res else None,
         "stack_bytes": int(res.group(2)) if res else None,
+        # GPU / system-scope fences anywhere in the kernel (the split-K fixup's cost).
+        "fences": sum(bool(_FENCE.match(i.full)) for i in instrs),
         # Local-memory loads / stores anywhere in the kernel: register spills.
         "spill_instructions": sum(i.opcode in ("LDL", "STL") for i in instrs),
     }
@@ -121,12 +129,12 @@ def count_variant(v: KernelVariant, arch: int) -> dict:
 def format_table(rows: list[dict]) -> str:
     """Markdown table of report rows (errors shown in the opcode column)."""
     head = ("kernel", "variant", "sm", "loop instr", "weights/step", "instr/weight", "MMA",
-            "regs", "spills", "top opcodes")
+            "regs", "spills", "fences", "top opcodes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ops = r.get("error") or " ".join(f"{op}:{c}" for op, c in r.get("top_opcodes", []))
         cells = (r["kernel"], r["variant"], r["arch"], r.get("loop_instructions"),
                  r.get("weights_per_kstep"), r.get("instructions_per_weight"), r.get("mma"),
-                 r.get("registers"), r.get("spill_instructions"), ops)
+                 r.get("registers"), r.get("spill_instructions"), r.get("fences"), ops)
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines)
