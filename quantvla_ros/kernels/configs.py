@@ -81,7 +81,8 @@ def _fit_group(block_k: int, group_size: int, k: int) -> int:
     return block_k
 
 
-def _sm_count(device) -> int:
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device; 132 (an H100 SXM) for any other."""
     if device is None or torch.device(device).type != "cuda":
         return 132
     return _num_sms(torch.device(device).index or 0)
@@ -94,7 +95,7 @@ def gemm_config(
 
     Memoized (the lookup ran on every launch, ~18 us of host time each).
     """
-    return _gemm_config(m, n, k, group_size, interpret, _sm_count(device))
+    return _gemm_config(m, n, k, group_size, interpret, sm_count(device))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -124,7 +125,7 @@ def w4a8_config(m: int, n: int, k: int, *, gate_up: bool, interpret: bool,
     kernel's split-K is deterministic and needs no extra launch); gate_up never splits and
     halves its weight tile instead, since it holds two accumulators.
     """
-    return _w4a8_config(m, n, k, gate_up, interpret, _sm_count(device))
+    return _w4a8_config(m, n, k, gate_up, interpret, sm_count(device))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -27,10 +27,10 @@ from quantvla_ros.kernels.triton_helpers import (
     load_w_tile,
     resolve_config,
     row_major,
-    split_workspace,
     take_splits,
     tile_ids,
 )
+from quantvla_ros.kernels.workspace import split_workspace
 
 # Op name -> (activations packed int4, weights packed int4). W4A8 has its own kernel and
 # weight layout (w4a8_gemm.py).

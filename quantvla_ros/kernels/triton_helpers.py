@@ -105,25 +105,6 @@ def take_splits(work_ptr, count_ptr, tile, R: tl.constexpr, C: tl.constexpr):
 
 # --- host side of the launchers -----------------------------------------------------------
 
-_WORKSPACES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def split_workspace(device: torch.device, cells: int, tiles: int):
-    """Zeroed int32 partial sums and tile counters per device, for :func:`add_split`.
-
-    Allocated once (outside CUDA-graph capture, by the warm-up) and grown when a larger
-    problem needs it; the kernels re-zero what they use, so no memset is ever launched.
-    Launches sharing a device must be ordered (one stream), as in the policy's graphs.
-    """
-    key = str(device)
-    work, count = _WORKSPACES.get(key, (None, None))
-    if work is None or work.numel() < cells or count.numel() < tiles:
-        work = torch.zeros(max(cells, 1 << 16), dtype=torch.int32, device=device)
-        count = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-        _WORKSPACES[key] = (work, count)
-    return work, count
-
-
 def check_triton_device(kernel, t: torch.Tensor) -> None:
     """Require CUDA tensors, or CPU tensors with the interpreter on."""
     if is_interpreted(kernel):

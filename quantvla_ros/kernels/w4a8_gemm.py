@@ -30,10 +30,10 @@ from quantvla_ros.kernels.triton_helpers import (
     check_int32_indexing,
     check_triton_device,
     row_major,
-    split_workspace,
     take_splits,
     tile_ids,
 )
+from quantvla_ros.kernels.workspace import split_workspace
 
 _LO_ASM = tl.constexpr(LO_ASM)
 _HI_ASM = tl.constexpr(HI_ASM)
