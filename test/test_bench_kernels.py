@@ -61,9 +61,24 @@ def test_cli_prints_one_json_line_per_row(capsys):
     assert main(["bench", "kernels", "--check", "--json", "--shapes", "16x256x48"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [json.loads(line) for line in lines]
-    assert [r["kernel"] for r in rows] == ["w8a8", "w4a8", "w4a4", "act_quant8"]
+    assert [r["kernel"] for r in rows] == ["w8a8", "w4a8", "w4a4", "w4a8_gate_up", "w4a8_pc",
+                                           "w4a8_nosplit", "act_quant8"]
     assert all((r["M"], r["K"], r["N"], r["check"]) == (16, 256, 48, "ok") for r in rows)
     assert main(["bench", "kernels", "--check", "--shapes", "16x256"]) == 2
+    assert main(["bench", "kernels", "--check", "--ops", "w4a8,w5a8"]) == 2
+    assert "--ops: unknown ['w5a8']" in capsys.readouterr().err
+
+
+def test_first_gpu_run_rows_check_exactly_with_a_k_tail_and_n_tail(capsys):
+    # K = 272 = 16 x 17 (like SigLIP's 4304): no whole 128-block, so the W4A8 rows are per
+    # channel and take the masked-K path; N = 48 is a tail of the 64-row tile.
+    ops = "w4a8,w4a8_gate_up,w4a8_pc,w4a8_nosplit,fp8_rowwise"
+    assert main(["bench", "kernels", "--check", "--json", "--shapes", "20x272x48,16x256x96",
+                 "--ops", ops]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # fp8 has no exact reference, so it only runs (timed) on a GPU.
+    assert [r["kernel"] for r in rows] == ops.split(",")[:4] * 2
+    assert all(r["check"] == "ok" for r in rows), rows
 
 
 def test_weight_copies_exceed_the_rotation_budget():

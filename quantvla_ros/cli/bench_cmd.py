@@ -39,6 +39,8 @@ def register(sub) -> None:
     k.add_argument("--no-timing", action="store_true", help="checks only, also on a GPU")
     k.add_argument("--shapes", help="comma-separated MxKxN, e.g. 50x1024x4096,968x2048x16384 "
                                     "(default: the model's shapes, or tiny ones on a CPU)")
+    k.add_argument("--ops", help="comma-separated kernels, e.g. bf16,w4a8,w4a8_nosplit "
+                                 "(default: all)")
     k.add_argument("--out", help="folder for kernels.md (and kernels.png with --plot)")
     k.add_argument("--plot", action="store_true", help="also plot speed-ups (needs matplotlib)")
     k.add_argument("--json", action="store_true",
@@ -93,10 +95,16 @@ def run_kernels(args) -> int:
             raise ValueError("no CUDA GPU: nothing to time. Use --check to verify the kernels "
                              "under Triton's CPU interpreter")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are compiled
-    from quantvla_ros.kernels.bench import format_markdown, iter_kernel_bench
+    from quantvla_ros.kernels.bench import OPS, format_markdown, iter_kernel_bench
 
+    ops = OPS
+    if args.ops:
+        names = set(args.ops.split(","))
+        ops = tuple(op for op in OPS if op.name in names)
+        if unknown := names - {op.name for op in ops}:
+            raise ValueError(f"--ops: unknown {sorted(unknown)}; have {[o.name for o in OPS]}")
     rows = []
-    for row in iter_kernel_bench(_shapes(args.shapes), check=args.check,
+    for row in iter_kernel_bench(_shapes(args.shapes), check=args.check, ops=ops,
                                  timed=not args.no_timing):
         rows.append(row)
         if args.json:

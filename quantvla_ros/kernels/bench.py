@@ -13,7 +13,7 @@ only the checks run, under the interpreter, on small GPU-legal shapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,7 +49,7 @@ class BenchOp:
     """
 
     name: str
-    act_bits: int | None
+    act_bits: int | str | None
     gemm: Callable
     reference: Callable | None = None
     flops: bool = True
@@ -72,6 +72,49 @@ def _w4a8(a, xs, w, out_dtype):
                      out_dtype=out_dtype)
 
 
+def _w4a8_case(gate_up: bool = False, per_channel: bool = False, split: bool = True):
+    """Run W4A8 as the model also does: fused GeGLU, per channel, or unsplit."""
+    def run(a, xs, w, out_dtype):
+        from quantvla_ros.kernels.configs import w4a8_config
+        from quantvla_ros.kernels.w4a8_gemm import w4a8_gemm
+
+        wk, s1, s2, gs = (w["w4k_pc"], w["s1_pc"], None, None) if per_channel else \
+            (w["w4k"], w["s1"], w["s2"], w["gs2"])
+        cfg = None
+        if not split:  # the split on / off pair times the split-K fixup directly
+            m, n = a.shape[0], wk.shape[0] // (2 if gate_up else 1)
+            cfg = replace(w4a8_config(m, n, a.shape[1], gate_up=gate_up,
+                                      interpret=a.device.type != "cuda", device=a.device),
+                          split_k=1)
+        return w4a8_gemm(a, xs, wk, s1, s2, group_size=gs, gate_up=gate_up,
+                         out_dtype=out_dtype, config=cfg)
+    return run
+
+
+def _w4a8_ref(gate_up: bool = False, per_channel: bool = False) -> Callable:
+    def ref(a, xs, w):
+        both = reference.matmul_w4a8(a, xs, w["w4k_pc"], w["s1_pc"]) if per_channel else \
+            reference.matmul_w4a8(a, xs, w["w4k"], w["s1"], group_scale=w["s2"],
+                                  group_size=w["gs2"])
+        if not gate_up:
+            return both
+        n = both.shape[1] // 2
+        return reference.gelu_tanh(both[:, :n]) * both[:, n:]
+    return ref
+
+
+def _fp8_rowwise(a, xs, w, out_dtype):
+    """Multiply fp8 e4m3 with per-token and per-channel scales (cuBLASLt): prefill candidate."""
+    return torch._scaled_mm(a, w["wf8"].t(), scale_a=xs, scale_b=w["sf8"][None, :],
+                            out_dtype=torch.bfloat16)
+
+
+def _fp8_quant(t: torch.Tensor):
+    """Per-row e4m3 codes and float32 scales [rows, 1] (448: the largest e4m3 value)."""
+    scale = t.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+
+
 def _act_quant8(x, _, __, out_dtype):
     from quantvla_ros.kernels import act_quant
 
@@ -91,6 +134,15 @@ OPS: tuple[BenchOp, ...] = (
     BenchOp("w4a4", 4, _scaled_gemm(True, "w4", "s4", True),
             lambda a, xs, w: reference.matmul_w4a4(a, xs, w["w4"], w["s4"],
                                                    group_size=w["gs"])),
+    # Rows the model runs too: fused gate/up (N = 2 x the GeGLU width), per channel, and
+    # the table's split with split-K forced off (the pair that times the fixup).
+    BenchOp("w4a8_gate_up", 8, _w4a8_case(gate_up=True), _w4a8_ref(gate_up=True),
+            supports=lambda m, k, n: n % 2 == 0),
+    BenchOp("w4a8_pc", 8, _w4a8_case(per_channel=True), _w4a8_ref(per_channel=True)),
+    BenchOp("w4a8_nosplit", 8, _w4a8_case(split=False), _w4a8_ref()),
+    # A ceiling and prefill candidate (no reference: fp8 is not exact, so never checked).
+    BenchOp("fp8_rowwise", "fp8", _fp8_rowwise,
+            supports=lambda m, k, n: m >= 256 and k % 16 == 0 and n % 16 == 0),
     BenchOp("act_quant8", None, _act_quant8,
             lambda x, _, __: reference.quantize_activations(x, 8), flops=False),
 )
@@ -126,9 +178,13 @@ def make_problem(m: int, k: int, n: int, device, group_size: int = GROUP_SIZE):
     a4, xs4 = reference.quantize_per_token_int4(x)
     gs2 = gs if gs % PACK_K == 0 and gs < k else None
     q, s1, s2 = quantize_progressive(w.float(), gs2)
-    acts = {None: (x, None), 8: (a8, xs8), 4: (reference.pack_int4(a4), xs4)}
+    q_pc, s1_pc, _ = quantize_progressive(w.float(), None)
+    wf8, sf8 = _fp8_quant(w)
+    acts = {None: (x, None), 8: (a8, xs8), 4: (reference.pack_int4(a4), xs4),
+            "fp8": _fp8_quant(x)}
     return acts, dict(w=w.to(torch.bfloat16), w8=w8, s8=s8.reshape(-1), w4=w4, s4=s4, gs=gs,
-                      w4k=pack_khalf(q), s1=s1, s2=s2, gs2=gs2)
+                      w4k=pack_khalf(q), s1=s1, s2=s2, gs2=gs2, w4k_pc=pack_khalf(q_pc),
+                      s1_pc=s1_pc, wf8=wf8, sf8=sf8.reshape(-1))
 
 
 def check_op(op: BenchOp, acts: dict, wts: dict) -> str:
@@ -150,6 +206,10 @@ def _bytes(name: str, m: int, k: int, n: int, groups: int) -> int:
         "int_mm": m * k + n * k + 4 * m * n,
         "w8a8": m * k + n * k + out + 4 * (m + n),
         "w4a8": m * k + n * k // 2 + out + 4 * (m + n) + n * groups,
+        "w4a8_gate_up": m * k + n * k // 2 + out // 2 + 4 * (m + n) + n * groups,
+        "w4a8_pc": m * k + n * k // 2 + out + 4 * (m + n),
+        "w4a8_nosplit": m * k + n * k // 2 + out + 4 * (m + n) + n * groups,
+        "fp8_rowwise": m * k + n * k + out + 4 * (m + n),
         "w4a4": m * k // 2 + n * k // 2 + out + 4 * (m + n * groups),
         "act_quant8": 2 * m * k + m * k + 4 * m,
     }.get(name, 0)
