@@ -67,6 +67,11 @@ def test_count_sass_per_weight_and_resources():
     assert (row["registers"], row["stack_bytes"], row["spill_instructions"]) == (96, 8, 0)
     # GPU and system scope count as fences; a CTA-scope MEMBAR does not.
     assert row["fences"] == 2
+    # Per MAC: one pass per 64-token tile, 16 passes at M = 968 (1024 tokens of work).
+    mac = count_sass(SASS, RES, num_warps=4, weights_per_kstep=256, token_tile=64)
+    assert mac["slots_per_mac"]["968"] == pytest.approx(4 * 32 * 4 * 16 / (256 * 968), abs=1e-4)
+    assert mac["slots_per_mac"]["16"] == pytest.approx(4 * 32 * 4 / (256 * 16), abs=1e-4)
+    assert row["slots_per_mac"] is None  # no token tile given
     assert not count_sass(_line(0, "EXIT"), "", 4, 256)["loop_found"]
 
 

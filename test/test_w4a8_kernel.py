@@ -156,12 +156,29 @@ def test_tile_table_covers_pi05_and_groot_shapes():
     for m, k, n in DEFAULT_SHAPES + GROOT_SHAPES:
         for gate_up in (False, True):
             cfg = w4a8_config(m, n, k, gate_up=gate_up, interpret=False, device=None)
-            assert cfg.block_k == 128 and cfg.block_m <= 64  # the group fold costs BM / 128
+            assert cfg.block_k == 128
+            # Per MAC a 128-token tile wins at prefill M (bench sass, sm_90: 0.032 vs 0.042
+            # issue slots per MAC at M = 968); it is never split and never below M = 256.
+            big = (cfg.block_m, cfg.num_warps) == (128, 8)
+            assert cfg.block_m <= 64 or (big and m >= 256 and not gate_up
+                                         and cfg.split_k == 1)
+            assert big == (not gate_up and (m, k, n) in {
+                (968, 2048, 16384), (968, 16384, 2048), (968, 2048, 2048), (300, 2048, 6144)})
             tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
             assert not gate_up or cfg.split_k == 1
             # Splits keep >= 4 K blocks each and never outnumber the SMs' spare room.
             assert cfg.split_k == 1 or (k // 128 // cfg.split_k >= 4
                                         and tiles * cfg.split_k <= 132)
+
+
+def test_prefill_tile_of_128_tokens_is_exact_with_token_and_row_tails():
+    # The table's prefill tile (128 weight rows x 128 tokens, 8 warps) with M and N tails.
+    m, k, n = 130, 384, 136
+    a, w, s2 = _operands(m, k, n, True, seed=41, s2_max=4)
+    cfg = GemmConfig(128, 128, 128, num_warps=8, num_stages=3)
+    y = w4a8_gemm(a, torch.ones(m, 1, device=DEV), w, torch.ones(n, device=DEV), s2,
+                  config=cfg)
+    assert torch.equal(y, ref.accumulate_w4a8(a, w, s2, 128).float())
 
 
 def test_groot_dit_shape_is_exact_under_the_interpreter():

@@ -134,19 +134,38 @@ def _w4a8_config(m: int, n: int, k: int, gate_up: bool, interpret: bool,
     bm = min(64, max(MIN_BLOCK_MN, triton.next_power_of_2(m)))
     if interpret:
         return GemmConfig(bm, 32 if gate_up else 64, 128, num_warps=4, num_stages=1)
-    # Main-loop SASS per weight (sm_90, `quantvla bench sass`): 128 weight rows x 16 / 32 /
-    # 64 tokens 2.1 / 2.2 / 2.5; gate_up 64 x 32 / 64: 2.4 / 2.7. The int32 group fold costs
-    # tokens / 128 per weight, so the token tile stays <= 64 at any M.
+    # Main-loop SASS per weight per pass (sm_90, `quantvla bench sass`): 128 weight rows x
+    # 16 / 32 / 64 tokens 2.1 / 2.2 / 2.5; gate_up 64 x 32 / 64: 2.4 / 2.7. Small M is
+    # memory-bound, so those tiles stay. At prefill M the loop is issue-bound and the unit is
+    # slots per MAC (per pass / tokens), where a larger token tile wins (below).
     if gate_up:
         cfg = GemmConfig(min(bm, 32) if m <= 64 else 64, 64, 128, num_warps=4, num_stages=4)
     else:
         cfg = GemmConfig(bm, 128, 128, num_warps=4, num_stages=4 if m <= 64 else 3)
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     blocks = triton.cdiv(k, 128)
+    if not gate_up and m >= PREFILL_M:
+        big = GemmConfig(128, 128, 128, num_warps=8, num_stages=3)
+        big_tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+        # Never split (that variant is uncompiled), and only where the figure wins.
+        if 2 * big_tiles > sms and _w4a8_slots(big, m) < _w4a8_slots(cfg, m):
+            return big
     if gate_up or 2 * tiles > sms:
         return cfg
     # Keep >= 4 blocks (512 of K) per split so the atomics stay a small share of the work.
     return replace(cfg, split_k=max(1, min(sms // tiles, blocks // 4, 16)))
+
+
+# Main-loop thread-instructions per weight per pass of the W4A8 g128 kernel by (token
+# tile, warps), sm_90, triton 3.7.1 (`quantvla bench sass`; sm_87 ranks them the same).
+W4A8_LOOP_PER_WEIGHT = {(16, 4): 2.141, (32, 4): 2.2, (64, 4): 2.516, (128, 8): 3.875}
+PREFILL_M = 256  # below this the W4A8 GEMMs are weight-bandwidth bound, not issue bound
+
+
+def _w4a8_slots(cfg: GemmConfig, m: int) -> float:
+    """Main-loop issue slots per useful MAC at M tokens (one pass per token tile)."""
+    per_pass = W4A8_LOOP_PER_WEIGHT[(cfg.block_m, cfg.num_warps)]
+    return per_pass * triton.cdiv(m, cfg.block_m) / m
 
 
 def act_quant_block(k: int) -> tuple[int, int]:

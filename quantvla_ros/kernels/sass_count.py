@@ -31,6 +31,8 @@ _RES = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 # Tensor-core opcodes: Ampere/Orin mma.sync (IMMA, HMMA), Hopper wgmma (*GMMA).
 MMA_OPCODES = frozenset({"IMMA", "HMMA", "DMMA", "BMMA", "IGMMA", "HGMMA", "QGMMA", "BGMMA"})
 TOP_OPCODES = 8
+# Token counts of the per-MAC column: decode, the action expert, pi0.5's prefix.
+MAC_TOKENS = (16, 64, 968)
 
 
 @dataclass(frozen=True)
@@ -92,19 +94,37 @@ def disassemble(cubin: bytes) -> tuple[str, str]:
     return run[0], run[1]
 
 
-def count_sass(sass: str, res_usage: str, num_warps: int, weights_per_kstep: int) -> dict:
+def slots_per_mac(loop_instructions: int, num_warps: int, weights_per_kstep: int,
+                  token_tile: int, m: int) -> float:
+    """Main-loop issue slots per useful MAC at M tokens (token tiles rounded up).
+
+    Each pass over the weights (one per token tile) costs the loop again, so unlike the
+    per-weight count this falls as the token tile grows. An H100 SM issues 128
+    thread-instructions and does ~4096 dense int8 MACs per clock, so above ~0.031 the loop,
+    not the tensor cores, is the limit (datasheet arithmetic, not measured).
+    """
+    passes = -(-m // token_tile)
+    return loop_instructions * 32 * num_warps * passes / (weights_per_kstep * m)
+
+
+def count_sass(sass: str, res_usage: str, num_warps: int, weights_per_kstep: int,
+               token_tile: int = 0) -> dict:
     """Main-loop statistics of one disassembled kernel (None fields if no MMA loop)."""
     instrs = parse_sass(sass)
     loop = find_main_loop(instrs) or []
     ops = Counter(i.opcode for i in loop)
     res = _RES.search(res_usage)
     n = len(loop)
+    per_mac = {str(m): round(slots_per_mac(n, num_warps, weights_per_kstep, token_tile, m), 4)
+               for m in MAC_TOKENS} if n and weights_per_kstep and token_tile else None
     return {
         "loop_found": bool(loop),
         "loop_instructions": n or None,
         "weights_per_kstep": weights_per_kstep,
         "instructions_per_weight": round(n * 32 * num_warps / weights_per_kstep, 3)
         if n and weights_per_kstep else None,
+        "token_tile": token_tile or None,
+        "slots_per_mac": per_mac,
         "mma": sum(c for op, c in ops.items() if op in MMA_OPCODES),
         "mma_opcodes": sorted({op for op in ops if op in MMA_OPCODES}),
         "top_opcodes": ops.most_common(TOP_OPCODES),
@@ -123,18 +143,22 @@ def count_variant(v: KernelVariant, arch: int) -> dict:
     kernel = compile_variant(v, arch)
     sass, res = disassemble(kernel.asm["cubin"])
     return {"kernel": v.kernel, "variant": v.name, "arch": arch, "num_warps": v.num_warps,
-            **count_sass(sass, res, v.num_warps, v.weights_per_kstep)}
+            **count_sass(sass, res, v.num_warps, v.weights_per_kstep,
+                         v.constexprs.get("BM", 0))}
 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of report rows (errors shown in the opcode column)."""
-    head = ("kernel", "variant", "sm", "loop instr", "weights/step", "instr/weight", "MMA",
-            "regs", "spills", "fences", "top opcodes")
+    head = ("kernel", "variant", "sm", "loop instr", "weights/step", "instr/weight",
+            *(f"slots/MAC M={m}" for m in MAC_TOKENS), "MMA", "regs", "spills", "fences",
+            "top opcodes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ops = r.get("error") or " ".join(f"{op}:{c}" for op, c in r.get("top_opcodes", []))
+        mac = r.get("slots_per_mac") or {}
         cells = (r["kernel"], r["variant"], r["arch"], r.get("loop_instructions"),
-                 r.get("weights_per_kstep"), r.get("instructions_per_weight"), r.get("mma"),
+                 r.get("weights_per_kstep"), r.get("instructions_per_weight"),
+                 *(mac.get(str(m)) for m in MAC_TOKENS), r.get("mma"),
                  r.get("registers"), r.get("spill_instructions"), r.get("fences"), ops)
         lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines)

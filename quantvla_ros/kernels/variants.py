@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quantvla_ros.kernels.bench import DEFAULT_SHAPES, GROOT_SHAPES, GROUP_SIZE
-from quantvla_ros.kernels.configs import act_quant_block, gemm_config
+from quantvla_ros.kernels.configs import GemmConfig, act_quant_block, gemm_config
 
 # Runtime launches specialize 16-divisible pointers and ints; mimic that for these args.
 DIVISIBLE_INTS = frozenset({"N", "K", "group_size", "stride_am", "stride_wn", "stride_rm",
@@ -22,6 +22,7 @@ _GEMM_PTRS = {"xs_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*fp32", "res_pt
               "out_ptr": "*bf16", "work_ptr": "*i32", "count_ptr": "*i32"}
 # scaled_gemm op -> (activation pointer type, weight pointer type); W4A8 has its own kernel.
 _GEMM_OPS = {"w8a8": ("*i8", "*i8"), "w4a4": ("*u8", "*u8")}
+PREFILL_CANDIDATE = GemmConfig(128, 128, 128, num_warps=8, num_stages=3)
 _W4A8_PTRS = dict(_GEMM_PTRS, x_ptr="*i8", w_ptr="*u8", gs_ptr="*i8")
 
 
@@ -131,11 +132,13 @@ def _w4a8_variants(full: bool) -> list[KernelVariant]:
     from quantvla_ros.kernels.w4a8_gemm import w4a8_gemm_kernel as fn
 
     shapes = DEFAULT_SHAPES + (GROOT_SHAPES if full else ())
-    cases = [(m, k, n, False) for m, k, n in shapes]
-    cases += [(50, 1024, 4096, True), (968, 2048, 16384, True)]
+    cases = [(m, k, n, False, None) for m, k, n in shapes]
+    cases += [(50, 1024, 4096, True, None), (968, 2048, 16384, True, None)]
+    # Prefill candidates off the table: 128 tokens x 8 warps (per MAC the unpack halves).
+    cases += [(968, 2048, 16384, False, PREFILL_CANDIDATE)]
     seen, out = set(), []
-    for m, k, n, gate_up in cases:
-        cfg = w4a8_config(m, n, k, gate_up=gate_up, interpret=False)
+    for m, k, n, gate_up, given in cases:
+        cfg = given or w4a8_config(m, n, k, gate_up=gate_up, interpret=False)
         for grouped in (True, False) if full or m <= 64 else (True,):
             consts = dict(GROUPED=grouped, GATE_UP=gate_up, HAS_BIAS=False, HAS_RES=False,
                           SPLIT=cfg.split_k > 1, EVEN_K=True, USE_ASM=True,
