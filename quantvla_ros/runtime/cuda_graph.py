@@ -31,10 +31,12 @@ class GraphedChunk:
                 self._denoise()
         torch.cuda.current_stream().wait_stream(side)
         self.prefix_graph, self.denoise_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        # Capture on the warm-up stream: split-K workspaces are per stream (kernels/workspace),
+        # so the graphs bake in the addresses the warm-up already allocated.
         with torch.no_grad():
-            with torch.cuda.graph(self.prefix_graph):
+            with torch.cuda.graph(self.prefix_graph, stream=side):
                 self._prefix()
-            with torch.cuda.graph(self.denoise_graph):
+            with torch.cuda.graph(self.denoise_graph, stream=side):
                 self._denoise()
 
     def _prefix(self) -> None:
