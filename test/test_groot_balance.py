@@ -104,9 +104,9 @@ def test_observer_reports_logit_std_and_output_per_block_and_step(teacher):
     seen = []
 
     class Spy(DiTStats):
-        def attention(self, block, q, k, out):
+        def attention(self, block, q, k, out, key_mask=None):
             seen.append((block, self.step, q, k, out))
-            super().attention(block, q, k, out)
+            super().attention(block, q, k, out, key_mask)
 
     spy = Spy()
     feats = backbone_features(teacher, [b])

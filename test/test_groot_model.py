@@ -377,7 +377,7 @@ def test_flow_times_and_euler_update(model):
     head = model.action_head
     seen = []
 
-    def constant_velocity(vl, state_tokens, actions, t, emb):
+    def constant_velocity(vl, state_tokens, actions, t, emb, vl_mask=None):
         seen.append(t.tolist())
         return torch.full_like(actions, t[0].item() / 1000)
 

@@ -64,18 +64,69 @@ def _sample_rows(policy, batches, noise):
 
 
 def test_batches_give_each_row_its_single_run(tiny):
-    """Equal prompt lengths share a batch (rows = single runs to 1e-5); a length change
-    starts a new batch, since GR00T's left padding would change the actions (§7.12)."""
+    """Prompts of different lengths share one left-padded batch; the action head masks the
+    padding, so each row gets its single-run actions (to 1e-5 in fp32). Unmasked, as GR00T
+    runs it (GROOT.md §7.12), the padded rows move by up to 3e-4 here."""
     words = ["go", "go", "pick up the red block", "go"]
     obs = [_obs(tiny, i, instruction=w) for i, w in enumerate(words)]
     batches = tiny.prepare_batches(obs)
-    assert [b["state"].shape[0] for b in batches] == [2, 1, 1]
-    assert [b["pixel_values"].shape[0] for b in batches] == [4, 2, 2]  # views, batch-major
+    assert [b["state"].shape[0] for b in batches] == [4]
+    assert batches[0]["pixel_values"].shape[0] == 8  # views, batch-major
+    mask = batches[0]["attention_mask"]
+    assert not mask[0].all() and mask[2].all()  # the short prompts are left-padded
     noise = torch.randn(4, 16, 8, generator=torch.Generator().manual_seed(0))
     batched = _sample_rows(tiny, batches, noise)
     for i, o in enumerate(obs):
         one = _sample_rows(tiny, tiny.prepare_batches([o]), noise[i:i + 1])
         torch.testing.assert_close(batched[i:i + 1], one, rtol=0, atol=1e-5)
+
+
+def test_padding_is_left_out_of_the_dit_logit_statistics(tiny):
+    """A padded row's cross-attention logit std equals its single run's (padding keys out)."""
+    from quantvla_ros.quant.groot_balance import backbone_features, measure_dit
+
+    obs = [_obs(tiny, 0, instruction="go"), _obs(tiny, 1, instruction="pick up the red block")]
+    noise = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(3))
+    both = [{**tiny.prepare_batches(obs)[0], "noise": noise}]
+    alone = [{**tiny.prepare_batches(obs[:1])[0], "noise": noise[:1]}]
+    m = tiny.model
+    b, a = (measure_dit(m, x, backbone_features(m, x), [0]) for x in (both, alone))
+    torch.testing.assert_close(b.std_sum[(0, 0)] - _row_std(m, both, 1), a.std_sum[(0, 0)],
+                               rtol=0, atol=1e-6)
+
+
+def test_linear_statistics_leave_prompt_padding_out(tiny):
+    """Channel absmax of LLM and VL self-attention inputs over a mixed-length batch equals
+    the max over the single runs: left-padding rows are not recorded."""
+    from quantvla_ros.quant.observe import LinearInputs, record_linear_inputs
+
+    names = ["backbone.eagle_model.language_model.model.layers.0.self_attn.q_proj",
+             "action_head.vl_self_attention.transformer_blocks.1.ff.net.0.proj"]
+    obs = [_obs(tiny, 0, instruction="go"), _obs(tiny, 1, instruction="pick up the red block")]
+    noise = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(4))
+
+    def absmax(group, rows):
+        store = LinearInputs(max_rows=0)
+        with record_linear_inputs(tiny.model, names, store):
+            tiny.family.sample(tiny.model, [{**tiny.prepare_batches(group)[0],
+                                             "noise": noise[rows]}], store)
+        return store.absmax
+
+    both = absmax(obs, slice(0, 2))
+    singles = [absmax([o], slice(i, i + 1)) for i, o in enumerate(obs)]
+    for n in names:
+        torch.testing.assert_close(both[n], torch.maximum(*(s[n] for s in singles)),
+                                   rtol=0, atol=1e-5)
+
+
+def _row_std(model, batches, row):
+    """Block 0's step-0 logit std [H] of one row, measured alone in its own batch."""
+    from quantvla_ros.quant.groot_balance import backbone_features, measure_dit
+
+    one = [{k: v[row:row + 1] if k != "pixel_values" else v for k, v in batches[0].items()}]
+    views = batches[0]["pixel_values"].shape[0] // batches[0]["state"].shape[0]
+    one[0]["pixel_values"] = batches[0]["pixel_values"][row * views:(row + 1) * views]
+    return measure_dit(model, one, backbone_features(model, one), [0]).std_sum[(0, 0)]
 
 
 def test_options_belong_to_their_family():

@@ -40,14 +40,17 @@ class DiTStats:
         self.sq_n: dict = defaultdict(int)
 
     def attention(self, block: int, q: torch.Tensor, k: torch.Tensor,
-                  out: torch.Tensor) -> None:
-        """Add block `block`'s logit std per (batch, head) and its output's squares."""
+                  out: torch.Tensor, key_mask: torch.Tensor | None = None) -> None:
+        """Add block `block`'s logit std per (batch, head) and its output's squares.
+
+        Keys hidden by `key_mask` [B, T] (prompt padding) are left out of the std.
+        """
         if self.blocks is not None and block not in self.blocks:
             return
         key = (block, self.step)
         if self.want_logits:
             logits = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
-            std = logits.flatten(2).std(dim=-1, unbiased=False)  # [B, H]
+            std = masked_std(logits, key_mask)  # [B, H]
             self.std_sum[key] = self.std_sum[key] + std.sum(0).cpu()
             self.std_n[key] += std.shape[0]
         if self.want_out:
@@ -69,6 +72,17 @@ class DiTStats:
             sums[block] += s
             counts[block] += self.sq_n[(block, step)]
         return {b: (sums[b] / counts[b]) ** 0.5 for b in sums}
+
+
+def masked_std(logits: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Return the population std [B, H] of logits [B, H, S, T] over (query, visible key)."""
+    if key_mask is None:
+        return logits.flatten(2).std(dim=-1, unbiased=False)
+    w = key_mask[:, None, None, :].to(logits.dtype).expand_as(logits)
+    n = w.sum(dim=(-1, -2))
+    mean = (logits * w).sum(dim=(-1, -2)) / n
+    var = ((logits - mean[..., None, None]).pow(2) * w).sum(dim=(-1, -2)) / n
+    return var.sqrt()
 
 
 def dit_attention(model, block: int):
@@ -107,7 +121,7 @@ def run_head(model, batches, features, observer) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([
                 model.action_head.sample_actions(f, b["state"], b["embodiment_id"], b["noise"],
-                                                 b.get("num_steps"))
+                                                 b.get("num_steps"), b["attention_mask"])
                 for b, f in zip(batches, features, strict=True)])
     finally:
         dit.observer = None

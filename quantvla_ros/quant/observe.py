@@ -31,11 +31,20 @@ class LinearInputs(AttentionObserver):
 
     def tokens(self, tower: int, valid_rows: torch.Tensor) -> None:
         """Remember which rows of ``tower``'s tokens are real for the linears that follow."""
-        self._valid[TOWERS[tower]] = valid_rows
+        self.padding(TOWERS[tower], valid_rows)
+
+    def padding(self, prefix: str, valid_rows: torch.Tensor) -> None:
+        """Remember the real rows [B, S] of the linears under module ``prefix``."""
+        self._valid[prefix] = valid_rows
+
+    def _valid_rows(self, name: str) -> torch.Tensor | None:
+        """Return the valid rows of the longest registered prefix of ``name``, if any."""
+        found = [p for p in self._valid if name == p or name.startswith(p + ".")]
+        return self._valid[max(found, key=len)] if found else None
 
     def record(self, name: str, x: torch.Tensor) -> None:
         """Fold one input batch of linear ``name`` into its channel absmax and row sample."""
-        valid = self._valid.get(name.split(".")[0])
+        valid = self._valid_rows(name)
         if valid is not None and x.dim() == 3 and tuple(valid.shape) == tuple(x.shape[:2]):
             x = x[valid.to(x.device)]  # drop padding rows
         x = x.detach().reshape(-1, x.shape[-1]).float()

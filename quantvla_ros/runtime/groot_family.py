@@ -33,6 +33,8 @@ from quantvla_ros.quant.groot_balance import (
 from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
 
 BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "state", "embodiment_id")
+# The stacks whose linears see one row per prompt token (padding rows included).
+PADDED_STACKS = ("backbone.eagle_model.language_model", "action_head.vl_self_attention")
 
 
 def statistics_tag(folder: Path, embodiment: str | None, default: str) -> str:
@@ -114,19 +116,23 @@ class GrootFamily(PolicyFamily):
                 "embodiment_id": raw["embodiment_id"].to(dev)}
 
     def collate(self, inputs):
-        """Batch runs of consecutive equal-length prompts, in order.
+        """Left-pad every prompt to the longest and batch them all, in order.
 
-        GR00T never masks left padding after the LLM and does not shift RoPE for it
-        (GROOT.md §7.12), so a padded row's actions differ from its single run: a batch only
-        joins prompts of one length.
+        The action head masks the padding (`FlowMatchingActionHead.sample_actions`) and RoPE
+        is relative, so each row gets its single-run actions whatever the lengths.
         """
-        runs: list[list[dict]] = []
-        for x in inputs:
-            if runs and runs[-1][0]["input_ids"].shape[1] == x["input_ids"].shape[1]:
-                runs[-1].append(x)
-            else:
-                runs.append([x])
-        return [{k: torch.cat([x[k] for x in run]) for k in BATCH_KEYS} for run in runs]
+        if not inputs:
+            return []
+        width = max(x["input_ids"].shape[1] for x in inputs)
+        pad = self.processor.tokenizer.pad_id if self.processor else 0
+
+        def left_pad(t, value):
+            fill = t.new_full((t.shape[0], width - t.shape[1]), value)
+            return torch.cat([fill, t], dim=1)
+
+        rows = [{**x, "input_ids": left_pad(x["input_ids"], pad),
+                 "attention_mask": left_pad(x["attention_mask"], 0)} for x in inputs]
+        return [{k: torch.cat([x[k] for x in rows]) for k in BATCH_KEYS}]
 
     def run(self, model, inputs, noise, sync):
         """Run the Eagle backbone (timed as prefix), then the action head's flow steps."""
@@ -136,7 +142,8 @@ class GrootFamily(PolicyFamily):
         sync()
         t2 = time.perf_counter()
         actions = model.action_head.sample_actions(features, inputs["state"],
-                                                   inputs["embodiment_id"], noise)
+                                                   inputs["embodiment_id"], noise,
+                                                   attention_mask=inputs["attention_mask"])
         sync()
         return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
 
@@ -151,13 +158,19 @@ class GrootFamily(PolicyFamily):
     def sample(self, model, batches, observer=None):
         """Run `GrootModel.sample_actions` per batch.
 
-        Linear-input hooks see every row: left-padding rows of shorter prompts are recorded.
+        An `observer` (quant.observe.LinearInputs) learns each batch's padding, so the LLM's
+        and the VL self-attention's linears leave left-padding rows out of their statistics.
         """
+        out = []
         with torch.no_grad():
-            return torch.cat([
-                model.sample_actions(b["pixel_values"], b["input_ids"], b["attention_mask"],
-                                     b["state"], b["embodiment_id"], b["noise"]).float().cpu()
-                for b in batches])
+            for b in batches:
+                if observer is not None:
+                    for prefix in PADDED_STACKS:
+                        observer.padding(prefix, b["attention_mask"].bool())
+                out.append(model.sample_actions(
+                    b["pixel_values"], b["input_ids"], b["attention_mask"], b["state"],
+                    b["embodiment_id"], b["noise"]).float().cpu())
+        return torch.cat(out)
 
     def calibrate_balance(self, teacher, student, batches, cfg, progress=None):
         """Progressive ATM / OHB on every DiT attention (cross and self), block by block."""

@@ -81,6 +81,16 @@ def flow_times(num_steps: int, buckets: int) -> list[int]:
     return [int(k / num_steps * buckets) for k in range(num_steps)]
 
 
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Return the prompt mask as bool keys [B, L], or None when nothing is padding.
+
+    None keeps an unpadded batch on the unmasked attention path (bit-identical to GR00T).
+    """
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        return None
+    return attention_mask.bool()
+
+
 class FlowMatchingActionHead(nn.Module):
     """VL tokens + state -> a normalized action chunk by flow matching (t = 0 noise, 1 data)."""
 
@@ -99,9 +109,10 @@ class FlowMatchingActionHead(nn.Module):
         self.position_embedding = nn.Embedding(cfg.max_seq_len, d)
         self.model = DiT(cfg)
 
-    def encode_vl(self, backbone_features: torch.Tensor) -> torch.Tensor:
+    def encode_vl(self, backbone_features: torch.Tensor,
+                  vl_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Apply vlln, then the VL self-attention: the DiT's cross-attention context [B, L, W]."""
-        return self.vl_self_attention(self.vlln(backbone_features))
+        return self.vl_self_attention(self.vlln(backbone_features), vl_mask)
 
     def sequence(self, state_tokens: torch.Tensor, actions: torch.Tensor, t: torch.Tensor,
                  embodiment_id: torch.Tensor) -> torch.Tensor:
@@ -112,26 +123,33 @@ class FlowMatchingActionHead(nn.Module):
         future = self.future_tokens.weight[None].expand(b, -1, -1)
         return torch.cat([state_tokens, future.to(act.dtype), act], dim=1)
 
-    def velocity(self, vl_embs, state_tokens, actions, t, embodiment_id) -> torch.Tensor:
+    def velocity(self, vl_embs, state_tokens, actions, t, embodiment_id,
+                 vl_mask=None) -> torch.Tensor:
         """Predicted velocity [B, H, A]: the decoder's last H tokens."""
-        h = self.model(self.sequence(state_tokens, actions, t, embodiment_id), vl_embs, t)
+        h = self.model(self.sequence(state_tokens, actions, t, embodiment_id), vl_embs, t,
+                       vl_mask)
         return self.action_decoder(h, embodiment_id)[:, -actions.shape[1]:]
 
     def sample_actions(self, backbone_features: torch.Tensor, state: torch.Tensor,
                        embodiment_id: torch.Tensor, noise: torch.Tensor,
-                       num_steps: int | None = None) -> torch.Tensor:
+                       num_steps: int | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Integrate noise [B, H, A] to normalized actions with forward Euler, dt = 1 / N.
 
         state is [B, 1, max_state_dim] (normalized, zero-padded); the state tokens and the
-        VL context are computed once, the action tokens at every step.
+        VL context are computed once, the action tokens at every step. `attention_mask`
+        [B, L] (the prompt's, 1 = real) keeps left padding out of the VL self-attention and
+        the DiT's cross-attention, so a padded row gets its single-run actions; GR00T itself
+        never masks there (GROOT.md §7.12), which only a mixed-length batch can tell.
         """
         n = num_steps or self.cfg.num_steps
-        vl_embs = self.encode_vl(backbone_features)
+        vl_mask = padding_mask(attention_mask)
+        vl_embs = self.encode_vl(backbone_features, vl_mask)
         state_tokens = self.state_encoder(state.to(vl_embs.dtype), embodiment_id)
         x = noise.to(vl_embs.dtype)
         for step, t_disc in enumerate(flow_times(n, self.cfg.num_timestep_buckets)):
             if self.model.observer is not None:
                 self.model.observer.step = step
             t = torch.full((x.shape[0],), t_disc, device=x.device, dtype=torch.long)
-            x = x + self.velocity(vl_embs, state_tokens, x, t, embodiment_id) / n
+            x = x + self.velocity(vl_embs, state_tokens, x, t, embodiment_id, vl_mask) / n
         return x

@@ -59,7 +59,7 @@ class TimestepEncoder(nn.Module):
 
 
 class Attention(nn.Module):
-    """diffusers-style attention: to_q / to_k / to_v / to_out.0, biases, no mask, 1/sqrt(d).
+    """diffusers-style attention: to_q / to_k / to_v / to_out.0, biases, 1/sqrt(d).
 
     `kv_dim` != dim builds a cross-attention whose keys and values come from other tokens.
     """
@@ -76,11 +76,13 @@ class Attention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                observe=None) -> torch.Tensor:
+                observe=None, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend from x [B, S, dim] to context [B, T, kv_dim] (or to x itself).
 
-        `observe(q, k, out)`, if given, sees the head-split query / key [B, heads, S|T, d]
-        that SDPA gets and the module output [B, S, dim] (after to_out.0 and its dropout).
+        `key_mask` [B, T] (bool, True = real) hides padding keys; None attends to all.
+        `observe(q, k, out, key_mask)`, if given, sees the head-split query / key
+        [B, heads, S|T, d] that SDPA gets and the module output [B, S, dim] (after to_out.0
+        and its dropout).
         """
         context = x if context is None else context
         b = x.shape[0]
@@ -89,10 +91,11 @@ class Attention(nn.Module):
             return t.view(b, -1, self.heads, self.head_dim).transpose(1, 2)
 
         q, k = heads(self.to_q(x)), heads(self.to_k(context))
-        out = F.scaled_dot_product_attention(q, k, heads(self.to_v(context)))
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, heads(self.to_v(context)), attn_mask=mask)
         out = self.to_out[1](self.to_out[0](out.transpose(1, 2).reshape(b, x.shape[1], -1)))
         if observe is not None:
-            observe(q, k, out)
+            observe(q, k, out, key_mask)
         return out
 
 
@@ -141,7 +144,7 @@ class AdaLayerNorm(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """`h += attn1(norm1(h))`, then `h += ff(norm3(h))`; no gating, no mask.
+    """`h += attn1(norm1(h))`, then `h += ff(norm3(h))`; no gating.
 
     With `adaptive`, norm1 is an AdaLayerNorm on temb and norm3 a plain non-affine LayerNorm
     (the DiT); otherwise both are affine LayerNorms (the VL self-attention stack).
@@ -157,10 +160,11 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, mlp_dim)
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None,
-                temb: torch.Tensor | None = None, observe=None) -> torch.Tensor:
-        """Apply both residual sublayers to h [B, S, dim]; `observe` goes to attn1."""
+                temb: torch.Tensor | None = None, observe=None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply both residual sublayers to h [B, S, dim]; `observe`, `key_mask` go to attn1."""
         n = self.norm1(h, temb) if temb is not None else self.norm1(h)
-        h = h + self.attn1(n, context, observe)
+        h = h + self.attn1(n, context, observe, key_mask)
         return h + self.ff(self.norm3(h))
 
 
@@ -176,10 +180,14 @@ class SelfAttentionTransformer(nn.Module):
             for _ in range(cfg.vlsa_depth)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the VL tokens [B, L, backbone_dim] after every block (padding included)."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the VL tokens [B, L, backbone_dim] after every block.
+
+        `key_mask` [B, L] hides padding keys, so a real token's output is its unpadded one
+        (padding rows still come out, finite, and the DiT masks them as keys).
+        """
         for block in self.transformer_blocks:
-            x = block(x)
+            x = block(x, key_mask=key_mask)
         return x
 
 
@@ -208,12 +216,17 @@ class DiT(nn.Module):
         self.proj_out_1 = nn.Linear(dim, 2 * dim)
         self.proj_out_2 = nn.Linear(dim, cfg.hidden_size)
 
-    def forward(self, h: torch.Tensor, vl_embs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Map tokens h [B, S, dim] at discretized times t [B] to [B, S, hidden_size]."""
+    def forward(self, h: torch.Tensor, vl_embs: torch.Tensor, t: torch.Tensor,
+                vl_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Map tokens h [B, S, dim] at discretized times t [B] to [B, S, hidden_size].
+
+        `vl_mask` [B, L] (True = real) hides the VL tokens' padding from cross-attention.
+        """
         temb = self.timestep_encoder(t, h.dtype)
         obs = self.observer
         for i, block in enumerate(self.transformer_blocks):
             observe = None if obs is None else functools.partial(obs.attention, i)
-            h = block(h, vl_embs if block.attn1.is_cross else None, temb, observe)
+            cross = block.attn1.is_cross
+            h = block(h, vl_embs if cross else None, temb, observe, vl_mask if cross else None)
         shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=-1)
         return self.proj_out_2(self.norm_out(h) * (1 + scale[:, None]) + shift[:, None])

@@ -62,7 +62,7 @@ class GrootModel(nn.Module):
         """
         features = self.backbone(pixel_values, input_ids, attention_mask)
         return self.action_head.sample_actions(features, state, embodiment_id, noise,
-                                               num_steps)
+                                               num_steps, attention_mask)
 
 
 @torch.no_grad()
