@@ -228,6 +228,58 @@ def test_lerobot_config_from_shapes():
     assert (h.action_dim, h.max_state_dim) == (7, 8)
 
 
+def _odd_size():
+    """BYTE_CFG with every dimension changed from the tiny one (none are the released)."""
+    h = BYTE_CFG.action_head
+    return BYTE_CFG.with_(
+        name="odd", vision=replace(BYTE_CFG.vision, image_size=42, width=48, depth=3,
+                                   mlp_dim=96, num_heads=3),
+        llm=replace(BYTE_CFG.llm, width=192, depth=3, mlp_dim=384, num_heads=6,
+                    num_kv_heads=3, head_dim=32),
+        action_head=replace(h, backbone_dim=192, vlsa_depth=1, vlsa_heads=3, vlsa_head_dim=64,
+                            vlsa_mlp_dim=256, dit_depth=2, dit_heads=4, dit_head_dim=24,
+                            dit_mlp_dim=128, input_embedding_dim=96, hidden_size=40,
+                            max_state_dim=9, action_dim=5, num_future_tokens=2,
+                            max_num_embodiments=3, max_seq_len=20))
+
+
+def test_lerobot_folder_of_any_size_loads_from_its_shapes(tmp_path):
+    """No dimension in config.json: widths, depths and the LLM heads come off the tensors,
+    the other head counts from config.json, the special ids from the tokenizer folder."""
+    cfg = _odd_size()
+    state = synthetic_state(cfg)
+    lerobot = dict(state)
+    lerobot[ck.LM_HEAD] = lerobot.pop(ck.EMBED)
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    save_file({ck.LEROBOT_PREFIX + k: v for k, v in lerobot.items()}, str(folder / ck.WEIGHTS))
+    heads = {"type": "groot", "vision_num_heads": 3, "vl_self_attention_num_heads": 3,
+             "dit_num_heads": 4}
+    (folder / ck.CONFIG).write_text(json.dumps(heads))
+    write_qwen_folder(folder / pr.TOKENIZER_DIR)
+    got, _ = ck.read_config(folder)
+    assert got == cfg.with_(embodiment="new_embodiment")  # the deployment default
+    model, _ = ck.load_checkpoint(folder)
+    assert_same(model.state_dict(), state)
+    del heads["dit_num_heads"]  # 96 wide, not the released 1536: the count must be stated
+    (folder / ck.CONFIG).write_text(json.dumps(heads))
+    with pytest.raises(ck.CheckpointError, match="dit_num_heads"):
+        ck.read_config(folder)
+
+
+def test_lerobot_small_vocabulary_needs_the_tokenizer_ids(tmp_path):
+    state = synthetic_state(BYTE_CFG)
+    _write_lerobot(tmp_path / "lr", state, BYTE_CFG)
+    raw = {"type": "groot", "vision_num_heads": 2, "vl_self_attention_num_heads": 2,
+           "dit_num_heads": 2}
+    (tmp_path / "lr" / ck.CONFIG).write_text(json.dumps(raw))
+    with pytest.raises(ck.CheckpointError, match="tokenizer folder"):
+        ck.read_config(tmp_path / "lr")
+    write_qwen_folder(tmp_path / "lr" / "tokenizer")
+    assert ck.read_config(tmp_path / "lr")[0] == BYTE_CFG.with_(name="lr",
+                                                               embodiment="new_embodiment")
+
+
 METADATA = {"new_embodiment": {"statistics": {
     "state": {"x": {"min": [-1.0], "max": [3.0], "mean": [1.0], "std": [2.0], "q01": [-1.0],
                     "q99": [3.0]},

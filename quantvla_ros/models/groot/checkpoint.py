@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, ActionHeadConfig, GrootConfig
 from quantvla_ros.models.groot.normalization import GrootNormalizer, read_lerobot_stats
+from quantvla_ros.models.groot.shapes import ShapeError, config_from_shapes, folder_special_ids
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 METADATA = "experiment_cfg/metadata.json"
@@ -249,30 +250,18 @@ def config_to_nvidia(cfg: GrootConfig) -> dict:
     }
 
 
-def config_from_lerobot(name: str, shapes: dict) -> GrootConfig:
-    """GrootConfig for a lerobot file: `groot-n15` with what the tensor shapes determine.
+def config_from_lerobot(name: str, shapes: dict, raw: dict | None = None,
+                        special: dict[str, int] | None = None) -> GrootConfig:
+    """GrootConfig for a lerobot file: every dimension read off the tensor shapes.
 
-    lerobot's config.json holds its own policy options, not the model's (lerobot rebuilds the
-    model from the base checkpoint's config), so vocabulary, LLM depth, action / state width
-    and projector slots are read off the weights; the horizon stays the base model's 16.
+    lerobot's config.json holds its own policy options, not the model's; `models.groot.
+    shapes` says what the shapes cannot give (head counts, special token ids) and where those
+    come from instead.
     """
-    base = GROOT_REGISTRY["groot-n15"]
-    llm, head = dict(base.llm.__dict__), dict(base.action_head.__dict__)
-    if EMBED in shapes:
-        llm["vocab_size"] = shapes[EMBED][0]
-    layers = {int(m.group(1)) for k in shapes if (m := _LLM_LAYER.match(k))}
-    if layers:
-        llm["depth"] = max(layers) + 1
-    for key, fields in (("action_head.action_encoder.W1.W", ("max_num_embodiments",
-                                                             "action_dim")),
-                        ("action_head.state_encoder.layer1.W", (None, "max_state_dim"))):
-        if key in shapes:
-            head.update({f: n for f, n in zip(fields, shapes[key], strict=False) if f})
     try:
-        return base.with_(name=name, llm=base.llm.__class__(**llm),
-                          action_head=ActionHeadConfig(**head))
-    except ValueError as exc:
-        raise CheckpointError(f"weights of {name}: {exc}") from exc
+        return config_from_shapes(name, shapes, raw, special)
+    except ShapeError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def read_config(folder) -> tuple[GrootConfig, dict]:
@@ -291,7 +280,7 @@ def read_config(folder) -> tuple[GrootConfig, dict]:
     if "action_head_cfg" in raw:
         return config_from_nvidia(raw, folder.name, shapes), raw
     if raw.get("type") == "groot":
-        return config_from_lerobot(folder.name, shapes), raw
+        return config_from_lerobot(folder.name, shapes, raw, folder_special_ids(folder)), raw
     raise CheckpointError(f"{folder / CONFIG}: neither NVIDIA's (action_head_cfg) nor "
                           "lerobot's (type groot) GR00T N1.5 config")
 
