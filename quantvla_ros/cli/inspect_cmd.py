@@ -5,8 +5,7 @@ from __future__ import annotations
 from quantvla_ros.cli.output import human_bytes, print_json, print_table
 from quantvla_ros.cli.quantize_cmd import add_layout_args
 from quantvla_ros.models.build import build_meta
-from quantvla_ros.models.checkpoint import read_config
-from quantvla_ros.models.registry import family_of, get_config
+from quantvla_ros.models.registry import family_of, get_config, read_checkpoint_config
 from quantvla_ros.quant.footprint import inspect_layout
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.scheme import parse_bits
@@ -28,7 +27,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Size a layout on the meta device: which linears it quantizes and the bytes it saves."""
-    cfg = get_config(args.model) if args.model else read_config(args.checkpoint)[0]
+    cfg = get_config(args.model) if args.model else read_checkpoint_config(args.checkpoint)
     scheme = parse_bits(args.bits, group_size=args.group_size)
     layout = get_layout(None if args.preset == "custom" else args.preset,
                         args.include, args.exclude, family=family_of(cfg))

@@ -43,6 +43,12 @@ class RMSNorm(nn.Module):
         h = add_residual(h, res)
         return (h, *self(h, cond))
 
+    @torch.no_grad()
+    def divide_output_(self, s: torch.Tensor) -> None:
+        """Make the output y / s per channel (SmoothQuant folding): (1 + w) / s."""
+        w = self.weight
+        w.copy_(((1.0 + w.float()) / s - 1.0).to(w.dtype))
+
 
 class Modulation(NamedTuple):
     """adaRMS modulation of one norm: y = rms(x) * scale1 + shift; residual gate `gate`.
@@ -89,6 +95,16 @@ class AdaRMSNorm(nn.Module):
         """Return (normalized x [B, S, W], residual gate [B, 1, W]) for cond [B, W]."""
         m = self.modulation(cond, x.dtype)
         return (_rms(x, self.eps) * m.scale1 + m.shift).to(x.dtype), m.gate
+
+    @torch.no_grad()
+    def divide_output_(self, s: torch.Tensor) -> None:
+        """Make y / s per channel: scale and shift rows of `dense` over s (the gate stays)."""
+        d = s.numel()
+        weight, bias = self.dense.weight, self.dense.bias
+        weight[:d] = (weight[:d].float() / s[:, None]).to(weight.dtype)
+        bias[:d] = ((1.0 + bias[:d].float()) / s - 1.0).to(bias.dtype)
+        weight[d:2 * d] = (weight[d:2 * d].float() / s[:, None]).to(weight.dtype)
+        bias[d:2 * d] = (bias[d:2 * d].float() / s).to(bias.dtype)
 
     def add_forward(self, h: torch.Tensor, res, cond):
         """Return (h + gated res, its normalization, gate): see `add_residual`."""

@@ -121,6 +121,23 @@ class PiModel(nn.Module):
         """Return True if ``name`` (a module or a tensor) lies in a never-executed module."""
         return any(name == m or name.startswith(m + ".") for m in self.never_executed_modules())
 
+    def norm_groups(self) -> list[tuple[str, list[str]]]:
+        """(norm, the linears reading its output) in every Gemma layer, for smoothing.
+
+        A key/value-only layer contributes its input norm with k/v and no MLP group.
+        """
+        groups = []
+        for tower in ("backbone", "expert"):
+            for i, layer in enumerate(getattr(self, tower).layers):
+                p = f"{tower}.layers.{i}"
+                qkv = ("k", "v") if layer.kv_only else ("q", "k", "v")
+                groups.append((f"{p}.input_layernorm",
+                               [f"{p}.self_attn.{x}_proj" for x in qkv]))
+                if not layer.kv_only:
+                    groups.append((f"{p}.post_attention_layernorm",
+                                   [f"{p}.mlp.{x}_proj" for x in ("gate", "up")]))
+        return groups
+
     @property
     def towers(self) -> list[GemmaTower]:
         """The backbone and the expert, in `joint_forward`'s tower order."""

@@ -66,6 +66,16 @@ def checkpoint_family(folder) -> str:
     return "groot" if is_groot else "pi"
 
 
+def read_checkpoint_config(folder) -> ModelConfig:
+    """Return the config of the checkpoint in ``folder``, of whichever family it is."""
+    # imported here: the checkpoint modules build models, and models.build imports this module
+    from quantvla_ros.models import checkpoint as pi_checkpoint
+    from quantvla_ros.models.groot import checkpoint as groot_checkpoint
+
+    readers = {"pi": pi_checkpoint.read_config, "groot": groot_checkpoint.read_config}
+    return readers[checkpoint_family(folder)](folder)[0]
+
+
 def normalizer_from_tensors(tensors: dict[str, np.ndarray], meta: dict[str, str],
                             cfg: ModelConfig):
     """Rebuild a normalizer from `to_tensors` output (an artifact's statistics file)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
-
 
 def smoothing_factors(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float):
     """Return SmoothQuant factors s [K] for the linears reading one input.
@@ -25,17 +23,17 @@ def smoothing_factors(x_absmax: torch.Tensor, weights: list[torch.Tensor], alpha
 
 @torch.no_grad()
 def fold_into_norm(norm: nn.Module, s: torch.Tensor) -> None:
-    """Make the norm's output x / s."""
-    if isinstance(norm, RMSNorm):  # y = r * (1 + w)
-        w = norm.weight
-        w.copy_(((1.0 + w.float()) / s - 1.0).to(w.dtype))
-    elif isinstance(norm, AdaRMSNorm):  # y = r * (1 + scale) + shift, [scale|shift|gate] rows
-        d = s.numel()
-        weight, bias = norm.dense.weight, norm.dense.bias
-        weight[:d] = (weight[:d].float() / s[:, None]).to(weight.dtype)
-        bias[:d] = ((1.0 + bias[:d].float()) / s - 1.0).to(bias.dtype)
-        weight[d:2 * d] = (weight[d:2 * d].float() / s[:, None]).to(weight.dtype)
-        bias[d:2 * d] = (bias[d:2 * d].float() / s).to(bias.dtype)
+    """Make the norm's output x / s.
+
+    A model's norm says how (`divide_output_`); torch's affine LayerNorm scales its weight
+    and bias. Anything else has no per-channel gain to fold into.
+    """
+    if hasattr(norm, "divide_output_"):
+        norm.divide_output_(s)
+    elif isinstance(norm, nn.LayerNorm) and norm.weight is not None:
+        for p in (norm.weight, norm.bias):
+            if p is not None:
+                p.copy_((p.float() / s).to(p.dtype))
     else:
         raise TypeError(f"cannot fold smoothing into {type(norm).__name__}")
 
@@ -47,17 +45,9 @@ def absorb(linear: nn.Linear, s: torch.Tensor) -> None:
 
 
 def norm_groups(model) -> list[tuple[str, list[str]]]:
-    """(norm name, names of the linears reading its output) in every Gemma layer.
+    """(norm name, names of the linears reading only its output), as the model declares them.
 
-    A key/value-only layer contributes its input norm with k/v and no MLP group.
+    A model without `norm_groups` folds nothing: its quantized linears keep their divisor.
     """
-    groups = []
-    for tower in ("backbone", "expert"):
-        for i, layer in enumerate(getattr(model, tower).layers):
-            p = f"{tower}.layers.{i}"
-            qkv = ("k", "v") if layer.kv_only else ("q", "k", "v")
-            groups.append((f"{p}.input_layernorm", [f"{p}.self_attn.{x}_proj" for x in qkv]))
-            if not layer.kv_only:
-                groups.append((f"{p}.post_attention_layernorm",
-                               [f"{p}.mlp.{x}_proj" for x in ("gate", "up")]))
-    return groups
+    groups = getattr(model, "norm_groups", None)
+    return groups() if groups is not None else []

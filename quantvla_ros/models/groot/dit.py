@@ -142,6 +142,16 @@ class AdaLayerNorm(nn.Module):
         scale, shift = self.linear(F.silu(temb)).chunk(2, dim=-1)
         return self.norm(x) * (1 + scale[:, None]) + shift[:, None]
 
+    @torch.no_grad()
+    def divide_output_(self, s: torch.Tensor) -> None:
+        """Make y / s per channel: (1 + scale) / s and shift / s through `linear`'s rows."""
+        d = s.numel()
+        w, b = self.linear.weight, self.linear.bias
+        w[:d] = (w[:d].float() / s[:, None]).to(w.dtype)
+        b[:d] = ((1.0 + b[:d].float()) / s - 1.0).to(b.dtype)
+        w[d:] = (w[d:].float() / s[:, None]).to(w.dtype)
+        b[d:] = (b[d:].float() / s).to(b.dtype)
+
 
 class TransformerBlock(nn.Module):
     """`h += attn1(norm1(h))`, then `h += ff(norm3(h))`; no gating.

@@ -48,6 +48,32 @@ class GrootModel(nn.Module):
         """Return True if ``name`` (a module or a tensor) lies in a never-executed module."""
         return any(name == m or name.startswith(m + ".") for m in self.never_executed_modules())
 
+    def norm_groups(self) -> list[tuple[str, list[str]]]:
+        """(norm, the linears that read only its output): where smoothing folds into a norm.
+
+        LLM layers (RMSNorm -> q/k/v, -> gate/up), VL self-attention blocks (affine
+        LayerNorm -> q/k/v, -> ff.net.0.proj) and the DiT's AdaLayerNorm -> its queries (and
+        keys / values in self-attention blocks; cross-attention ones read the VL tokens).
+        The DiT's norm3 has no affine part to fold into: its consumers keep a divisor.
+        """
+        groups = []
+        lm = "backbone.eagle_model.language_model.model.layers"
+        for i in range(self.cfg.llm.depth):
+            p = f"{lm}.{i}"
+            groups.append((f"{p}.input_layernorm", [f"{p}.self_attn.{x}_proj" for x in "qkv"]))
+            groups.append((f"{p}.post_attention_layernorm",
+                           [f"{p}.mlp.{x}_proj" for x in ("gate", "up")]))
+        head = self.cfg.action_head
+        for i in range(head.vlsa_depth):
+            p = f"action_head.vl_self_attention.transformer_blocks.{i}"
+            groups.append((f"{p}.norm1", [f"{p}.attn1.to_{x}" for x in "qkv"]))
+            groups.append((f"{p}.norm3", [f"{p}.ff.net.0.proj"]))
+        for i, block in enumerate(self.action_head.model.transformer_blocks):
+            p = f"action_head.model.transformer_blocks.{i}"
+            reads = "q" if block.attn1.is_cross else "qkv"
+            groups.append((f"{p}.norm1", [f"{p}.attn1.to_{x}" for x in reads]))
+        return groups
+
     @torch.no_grad()
     def sample_actions(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor, state: torch.Tensor,

@@ -30,6 +30,11 @@ class Qwen3RMSNorm(nn.Module):
         y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         return self.weight * y
 
+    @torch.no_grad()
+    def divide_output_(self, s: torch.Tensor) -> None:
+        """Make the output y / s per channel (SmoothQuant folding): w / s."""
+        self.weight.copy_((self.weight.float() / s).to(self.weight.dtype))
+
 
 class Qwen3Attention(nn.Module):
     """GQA self-attention with per-head q/k RMSNorm applied before RoPE, no biases."""
