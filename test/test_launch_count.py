@@ -35,41 +35,69 @@ def tiny():
     return count_launches("pi05-tiny", ["bf16", "w4a8", "w4a4"], verbose=True)
 
 
-def test_report_fields_add_up(tiny):
-    assert tiny["depth"] == 2 and tiny["num_steps"] == 10
-    for precision, row in tiny["precisions"].items():
+def _check_sums(result):
+    depths = result["depths"]
+    for precision, row in result["precisions"].items():
         for part in ("prefix", "denoise_step", "chunk_setup"):
             r = row[part]
-            extra = r.get("per_vision_layer", 0) * tiny["vision_depth"]
-            assert r["total"] == r["fixed"] + tiny["depth"] * r["per_layer"] + extra, part
+            assert set(r["per_layer"]) == set(depths), part
+            assert r["total"] == r["fixed"] + sum(depths[k] * n
+                                                  for k, n in r["per_layer"].items()), part
         assert row["chunk_total"] == (row["prefix"]["total"] + row["chunk_setup"]["total"]
-                                      + 10 * row["denoise_step"]["total"])
-        assert sum(row["step_ops_per_layer"].values()) == row["denoise_step"]["per_layer"]
+                                      + result["num_steps"] * row["denoise_step"]["total"])
+        for k, hist in row.get("step_ops_per_layer", {}).items():
+            assert sum(hist.values()) == row["denoise_step"]["per_layer"][k], (precision, k)
         assert row["h2d_copies_after_warmup"] == 0, precision  # graph capture stays legal
+
+
+def test_report_fields_add_up(tiny):
+    assert tiny["depths"] == {"vision": 2, "layers": 2} and tiny["num_steps"] == 10
+    _check_sums(tiny)
 
 
 def test_denoise_step_fits_the_launch_budget(tiny):
     """<= 200 launches per step at 18 layers needs <= 10 per layer and a small fixed part."""
     bf16, w4a8 = tiny["precisions"]["bf16"], tiny["precisions"]["w4a8"]
     # norm, q/k/v GEMM, RoPE + KV write, attention, o_proj, norm, gate/up, GeGLU, down
-    assert bf16["step_ops_per_layer"] == {
+    assert bf16["step_ops_per_layer"]["layers"] == {
         "aten:mm": 4, "kernel:meta.add_norm": 2, "kernel:meta.geglu": 1,
         "kernel:meta.rope_qkv": 1, "kernel:sdpa": 1}
+    assert bf16["step_ops_per_layer"]["vision"] == {}  # the vision tower runs once a chunk
     # the quantized MLP: add + adaRMS + int8 in one kernel, then gate/up, act quant, down
-    assert w4a8["step_ops_per_layer"]["kernel:meta.add_norm_q8"] == 1
+    assert w4a8["step_ops_per_layer"]["layers"]["kernel:meta.add_norm_q8"] == 1
     for row in (bf16, w4a8):
         step = row["denoise_step"]
-        assert step["per_layer"] <= 10 and step["fixed"] <= 10
-        assert step["fixed"] + 18 * step["per_layer"] <= 200
-        assert row["chunk_setup"]["per_layer"] == 0  # the suffix context: once per chunk
+        assert step["per_layer"]["layers"] <= 10 and step["fixed"] <= 10
+        assert step["fixed"] + 18 * step["per_layer"]["layers"] <= 200
+        assert row["chunk_setup"]["per_layer"]["layers"] == 0  # the suffix context: once
 
 
-def test_cli_json(capsys):
-    assert main(["bench", "launches", "--model", "pi05-tiny", "--precision", "bf16",
+def test_groot_is_counted_per_stack():
+    """GR00T's stacks: the backbone runs once (prefix), the VL self-attention once a chunk
+    (setup), the DiT block pairs once a step; two SDPA calls per pair (cross, self)."""
+    r = count_launches("groot-n15-tiny", ["bf16", "w4a8"], verbose=True)
+    assert r["depths"] == {"vision": 2, "llm": 2, "vl_self_attention": 2, "dit_pair": 2}
+    assert r["num_steps"] == 4
+    _check_sums(r)
+    for row in r["precisions"].values():
+        assert set(k for k, n in row["prefix"]["per_layer"].items() if n) == {"vision", "llm"}
+        assert set(k for k, n in row["chunk_setup"]["per_layer"].items() if n) == \
+            {"vl_self_attention"}
+        assert set(k for k, n in row["denoise_step"]["per_layer"].items() if n) == \
+            {"dit_pair"}
+        assert row["step_ops_per_layer"]["dit_pair"]["kernel:sdpa"] == 2
+
+
+@pytest.mark.parametrize("model", ["pi05-tiny", "groot-n15-tiny"])
+def test_cli_json(capsys, model):
+    """Before: `bench launches --model groot-n15` said "unknown model" (a pi-only lookup)."""
+    assert main(["bench", "launches", "--model", model, "--precision", "bf16",
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(r["precisions"]) == {"bf16"}
     assert {"fixed", "per_layer", "total"} <= set(r["precisions"]["bf16"]["denoise_step"])
+    assert main(["bench", "launches", "--model", model, "--precision", "w4a8"]) == 0
+    assert "w4a8" in capsys.readouterr().out
 
 
 @torch.no_grad()

@@ -33,13 +33,16 @@ def run_launches(args) -> int:
     if args.json:
         print_json(result)
         return 0
+    def per_layer(part):
+        return " + ".join(f"{n}/{k}" for k, n in part["per_layer"].items() if n)
+
     rows = [{"precision": p, "step": r["denoise_step"]["total"],
              "step fixed + per layer": f"{r['denoise_step']['fixed']} + "
-                                       f"{r['denoise_step']['per_layer']}/layer",
+                                       f"{per_layer(r['denoise_step'])}",
              "prefix": r["prefix"]["total"], "chunk": r["chunk_total"],
              "h2d": r["h2d_copies_after_warmup"]}
             for p, r in result["precisions"].items()]
-    print(f"{result['model']}: {result['depth']} layers, {result['num_steps']} steps "
-          f"({result['assumes']})")
+    depths = ", ".join(f"{n} {k}" for k, n in result["depths"].items())
+    print(f"{result['model']}: {depths}; {result['num_steps']} steps ({result['assumes']})")
     print_table(rows, list(rows[0]))
     return 0

@@ -10,6 +10,7 @@ family, so nothing above `runtime/` branches on it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,19 @@ class PolicyOptions:
 
     state_prompt: str | None = None
     embodiment: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchProbe:
+    """What `bench launches` needs of a family to count a chunk on the meta device.
+
+    stacks: repeated stack -> (its count in the config, the fewest to build); with_depths
+    (cfg, {stack: count}) -> cfg; runs(model) -> (prefix() -> state, loop(state, steps)).
+    """
+
+    stacks: dict[str, tuple[int, int]]
+    with_depths: Callable
+    runs: Callable
 
 
 @dataclass
@@ -88,6 +102,10 @@ class PolicyFamily(ABC):
     @abstractmethod
     def prepare_for_inference(self, model) -> dict[str, int]:
         """Swap float blocks for their fused-kernel forms, in place; counts per kind."""
+
+    @abstractmethod
+    def launch_probe(self, cfg: ModelConfig) -> LaunchProbe:
+        """Return the stacks and runs `bench launches` counts (meta device, batch 1)."""
 
     def graphed(self, model, inputs: dict, noise: torch.Tensor):
         """Return a captured chunk for CUDA (only where `supports_cuda_graphs`)."""

@@ -11,6 +11,7 @@ runs eagerly (integer GEMMs for the quantized linears, PyTorch for the rest).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from quantvla_ros.quant.groot_balance import (
     dit_balance_tables,
     unfold_dit_balance,
 )
-from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.family import LaunchProbe, Loaded, PolicyFamily, PolicyOptions
 
 BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "state", "embodiment_id")
 # The stacks whose linears see one row per prompt token (padding rows included).
@@ -154,6 +155,39 @@ class GrootFamily(PolicyFamily):
     def prepare_for_inference(self, model):
         """Leave GR00T's modules as they are (eager PyTorch plus the integer GEMMs)."""
         return {}
+
+    def launch_probe(self, cfg):
+        """Vision, LLM and VL self-attention layers, and DiT cross + self block pairs."""
+
+        def with_depths(c, n):
+            h = c.action_head
+            return c.with_(vision=replace(c.vision, depth=n["vision"]),
+                           llm=replace(c.llm, depth=n["llm"]),
+                           action_head=replace(h, vlsa_depth=n["vl_self_attention"],
+                                               dit_depth=2 * n["dit_pair"]))
+
+        def runs(model):
+            c, meta = model.cfg, {"device": "meta"}
+            s, prompt = c.vision.image_size, c.prefix_len + 32  # the text: about 32 tokens
+            pixels = torch.empty(len(c.cameras), 3, s, s, dtype=torch.bfloat16, **meta)
+            ids = torch.empty(1, prompt, dtype=torch.long, **meta)
+            mask = torch.empty(1, prompt, dtype=torch.long, **meta)
+            state = torch.empty(1, 1, c.state_dim, **meta)
+            embodiment = torch.empty(1, dtype=torch.long, **meta)
+            noise = torch.empty(1, c.action_horizon, c.action_dim, **meta)
+
+            def prefix():
+                return model.backbone(pixels, ids, mask)
+
+            def loop(features, steps):  # batch 1 has no padding: no mask
+                model.action_head.sample_actions(features, state, embodiment, noise, steps)
+
+            return prefix, loop
+
+        h = cfg.action_head
+        return LaunchProbe({"vision": (cfg.vision.depth, 1), "llm": (cfg.llm.depth, 1),
+                            "vl_self_attention": (h.vlsa_depth, 1),
+                            "dit_pair": (h.dit_depth // 2, 1)}, with_depths, runs)
 
     def sample(self, model, batches, observer=None):
         """Run `GrootModel.sample_actions` per batch.

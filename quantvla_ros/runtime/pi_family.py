@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batch
 from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
 from quantvla_ros.runtime.cuda_graph import GraphedChunk
-from quantvla_ros.runtime.family import Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.family import LaunchProbe, Loaded, PolicyFamily, PolicyOptions
 from quantvla_ros.runtime.fast_path import prepare_for_inference
 from quantvla_ros.runtime.preprocess import images_to_pixels
 
@@ -117,6 +118,39 @@ class PiFamily(PolicyFamily):
     def prepare_for_inference(self, model):
         """Fused norms, RoPE, concatenated float projections, per-step modulation."""
         return prepare_for_inference(model)
+
+    def launch_probe(self, cfg):
+        """Count vision layers and Gemma layers (backbone and expert together).
+
+        At least 2 Gemma layers: the backbone's last layer alone is key/value only.
+        """
+
+        def with_depths(c, n):
+            return c.with_(vision=replace(c.vision, depth=n["vision"]),
+                           backbone=replace(c.backbone, depth=n["layers"]),
+                           expert=replace(c.expert, depth=n["layers"]))
+
+        def runs(model):
+            c, meta = model.cfg, {"device": "meta"}
+            s = c.vision.image_size
+            images = torch.empty(1, len(c.cameras), 3, s, s, dtype=torch.bfloat16, **meta)
+            image_masks = torch.empty(1, len(c.cameras), dtype=torch.bool, **meta)
+            tokens = torch.empty(1, c.max_token_len, dtype=torch.long, **meta)
+            token_masks = torch.empty(1, c.max_token_len, dtype=torch.bool, **meta)
+            state = torch.empty(1, c.state_dim, **meta)
+            noise = torch.empty(1, c.action_horizon, c.action_dim, **meta)
+
+            def prefix():
+                embs, valid = model.embed_prefix(images, image_masks, tokens, token_masks)
+                return model.prefill(embs, valid, room=model.suffix_len), valid
+
+            def loop(cache_valid, steps):
+                model.denoise_loop(*cache_valid, noise, state, steps)
+
+            return prefix, loop
+
+        return LaunchProbe({"vision": (cfg.vision.depth, 1), "layers": (cfg.backbone.depth, 2)},
+                           with_depths, runs)
 
     def graphed(self, model, inputs, noise):
         """Two captured graphs: prefix + prefill, then the denoising loop."""

@@ -2,19 +2,19 @@
 
 The denoise loop is launch-bound (about 1,100 kernels per step before the fusions), so the
 count is the number to watch. It is taken without a GPU: the model is built on the meta
-device at full widths (no memory, no compute) with 1-2 layers per tower, run once as the
+device at full widths (no memory, no compute) with a few layers per stack, run once as the
 Policy serves it, and every aten op that would launch a kernel is counted by a
 `TorchDispatchMode`; our own kernels (kernels/dispatch.py and the float kernels) report their
 launches through `dispatch.add_launch_listener`. Per-layer counts are differences between
-depths, extrapolated to the real depth. What a count assumes (one launch per cuBLAS GEMM
-and per SDPA call) is stated in the result.
+depths, extrapolated to the real depths; the family says what its stacks are and how one
+prefix and one chunk run (`PolicyFamily.launch_probe`), so every family is counted. What a
+count assumes (one launch per cuBLAS GEMM and per SDPA call) is stated in the result.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from quantvla_ros.kernels import dispatch
 from quantvla_ros.models.build import build_meta, cast_floating
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.registry import get_config
 from quantvla_ros.quant.apply import _set_module
-from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.layouts import get_layout, select
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.runtime.fast_path import prepare_for_inference
+from quantvla_ros.runtime.family import family_for
 
 PRECISIONS = ("bf16", "w8a8", "w4a8", "w4a4")
 # Aten ops that only make a view, read metadata or allocate: no kernel on a GPU.
@@ -134,66 +133,39 @@ def counting(device: str = "meta"):
         dispatch.remove_launch_listener(counter.on_launch)
 
 
-def meta_model(name: str, precision: str, vision_depth: int, depth: int,
-               layout: str = "quantvla"):
-    """Build `name` on the meta device at full widths and the given depths, as served.
+def meta_model(cfg, family, precision: str, layout: str = "quantvla"):
+    """Build `cfg` on the meta device in bf16, as the Policy serves it.
 
     bf16 stays float; integer precisions swap the layout's linears for empty QuantLinears
     (as an artifact loads) and fuse projections (as `Policy.from_artifact` does); both then
-    get the Policy's inference preparation (runtime/fast_path.py).
+    get the family's inference preparation.
     """
-    cfg = get_config(name)
-    cfg = cfg.with_(vision=replace(cfg.vision, depth=vision_depth),
-                    backbone=replace(cfg.backbone, depth=depth),
-                    expert=replace(cfg.expert, depth=depth))
     model = cast_floating(build_meta(cfg), torch.bfloat16).eval()
     if precision != "bf16":
         scheme = parse_bits(precision)
-        for qname in select(model, get_layout(layout)):
+        for qname in select(model, get_layout(layout, family=family.name)):
             linear = model.get_submodule(qname)
             _set_module(model, qname, QuantLinear(
                 linear.in_features, linear.out_features, scheme,
                 bias=linear.bias is not None, device="meta", dtype=torch.bfloat16))
-        fuse_projections(model)
-    prepare_for_inference(model)
+        family.fuse_projections(model)
+    family.prepare_for_inference(model)
     return model
 
 
-def _inputs(cfg):
-    n, s = len(cfg.cameras), cfg.vision.image_size
-    meta = {"device": "meta"}
-    return {
-        "images": torch.empty(1, n, 3, s, s, dtype=torch.bfloat16, **meta),
-        "image_masks": torch.empty(1, n, dtype=torch.bool, **meta),
-        "tokens": torch.empty(1, cfg.max_token_len, dtype=torch.long, **meta),
-        "token_masks": torch.empty(1, cfg.max_token_len, dtype=torch.bool, **meta),
-        "state": torch.empty(1, cfg.state_dim, **meta),
-        "noise": torch.empty(1, cfg.action_horizon, cfg.action_dim, **meta),
-    }
-
-
 @torch.no_grad()
-def _measure(model) -> dict:
-    """Count one prefix and denoise loops of 1 and 2 steps (totals, op histograms, H2D).
+def _measure(prefix, loop) -> dict:
+    """Count one prefix and chunks of 1 and 2 steps (totals, op histograms, H2D).
 
     Everything runs once first, as the warm-ups before graph capture do, so per-device
     caches (masks, flow times, the step conditioning, Hadamard matrices) are filled.
     """
-    x = _inputs(model.cfg)
-
-    def prefix():
-        embs, valid = model.embed_prefix(x["images"], x["image_masks"], x["tokens"],
-                                         x["token_masks"])
-        return model.prefill(embs, valid, room=model.suffix_len), valid
-
-    def loop(steps):
-        model.denoise_loop(cache, valid, x["noise"], x["state"], steps)
-
-    cache, valid = prefix()
-    loop(1)
-    loop(2)
+    state = prefix()
+    loop(state, 1)
+    loop(state, 2)
     runs = {}
-    for part, fn in (("prefix", prefix), ("loop1", lambda: loop(1)), ("loop2", lambda: loop(2))):
+    for part, fn in (("prefix", prefix), ("loop1", lambda: loop(state, 1)),
+                     ("loop2", lambda: loop(state, 2))):
         with counting() as c:
             fn()
         runs[part] = c
@@ -205,50 +177,58 @@ def _measure(model) -> dict:
             "h2d": sum(c.h2d for c in runs.values())}
 
 
+def _diff(a: Counter, b: Counter) -> dict:
+    d = Counter(a)
+    d.subtract(b)
+    return dict(sorted((+d).items()))
+
+
 def count_launches(name: str = "pi05", precisions=PRECISIONS, layout: str = "quantvla",
                    verbose: bool = False) -> dict:
     """Return launches per prefix and per denoising step, fixed + per layer, per precision.
 
-    Per layer is the difference between 3 and 2 layers per tower (depth 1 would be the
-    backbone's key/value-only last layer alone), per vision layer between 2 and 1; the
-    totals extrapolate to the config's depths. `chunk_setup` is what a chunk adds once
-    (the suffix's mask and RoPE angles), `chunk_total` prefix + setup + every step.
+    The family names its repeated stacks (`LaunchProbe.stacks`); each is counted at its
+    fewest layers and at one more, the difference is its per-layer count, and the totals
+    extrapolate to the config's depths. `chunk_setup` is what a chunk adds once (pi: the
+    suffix's mask and RoPE angles; GR00T: the VL self-attention and the state encoder),
+    `chunk_total` prefix + setup + every step.
     """
     cfg = get_config(name)
-    depth, vdepth, steps = cfg.backbone.depth, cfg.vision.depth, cfg.num_steps
-    result = {"model": name, "layout": layout, "depth": depth, "vision_depth": vdepth,
-              "num_steps": steps, "assumes": "one launch per cuBLAS GEMM and per SDPA call "
+    family = family_for(cfg)
+    probe = family.launch_probe(cfg)
+    fewest = {k: lo for k, (_, lo) in probe.stacks.items()}
+    depths = {k: n for k, (n, _) in probe.stacks.items()}
+    steps = cfg.num_steps
+    result = {"model": name, "layout": layout, "depths": depths, "num_steps": steps,
+              "assumes": "one launch per cuBLAS GEMM and per SDPA call "
               "(fused attention backend); counted on the meta device", "precisions": {}}
+
+    def measure(counts, precision):
+        model = meta_model(probe.with_depths(cfg, counts), family, precision, layout)
+        return _measure(*probe.runs(model))
+
     for precision in precisions:
-        base = _measure(meta_model(name, precision, 1, 2, layout))
-        deeper = _measure(meta_model(name, precision, 1, 3, layout))
-        wider_v = _measure(meta_model(name, precision, 2, 2, layout))
-        per_vision = wider_v["prefix"] - base["prefix"]
-        per_layer = {k: deeper[k] - base[k] for k in ("prefix", "step", "setup")}
-        fixed = {k: base[k] - 2 * per_layer[k] for k in per_layer}
-        fixed["prefix"] -= per_vision
-        total = {k: fixed[k] + depth * per_layer[k] for k in per_layer}
-        total["prefix"] += vdepth * per_vision
-        row = {
-            "prefix": {"fixed": fixed["prefix"], "per_layer": per_layer["prefix"],
-                       "per_vision_layer": per_vision, "total": total["prefix"]},
-            "denoise_step": {"fixed": fixed["step"], "per_layer": per_layer["step"],
-                             "total": total["step"]},
-            "chunk_setup": {"fixed": fixed["setup"], "per_layer": per_layer["setup"],
-                            "total": total["setup"]},
-            "chunk_total": total["prefix"] + total["setup"] + steps * total["step"],
-            "h2d_copies_after_warmup": base["h2d"] + deeper["h2d"],
-        }
+        base = measure(fewest, precision)
+        deeper = {k: measure({**fewest, k: fewest[k] + 1}, precision) for k in fewest}
+        row = {}
+        for part, key in (("prefix", "prefix"), ("denoise_step", "step"),
+                          ("chunk_setup", "setup")):
+            per = {k: deeper[k][key] - base[key] for k in fewest}
+            fixed = base[key] - sum(fewest[k] * per[k] for k in fewest)
+            row[part] = {"fixed": fixed, "per_layer": per,
+                         "total": fixed + sum(depths[k] * per[k] for k in fewest)}
+        row["chunk_total"] = (row["prefix"]["total"] + row["chunk_setup"]["total"]
+                              + steps * row["denoise_step"]["total"])
+        row["h2d_copies_after_warmup"] = base["h2d"] + sum(d["h2d"] for d in deeper.values())
         if verbose:
-            per = Counter(deeper["step_ops"])
-            per.subtract(base["step_ops"])
-            row["step_ops_per_layer"] = dict(sorted((+per).items()))
+            row["step_ops_per_layer"] = {k: _diff(deeper[k]["step_ops"], base["step_ops"])
+                                         for k in fewest}
+            row["prefix_ops_per_layer"] = {k: _diff(deeper[k]["prefix_ops"],
+                                                    base["prefix_ops"]) for k in fewest}
             fix = Counter(base["step_ops"])
-            for k, v in (+per).items():
-                fix[k] -= 2 * v
+            for k in fewest:
+                for op, n in row["step_ops_per_layer"][k].items():
+                    fix[op] -= fewest[k] * n
             row["step_ops_fixed"] = dict(sorted((+fix).items()))
-            per_p = Counter(deeper["prefix_ops"])
-            per_p.subtract(base["prefix_ops"])
-            row["prefix_ops_per_layer"] = dict(sorted((+per_p).items()))
         result["precisions"][precision] = row
     return result
