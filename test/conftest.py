@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import save_checkpoint
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.checkpoint import save_checkpoint
+from quantvla_ros.models.pi.config import get_config
 
 
 def write_micro_checkpoint(folder: Path, *, seed: int = 0) -> Path:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.pi.normalization import Normalizer
 from quantvla_ros.workflows.action_metrics import (
     chunk_error,
     model_space_error,

@@ -9,8 +9,8 @@ import yaml
 
 from quantvla_ros.cli.main import main
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import save_checkpoint
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.checkpoint import save_checkpoint
+from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import WEIGHTS, load_artifact, save_artifact
 from quantvla_ros.quant.layouts import get_layout

@@ -8,9 +8,9 @@ from torch import nn
 
 from quantvla_ros.data.synthetic import synthetic_observations
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.normalization import Normalizer
-from quantvla_ros.models.tokenizer import ByteTokenizer
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.tokenizer import ByteTokenizer
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.balance import (
     BalanceConfig,
@@ -212,7 +212,7 @@ def test_nan_statistics_refused_with_layer_and_head(one_step):
 
 def _count_prefix_runs(monkeypatch, run):
     """Call run(); count the vision tower's and the prefill's runs meanwhile."""
-    from quantvla_ros.models.pi0 import PiModel
+    from quantvla_ros.models.pi.model import PiModel
     from quantvla_ros.models.siglip import SiglipVision
 
     counts = {"vision": 0, "prefill": 0}

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantvla_ros.models.build import build_meta, random_model
-from quantvla_ros.models.checkpoint import (
+from quantvla_ros.models.pi.checkpoint import (
     WEIGHTS,
     CheckpointError,
     config_from_lerobot,
@@ -16,8 +16,8 @@ from quantvla_ros.models.checkpoint import (
     read_config,
     save_checkpoint,
 )
-from quantvla_ros.models.config import GEMMA_VARIANTS, get_config
-from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.pi.config import GEMMA_VARIANTS, get_config
+from quantvla_ros.models.pi.normalization import Normalizer
 
 
 @pytest.fixture(scope="module")

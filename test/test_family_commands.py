@@ -13,8 +13,8 @@ import torch
 
 from quantvla_ros.cli.main import main
 from quantvla_ros.data.synthetic import synthetic_observation
-from quantvla_ros.models import checkpoint as pi_checkpoint
 from quantvla_ros.models.groot import checkpoint as groot_checkpoint
+from quantvla_ros.models.pi import checkpoint as pi_checkpoint
 from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups
 from quantvla_ros.runtime.policy import Policy
 

@@ -3,8 +3,8 @@
 import torch
 
 from quantvla_ros.models.build import fp32_tensor_names, random_model
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.layers import AdaRMSNorm, RMSNorm
 from quantvla_ros.quant.smoothing import fold_into_norm
 from quantvla_ros.runtime.policy import Policy
 

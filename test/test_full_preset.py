@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 
 from quantvla_ros.models.build import build_meta, random_model
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import WEIGHTS, load_artifact, save_artifact
 from quantvla_ros.quant.footprint import inspect_layout

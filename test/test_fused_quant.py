@@ -11,8 +11,8 @@ import torch
 from test_fast_path import make_inputs
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.layers import AttentionInput, StepCondition
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.layers import AttentionInput, StepCondition
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.fused import AdaNormGateUp, NormQKV, fuse_projections
 from quantvla_ros.quant.layouts import get_layout

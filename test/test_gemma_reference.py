@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from quantvla_ros.models.config import GemmaConfig
-from quantvla_ros.models.gemma import GemmaTower, joint_forward
-from quantvla_ros.models.layers import MASK_VALUE
+from quantvla_ros.models.pi.config import GemmaConfig
+from quantvla_ros.models.pi.gemma import GemmaTower, joint_forward
+from quantvla_ros.models.rope import MASK_VALUE
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 

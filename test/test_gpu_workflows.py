@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.workflows import gpu_e2e, gpu_smoke
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantvla_ros.models.checkpoint import read_config, read_state_prompt
+from quantvla_ros.models.pi.checkpoint import read_config, read_state_prompt
 from quantvla_ros.runtime.policy import Policy
 
 REFERENCE = json.loads(

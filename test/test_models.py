@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from quantvla_ros.models.build import build_meta, random_model
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.gemma import AttentionObserver, joint_forward
-from quantvla_ros.models.layers import AttentionInput, MLPBlock
-from quantvla_ros.models.pi0 import joint_mask
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.gemma import AttentionObserver, joint_forward
+from quantvla_ros.models.pi.layers import AttentionInput, MLPBlock
+from quantvla_ros.models.pi.model import joint_mask
 
 # State-dict keys recorded before the layers got swappable blocks (issue 8): lerobot
 # checkpoints and saved artifacts map onto exactly these keys, in this order.

@@ -9,14 +9,14 @@ import safetensors.torch
 import torch
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import (
+from quantvla_ros.models.pi.checkpoint import (
     WEIGHTS,
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     to_lerobot_name,
 )
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.footprint import inspect_layout
 from quantvla_ros.quant.layouts import get_layout

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from quantvla_ros.kernels import dispatch, norm_kernels, rope_kernels
-from quantvla_ros.models.attention import TORCH_OPS
-from quantvla_ros.models.layers import (
+from quantvla_ros.models.pi.attention import TORCH_OPS
+from quantvla_ros.models.pi.layers import (
     AdaRMSNorm,
     RMSNorm,
     StepCondition,
-    rope_cos_sin,
     split_heads,
 )
+from quantvla_ros.models.rope import rope_cos_sin
 
 pytestmark = pytest.mark.skipif(not dispatch.triton_interpreted() and
                                 not torch.cuda.is_available(),
@@ -266,7 +266,7 @@ def test_folded_attention_is_one_cuda_kernel():
     """`bench launches` counts SDPA as one launch: check the backend the fold enables."""
     from torch.profiler import ProfilerActivity, profile
 
-    from quantvla_ros.models.layers import attend, attention_bias, fold_bias
+    from quantvla_ros.models.pi.layers import attend, attention_bias, fold_bias
 
     dev, dt = "cuda", torch.bfloat16
     q = torch.randn(1, 50, 8, 256, device=dev, dtype=dt).transpose(1, 2)

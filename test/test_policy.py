@@ -5,10 +5,15 @@ import pytest
 import torch
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import save_checkpoint
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.normalization import Normalizer
-from quantvla_ros.models.tokenizer import ByteTokenizer, build_prompt, discretize_state, tokenize
+from quantvla_ros.models.pi.checkpoint import save_checkpoint
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.tokenizer import (
+    ByteTokenizer,
+    build_prompt,
+    discretize_state,
+    tokenize,
+)
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.preprocess import ObservationError, resize_with_pad
 

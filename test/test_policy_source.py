@@ -2,7 +2,7 @@
 
 import pytest
 
-from quantvla_ros.models.tokenizer import TOKENIZER_DIR
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.manifest import MANIFEST
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.source import PolicySource, PolicySourceError

@@ -157,7 +157,7 @@ def test_bad_schemes_rejected():
 @pytest.mark.parametrize("bits", ["w8a8", "w4a8"])
 def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
     from quantvla_ros.kernels import dispatch
-    from quantvla_ros.models.layers import GeGLU
+    from quantvla_ros.models.pi.layers import GeGLU
     from quantvla_ros.quant.fused import FusedGeGLU, fusable
 
     torch.manual_seed(0)
@@ -193,7 +193,7 @@ def test_fused_model_equals_unfused(name, bits, expected):
     from test_models import make_inputs
 
     from quantvla_ros.models.build import random_model
-    from quantvla_ros.models.config import get_config
+    from quantvla_ros.models.pi.config import get_config
     from quantvla_ros.quant.apply import QuantConfig, quantize_
     from quantvla_ros.quant.fused import fuse_projections
     from quantvla_ros.quant.layouts import get_layout
@@ -229,8 +229,8 @@ def test_fused_model_equals_unfused(name, bits, expected):
 def test_fusion_swaps_whole_blocks(name, bits):
     """Fusion replaces each layer's attention-input and MLP blocks, keeping their contracts."""
     from quantvla_ros.models.build import random_model
-    from quantvla_ros.models.config import get_config
-    from quantvla_ros.models.layers import AttentionInput, MLPBlock
+    from quantvla_ros.models.pi.config import get_config
+    from quantvla_ros.models.pi.layers import AttentionInput, MLPBlock
     from quantvla_ros.quant.apply import QuantConfig, quantize_
     from quantvla_ros.quant.fused import (
         AdaNormGateUp,

@@ -11,7 +11,7 @@ import torch
 
 from quantvla_ros.kernels.int4_layout import GROUP_SCALE_MAX
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.config import get_config
+from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.balance import BalanceConfig, fold_atm, fold_ohb, unfold_balance

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from quantvla_ros.models.config import VisionConfig
-from quantvla_ros.models.siglip import SiglipVision
+from quantvla_ros.models.siglip import SiglipVision, VisionConfig
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 

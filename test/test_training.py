@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import load_checkpoint
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.tokenizer import ByteTokenizer
+from quantvla_ros.models.pi.checkpoint import load_checkpoint
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.tokenizer import ByteTokenizer
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.training.batches import BatchMaker
 from quantvla_ros.training.demos import DemoError, load_demos

@@ -8,8 +8,8 @@ import torch
 from test_training import MICRO, write_episode
 
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import load_checkpoint, save_checkpoint
-from quantvla_ros.models.tokenizer import ByteTokenizer, build_prompt
+from quantvla_ros.models.pi.checkpoint import load_checkpoint, save_checkpoint
+from quantvla_ros.models.pi.tokenizer import ByteTokenizer, build_prompt
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.training.batches import BatchMaker
 from quantvla_ros.training.demos import DemoError, load_demos
@@ -151,7 +151,7 @@ LIBERO_TASKS = ["pick up the alphabet soup and place it in the basket",
 
 
 def test_compact_bpe_makes_every_word_and_bin_one_token(tmp_path):
-    from quantvla_ros.models.tokenizer import HFTokenizer, clean_task
+    from quantvla_ros.models.pi.tokenizer import HFTokenizer, clean_task
     from quantvla_ros.training.bpe import save_bpe
 
     folder = save_bpe(LIBERO_TASKS, tmp_path / "tok")
@@ -176,7 +176,7 @@ def test_compact_bpe_makes_every_word_and_bin_one_token(tmp_path):
 
 def test_training_with_the_bpe_serves_the_same_tokens(demo_folder, tmp_path):
     """The checkpoint carries its tokenizer; Policy.load finds it and prompts match training."""
-    from quantvla_ros.models.tokenizer import HFTokenizer
+    from quantvla_ros.models.pi.tokenizer import HFTokenizer
     from quantvla_ros.training.bpe import save_bpe
 
     tok_dir = save_bpe(["pick up the soup", "open the drawer"], tmp_path / "tok")
@@ -221,7 +221,7 @@ def test_folders_combine_and_labelled_failures_are_kept(demo_folder, tmp_path):
 
 
 def test_stats_from_keeps_a_checkpoints_normalization(demo_folder, tmp_path):
-    from quantvla_ros.models.normalization import Normalizer
+    from quantvla_ros.models.pi.normalization import Normalizer
 
     own = load_demos(demo_folder, labels="expert_action").quantile_stats()
     wide = {k: (v * 3.0 if k.startswith("action") else v) for k, v in own.items()}
@@ -235,7 +235,7 @@ def test_stats_from_keeps_a_checkpoints_normalization(demo_folder, tmp_path):
 
 def test_action_clip_bounds_the_normalized_targets_only(demo_folder):
     """Targets outside +-clip (in the normalizer's units) are clipped; the rest are untouched."""
-    from quantvla_ros.models.normalization import Normalizer
+    from quantvla_ros.models.pi.normalization import Normalizer
 
     demos = load_demos(demo_folder, labels="expert_action")
     own = demos.quantile_stats()

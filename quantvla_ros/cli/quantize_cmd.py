@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
-from quantvla_ros.models.config import STATE_PROMPTS
+from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 

@@ -1,1 +1,1 @@
-"""pi0 / pi0.5 models: configs, modules, checkpoints, tokenization and normalization."""
+"""Model families (models/<family>/), their shared parts (SigLIP, RoPE) and the family table."""

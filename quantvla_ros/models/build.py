@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from quantvla_ros.models.groot.model import GrootModel, init_random_weights
-from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm
-from quantvla_ros.models.pi0 import PiModel
+from quantvla_ros.models.pi.layers import AdaRMSNorm, RMSNorm
+from quantvla_ros.models.pi.model import PiModel
 from quantvla_ros.models.registry import ModelConfig, family_of
 
 # Norm parameters stay float32 in every precision, as lerobot keeps them: Gemma's (1 + w) and

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from quantvla_ros.models.config import REGISTRY as PI_REGISTRY
-from quantvla_ros.models.config import PiConfig, lookup
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, GrootConfig
 from quantvla_ros.models.groot.normalization import GrootNormalizer
-from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.names import lookup
+from quantvla_ros.models.pi.config import REGISTRY as PI_REGISTRY
+from quantvla_ros.models.pi.config import PiConfig
+from quantvla_ros.models.pi.normalization import Normalizer
 
 ModelConfig = PiConfig | GrootConfig
 
@@ -69,8 +70,8 @@ def checkpoint_family(folder) -> str:
 def read_checkpoint_config(folder) -> ModelConfig:
     """Return the config of the checkpoint in ``folder``, of whichever family it is."""
     # imported here: the checkpoint modules build models, and models.build imports this module
-    from quantvla_ros.models import checkpoint as pi_checkpoint
     from quantvla_ros.models.groot import checkpoint as groot_checkpoint
+    from quantvla_ros.models.pi import checkpoint as pi_checkpoint
 
     readers = {"pi": pi_checkpoint.read_config, "groot": groot_checkpoint.read_config}
     return readers[checkpoint_family(folder)](folder)[0]

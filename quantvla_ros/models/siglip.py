@@ -6,11 +6,30 @@ buffers and runs SDPA in whatever dtype the policy runs in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantvla_ros.models.config import VisionConfig
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower (So400m/14 by default)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1152
+    depth: int = 27
+    mlp_dim: int = 4304
+    num_heads: int = 16
+    eps: float = 1e-6
+
+    @property
+    def num_tokens(self) -> int:
+        """Patch tokens per image."""
+        return (self.image_size // self.patch_size) ** 2
+
 
 
 class SiglipAttention(nn.Module):

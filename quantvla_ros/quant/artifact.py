@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 
 from quantvla_ros.data.atomic import folder_atomic
 from quantvla_ros.models.build import build_meta, compute_dtype, fp32_tensor_names, tensor_dtype
-from quantvla_ros.models.normalization import Normalizer
+from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR
 from quantvla_ros.models.registry import normalizer_from_tensors
-from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.apply import _set_module, empty_quantized
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
 from quantvla_ros.quant.qembedding import QuantEmbedding

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from quantvla_ros.models.gemma import AttentionObserver, KVCache
+from quantvla_ros.models.pi.gemma import AttentionObserver, KVCache
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.stats import StatsCollector
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from quantvla_ros.kernels import dispatch, norm_kernels
-from quantvla_ros.models.layers import (
+from quantvla_ros.models.pi.layers import (
     AdaRMSNorm,
     AttentionInput,
     GeGLU,

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from quantvla_ros.models.gemma import AttentionObserver
+from quantvla_ros.models.pi.gemma import AttentionObserver
 
 TOWERS = ("backbone", "expert")  # joint_forward's tower numbering
 

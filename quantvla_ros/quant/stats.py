@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import torch
 
-from quantvla_ros.models.gemma import AttentionObserver
+from quantvla_ros.models.pi.gemma import AttentionObserver
 
 TOWERS = ("backbone", "expert")
 CHUNK_ELEMS = 1 << 22  # float32 elements per streamed chunk (16 MB)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantvla_ros.kernels import norm_kernels, rope_kernels
-from quantvla_ros.models.attention import TorchOps
-from quantvla_ros.models.layers import (
+from quantvla_ros.models.pi.attention import TorchOps
+from quantvla_ros.models.pi.layers import (
     AdaRMSNorm,
     AttentionInput,
     GeGLU,

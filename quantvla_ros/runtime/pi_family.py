@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from quantvla_ros.data.observation import ObservationError
-from quantvla_ros.models.checkpoint import load_checkpoint, read_config
-from quantvla_ros.models.config import STATE_PROMPTS
-from quantvla_ros.models.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
+from quantvla_ros.models.pi.checkpoint import load_checkpoint, read_config
+from quantvla_ros.models.pi.config import STATE_PROMPTS
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
 from quantvla_ros.quant.fused import fuse_projections
 from quantvla_ros.quant.stats import StatsCollector, per_step_ratios

@@ -12,7 +12,7 @@ import torch
 
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.models.build import compute_dtype, random_model
-from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
+from quantvla_ros.models.pi.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from quantvla_ros.models.registry import ModelConfig, get_config
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.manifest import ArtifactManifest

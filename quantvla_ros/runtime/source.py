@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from quantvla_ros.models.checkpoint import CONFIG as CHECKPOINT_CONFIG
-from quantvla_ros.models.checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
 from quantvla_ros.models.groot.checkpoint import INDEX as SHARD_INDEX
 from quantvla_ros.models.groot.checkpoint import weight_files
 from quantvla_ros.models.groot.processing import TOKENIZER_DIR as EAGLE_TOKENIZER_DIR
+from quantvla_ros.models.pi.checkpoint import CONFIG as CHECKPOINT_CONFIG
+from quantvla_ros.models.pi.checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR
 from quantvla_ros.models.registry import REGISTRY, checkpoint_family, family_of, get_config
-from quantvla_ros.models.tokenizer import TOKENIZER_DIR
 from quantvla_ros.quant.manifest import MANIFEST, ArtifactManifest, sha256_file
 
 # A source folder's own tokenizer: ours (and lerobot pi's), then NVIDIA's Eagle processor.

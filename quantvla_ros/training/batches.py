@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantvla_ros.models.config import PiConfig
-from quantvla_ros.models.normalization import Normalizer
-from quantvla_ros.models.tokenizer import build_prompt, tokenize
+from quantvla_ros.models.pi.config import PiConfig
+from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.tokenizer import build_prompt, tokenize
 from quantvla_ros.training.demos import DemoError, DemoSet
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantvla_ros.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_prompt, discretize_state
+from quantvla_ros.models.pi.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_prompt, discretize_state
 from quantvla_ros.training.demos import demo_instructions
 
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")

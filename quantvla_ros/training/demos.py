@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantvla_ros.models.normalization import ACTION_KEY, STATE_KEY, Normalizer
+from quantvla_ros.models.pi.normalization import ACTION_KEY, STATE_KEY, Normalizer
 
 
 class DemoError(ValueError):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from quantvla_ros.models.gemma import KVCache
-from quantvla_ros.models.pi0 import PiModel
+from quantvla_ros.models.pi.gemma import KVCache
+from quantvla_ros.models.pi.model import PiModel
 
 
 def sample_time(batch: int, gen: torch.Generator) -> torch.Tensor:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from quantvla_ros.data.observation import Observation
-from quantvla_ros.models.config import STATE_PROMPTS
+from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.training.demos import DemoSet, load_demos
 

@@ -37,14 +37,14 @@ import torch
 
 from quantvla_ros.data.atomic import folder_atomic, write_file_atomic
 from quantvla_ros.models.build import random_model
-from quantvla_ros.models.checkpoint import (
+from quantvla_ros.models.pi.checkpoint import (
     load_checkpoint,
     read_config,
     read_stats,
     save_checkpoint,
 )
-from quantvla_ros.models.config import get_config
-from quantvla_ros.models.tokenizer import TOKENIZER_DIR, load_tokenizer
+from quantvla_ros.models.pi.config import get_config
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, load_tokenizer
 from quantvla_ros.training.batches import BatchMaker
 from quantvla_ros.training.demos import load_demos
 from quantvla_ros.training.flow_loss import flow_matching_loss

@@ -50,7 +50,7 @@ def attention_inputs(shapes, device, dtype, folded: bool):
     The folded form is what the model runs with one KV head (``models.layers.attend``):
     q [B, 1, S * H, D] against k / v [B, 1, T, D] and ``fold_bias``'s padded-stride mask.
     """
-    from quantvla_ros.models.layers import fold_bias
+    from quantvla_ros.models.pi.layers import fold_bias
 
     q_shape, kv_shape, mask_shape = shapes
     q = torch.randn(q_shape, device=device, dtype=dtype)
@@ -94,7 +94,7 @@ def probe_sdpa(q, k, v, bias) -> dict:
 
 def environment(model: str = "pi05") -> dict:
     """Versions, the device, and the SDPA probe for ``model``'s attention shapes."""
-    from quantvla_ros.models.config import get_config
+    from quantvla_ros.models.pi.config import get_config
 
     cuda = torch.cuda.is_available()
     try:

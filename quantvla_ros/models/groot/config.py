@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
-from quantvla_ros.models.config import VisionConfig
+from quantvla_ros.models.siglip import VisionConfig
 
 
 @dataclass(frozen=True)

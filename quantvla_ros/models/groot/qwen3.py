@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantvla_ros.models.groot.config import Qwen3Config
-from quantvla_ros.models.layers import MASK_VALUE, apply_rope, rope_cos_sin
+from quantvla_ros.models.rope import MASK_VALUE, apply_rope, rope_cos_sin
 
 
 class Qwen3RMSNorm(nn.Module):

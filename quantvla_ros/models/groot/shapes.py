@@ -18,13 +18,13 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from quantvla_ros.models.config import VisionConfig
 from quantvla_ros.models.groot.config import (
     GROOT_REGISTRY,
     ActionHeadConfig,
     GrootConfig,
     Qwen3Config,
 )
+from quantvla_ros.models.siglip import VisionConfig
 
 IMG_CONTEXT, PAD = "<IMG_CONTEXT>", "<|endoftext|>"
 # config.json keys for the head counts no tensor shape gives: part -> (key, released width,

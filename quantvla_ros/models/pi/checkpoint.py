@@ -22,9 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
-from quantvla_ros.models.config import GEMMA_VARIANTS, GemmaConfig, PiConfig, VisionConfig
-from quantvla_ros.models.normalization import Normalizer
-from quantvla_ros.models.pi0 import PiModel
+from quantvla_ros.models.pi.config import GEMMA_VARIANTS, GemmaConfig, PiConfig
+from quantvla_ros.models.pi.model import PiModel
+from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.siglip import VisionConfig
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "normalizer_processor.safetensors"
 PREPROCESSOR = "policy_preprocessor.json"

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantvla_ros.models.attention import TORCH_OPS, AttentionContext, attention_context
-from quantvla_ros.models.config import PiConfig
-from quantvla_ros.models.gemma import (
+from quantvla_ros.models.pi.attention import TORCH_OPS, AttentionContext, attention_context
+from quantvla_ros.models.pi.config import PiConfig
+from quantvla_ros.models.pi.gemma import (
     AttentionObserver,
     GemmaLayer,
     GemmaTower,
@@ -23,7 +23,7 @@ from quantvla_ros.models.gemma import (
     joint_forward,
     never_executed,
 )
-from quantvla_ros.models.layers import AdaRMSNorm, RMSNorm, StepCondition
+from quantvla_ros.models.pi.layers import AdaRMSNorm, RMSNorm, StepCondition
 from quantvla_ros.models.siglip import SiglipVision
 
 

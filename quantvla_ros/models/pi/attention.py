@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantvla_ros.models.config import GemmaConfig
-from quantvla_ros.models.layers import apply_rope, attention_bias, fold_bias, rope_cos_sin
+from quantvla_ros.models.pi.config import GemmaConfig
+from quantvla_ros.models.pi.layers import attention_bias, fold_bias
+from quantvla_ros.models.rope import apply_rope, rope_cos_sin
 
 
 @dataclass

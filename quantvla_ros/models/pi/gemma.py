@@ -13,24 +13,24 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from quantvla_ros.models.attention import (
+from quantvla_ros.models.pi.attention import (
     TORCH_OPS,
     AttentionContext,
     KVCache,
     TorchOps,
     attention_context,
 )
-from quantvla_ros.models.config import GemmaConfig
-from quantvla_ros.models.layers import (
+from quantvla_ros.models.pi.config import GemmaConfig
+from quantvla_ros.models.pi.layers import (
     AdaRMSNorm,
     Attention,
     AttentionInput,
     GeGLU,
     MLPBlock,
     RMSNorm,
-    apply_rope,
     attend,
 )
+from quantvla_ros.models.rope import apply_rope
 
 __all__ = ["AttentionObserver", "GemmaLayer", "GemmaTower", "KVCache", "joint_forward",
            "never_executed"]

@@ -1,4 +1,4 @@
-"""Building blocks shared by the Gemma towers: norms, rotary embedding, attention, MLP.
+"""Building blocks of pi's Gemma towers: norms, attention, MLP (RoPE is models/rope.py).
 
 Parameter names follow Hugging Face / lerobot (`q_proj`, `gate_proj`, `input_layernorm`, ...)
 so checkpoints map onto modules by a prefix rename only. `AttentionInput` and `MLPBlock` are
@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Large finite negative for additive masks: -inf would turn fully masked (padding) query rows
-# into NaN, which then leaks into keys/values of the next layer.
-MASK_VALUE = -2.3819763e38
+from quantvla_ros.models.rope import MASK_VALUE
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -124,23 +122,6 @@ def add_residual(h: torch.Tensor, res) -> torch.Tensor:
     kernel (runtime/fast_path.py, quant/fused.py) adds and normalizes in one pass.
     """
     return h if res is None else gated_residual(h, *res)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin of shape [B, 1, S, head_dim] for integer positions [B, S]."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    )
-    freqs = positions.float()[..., None] * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, heads, S, D] by the angles whose cos/sin `rope_cos_sin` returns."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):

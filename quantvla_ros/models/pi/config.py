@@ -6,27 +6,11 @@ path builds the 3B-parameter `pi05` and the few-layer `pi05-tiny` used in tests.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
-
-@dataclass(frozen=True)
-class VisionConfig:
-    """SigLIP vision tower (So400m/14 by default)."""
-
-    image_size: int = 224
-    patch_size: int = 14
-    width: int = 1152
-    depth: int = 27
-    mlp_dim: int = 4304
-    num_heads: int = 16
-    eps: float = 1e-6
-
-    @property
-    def num_tokens(self) -> int:
-        """Patch tokens per image."""
-        return (self.image_size // self.patch_size) ** 2
+from quantvla_ros.models.names import lookup
+from quantvla_ros.models.siglip import VisionConfig
 
 
 @dataclass(frozen=True)
@@ -164,15 +148,6 @@ REGISTRY: dict[str, PiConfig] = {
         action_dim=8, state_dim=8, num_steps=3, max_token_len=96,
     ),
 }
-
-
-def lookup(registry: dict, name: str):
-    """Return ``registry[name]``; an unknown name raises KeyError suggesting close names."""
-    if name in registry:
-        return registry[name]
-    close = difflib.get_close_matches(name, registry, n=3, cutoff=0.3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(registry)}")
 
 
 def get_config(name: str) -> PiConfig:

@@ -1,0 +1,1 @@
+"""pi0 / pi0.5: configs, modules, checkpoints, tokenization and normalization."""
