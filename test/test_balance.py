@@ -24,8 +24,8 @@ from quantvla_ros.quant.balance import (
     run_batches,
 )
 from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.pi_stats import StatsCollector
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.quant.stats import StatsCollector
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.workflows.quantize import prepare_batches
 

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.models.pi.layers import AdaRMSNorm
-from quantvla_ros.runtime.fast_path import (
+from quantvla_ros.runtime.families.pi_fast_path import (
     FusedAttentionInput,
     FusedMLPBlock,
     FusedNorm,

@@ -14,8 +14,8 @@ from quantvla_ros.models.build import random_model
 from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.models.pi.layers import AttentionInput, StepCondition
 from quantvla_ros.quant.apply import QuantConfig, quantize_
-from quantvla_ros.quant.fused import AdaNormGateUp, NormQKV, fuse_projections
 from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.pi_fused import AdaNormGateUp, NormQKV, fuse_projections
 from quantvla_ros.quant.scheme import parse_bits
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -258,7 +258,7 @@ class RecordingObserver:
 
 
 def test_observer_protocol(model):
-    from quantvla_ros.quant.stats import StatsCollector
+    from quantvla_ros.quant.pi_stats import StatsCollector
 
     assert model.observer is None
     assert AttentionObserver in StatsCollector.__mro__  # declared, not only structural

@@ -14,8 +14,8 @@ from quantvla_ros.models.pi.tokenizer import (
     discretize_state,
     tokenize,
 )
+from quantvla_ros.runtime.families.pi_preprocess import ObservationError, resize_with_pad
 from quantvla_ros.runtime.policy import Policy
-from quantvla_ros.runtime.preprocess import ObservationError, resize_with_pad
 
 
 def observation(cams=("base_0_rgb",), shape=(120, 160), state_dim=32, seed=0):

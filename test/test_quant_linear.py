@@ -158,7 +158,7 @@ def test_bad_schemes_rejected():
 def test_fused_gate_up_equals_separate_projections(bits, monkeypatch):
     from quantvla_ros.kernels import dispatch
     from quantvla_ros.models.pi.layers import GeGLU
-    from quantvla_ros.quant.fused import FusedGeGLU, fusable
+    from quantvla_ros.quant.pi_fused import FusedGeGLU, fusable
 
     torch.manual_seed(0)
     mlp = GeGLU(256, 384)
@@ -195,8 +195,8 @@ def test_fused_model_equals_unfused(name, bits, expected):
     from quantvla_ros.models.build import random_model
     from quantvla_ros.models.pi.config import get_config
     from quantvla_ros.quant.apply import QuantConfig, quantize_
-    from quantvla_ros.quant.fused import fuse_projections
     from quantvla_ros.quant.layouts import get_layout
+    from quantvla_ros.quant.pi_fused import fuse_projections
 
     model = random_model(get_config(name), seed=0)
     quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))
@@ -232,14 +232,14 @@ def test_fusion_swaps_whole_blocks(name, bits):
     from quantvla_ros.models.pi.config import get_config
     from quantvla_ros.models.pi.layers import AttentionInput, MLPBlock
     from quantvla_ros.quant.apply import QuantConfig, quantize_
-    from quantvla_ros.quant.fused import (
+    from quantvla_ros.quant.layouts import get_layout
+    from quantvla_ros.quant.pi_fused import (
         AdaNormGateUp,
         NormGateUp,
         NormKV,
         NormQKV,
         fuse_projections,
     )
-    from quantvla_ros.quant.layouts import get_layout
 
     model = random_model(get_config(name), seed=0)
     quantize_(model, QuantConfig(parse_bits(bits), get_layout("quantvla")))

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from quantvla_ros.models.pi.gemma import AttentionObserver, KVCache
+from quantvla_ros.quant.pi_stats import StatsCollector
 from quantvla_ros.quant.qlinear import QuantLinear
-from quantvla_ros.quant.stats import StatsCollector
 
 
 @dataclass(frozen=True)

@@ -139,15 +139,13 @@ class PolicyFamily(ABC):
 
 
 def family_named(name: str) -> PolicyFamily:
-    """Return a new PolicyFamily of the family `name` ("pi" or "groot")."""
+    """Return a new PolicyFamily of the family `name` (a key of runtime.families.FAMILIES)."""
     # imported here: the implementations import this module's base class
-    from quantvla_ros.runtime.groot_family import GrootFamily
-    from quantvla_ros.runtime.pi_family import PiFamily
+    from quantvla_ros.runtime.families import FAMILIES
 
-    families = {"pi": PiFamily, "groot": GrootFamily}
-    if name not in families:
-        raise ValueError(f"unknown model family {name!r}; known: {', '.join(families)}")
-    return families[name]()
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]()
 
 
 def family_for(cfg: ModelConfig) -> PolicyFamily:

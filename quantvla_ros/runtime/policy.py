@@ -61,11 +61,11 @@ class Policy:
         self.dtype = compute_dtype(model)
         self.source = source
         self.manifest: ArtifactManifest | None = None  # set for quantized artifacts
-        # On CUDA each chunk replays captured graphs (see cuda_graph.py) where the family
-        # supports it; eager otherwise.
+        # On CUDA each chunk replays captured graphs (families/pi_cuda_graph.py) where the
+        # family supports it; eager otherwise.
         self.use_cuda_graphs = self.device.type == "cuda" and self.family.supports_cuda_graphs
         self._graphed = None
-        # Float fusions (runtime/fast_path.py) change the module tree: applied before the
+        # Float fusions (families/pi_fast_path.py) change the module tree: applied before the
         # first inference only, so calibration and quantization read `model` unfused.
         self.fuse, self._prepared = True, False
         # Statistics fix the robot's state length; without them (random-weight models) any

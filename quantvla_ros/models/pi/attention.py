@@ -62,8 +62,8 @@ def attention_context(cfg: GemmaConfig, positions: torch.Tensor, mask: torch.Ten
 class TorchOps:
     """The float ops of `joint_forward` in plain torch (training, CPU, the reference).
 
-    A runtime installs a drop-in with fused kernels as `PiModel.ops` (runtime/fast_path.py);
-    models never import kernels.
+    A runtime installs a drop-in with fused kernels as `PiModel.ops`
+    (runtime/families/pi_fast_path.py); models never import kernels.
     """
 
     def rope_qkv(self, q, k, v, cos, sin, k_out=None, v_out=None):

@@ -44,7 +44,7 @@ class GemmaLayer(nn.Module):
     norm + GeGLU + residual). The float blocks built here view the layer's registered modules,
     so parameter names and state-dict keys are `input_layernorm.*`, `self_attn.*_proj.*`,
     `post_attention_layernorm.*` and `mlp.*_proj.*`. `swap_attention_input` /
-    `swap_mlp_block` install a replacement block (e.g. quantized, quant/fused.py).
+    `swap_mlp_block` install a replacement block (e.g. quantized, quant/pi_fused.py).
     """
 
     def __init__(self, cfg: GemmaConfig, adaptive: bool, kv_only: bool = False):

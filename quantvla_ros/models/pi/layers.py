@@ -119,7 +119,7 @@ def add_residual(h: torch.Tensor, res) -> torch.Tensor:
     """Apply a deferred residual `res = (out, gate)` (or None: nothing) to h.
 
     `joint_forward` defers each block's residual add into the next norm, so that a fused
-    kernel (runtime/fast_path.py, quant/fused.py) adds and normalizes in one pass.
+    kernel (runtime/families/pi_fast_path.py, quant/pi_fused.py) adds and normalizes in one pass.
     """
     return h if res is None else gated_residual(h, *res)
 
@@ -229,7 +229,8 @@ class AttentionInput(nn.Module):
     `project(h, res, cond)` / `project_kv`, which first add the previous block's deferred
     residual `res` (`add_residual`) and also return the new h. This float block only views
     modules its layer owns and registers, so it adds no parameter or state-dict key. A
-    replacement (quant/fused.py, runtime/fast_path.py) keeps this contract, owns its tensors.
+    replacement (quant/pi_fused.py, runtime/families/pi_fast_path.py) keeps this contract,
+    owns its tensors.
     """
 
     def __init__(self, norm: nn.Module, attn: Attention):

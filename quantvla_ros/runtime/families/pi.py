@@ -14,12 +14,12 @@ from quantvla_ros.models.pi.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
 from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
-from quantvla_ros.quant.fused import fuse_projections
-from quantvla_ros.quant.stats import StatsCollector, per_step_ratios
-from quantvla_ros.runtime.cuda_graph import GraphedChunk
+from quantvla_ros.quant.pi_fused import fuse_projections
+from quantvla_ros.quant.pi_stats import StatsCollector, per_step_ratios
+from quantvla_ros.runtime.families.pi_cuda_graph import GraphedChunk
+from quantvla_ros.runtime.families.pi_fast_path import prepare_for_inference
+from quantvla_ros.runtime.families.pi_preprocess import images_to_pixels
 from quantvla_ros.runtime.family import LaunchProbe, Loaded, PolicyFamily, PolicyOptions
-from quantvla_ros.runtime.fast_path import prepare_for_inference
-from quantvla_ros.runtime.preprocess import images_to_pixels
 
 
 class PiFamily(PolicyFamily):

@@ -11,7 +11,7 @@ RoPE + in-place KV write as `PiModel.ops`:
 - RoPE of q and k with the key/value cache write in one kernel (kernels/rope_kernels.py).
 
 It lives here, not in models/ (which imports nothing of the package) nor quant/ (these are
-not quantization): the runtime decides how a loaded model executes, as quant/fused.py
+not quantization): the runtime decides how a loaded model executes, as quant/pi_fused.py
 does for integer blocks, which are left as they are. Blocks keep their contracts; on CPU the
 kernels' torch references run, so results equal the unfused model up to float rounding.
 The swap changes the module tree, so the Policy applies it only before its first inference
@@ -88,7 +88,7 @@ class FusedNorm(nn.Module):
 class FusedAttentionInput(nn.Module):
     """`AttentionInput` with the fused add + norm and one GEMM over concatenated q/k/v.
 
-    Projections that cannot be concatenated (quantized ones left unfused by quant/fused.py,
+    Projections that cannot be concatenated (quantized ones left unfused by quant/pi_fused.py,
     e.g. with a Hadamard rotation) run one by one after the fused norm.
     """
 
@@ -163,7 +163,7 @@ class FusedMLPBlock(nn.Module):
 def prepare_for_inference(model: nn.Module) -> dict[str, int]:
     """Swap every float block of `model` for its fused form, in place; counts per kind.
 
-    Integer blocks (quant/fused.py) are kept. A second call finds nothing more to do.
+    Integer blocks (quant/pi_fused.py) are kept. A second call finds nothing more to do.
     """
     counts = {"attention_input": 0, "mlp_block": 0, "final_norm": 0}
     for tower in model.towers:
