@@ -3,7 +3,7 @@
 The model defers each block's gated residual `h + out * gate` into the next norm
 (models/layers.add_residual); this kernel adds, stores the new residual stream, normalizes
 and either stores the normalized row (float path) or quantizes it per token (the quantized
-blocks of quant/fused.py). One program per row holds the row in registers (read once).
+blocks of quant/pi_fused.py). One program per row holds the row in registers (read once).
 
 Norms: Gemma's `rms(h) * (1 + w)` (weight [W]) or pi0.5's adaptive `rms(h) * scale1 + shift`
 (scale1 = 1 + scale and shift per sample, [B or 1, 1, W], passed as pointers like `smooth`).
