@@ -1,9 +1,9 @@
-"""Every named model config, of every family: the names `quantvla models` and sources know.
+"""The family table: every model family's model side, and the lookups made through it.
 
-Family-neutral on purpose: a config says its family (`cfg.family`, a class attribute, so it
-is in no saved config dict) and `models.build` builds it by that; nothing above `models/`
-tests which family a config is. `models.config.get_config` stays pi-only for the pi paths
-(Policy, training, bench) that run a PiModel.
+A family registers here with one line in `FAMILIES` (its `models/<name>/family.py`). Named
+configs, config (de)serialization, checkpoint folders, presets and float32-kept modules are
+all reached through a family's `ModelFamily`; nothing here or above `models/` tests which
+family a config is. A checkpoint folder belongs to the one family that claims its config.json.
 """
 
 from __future__ import annotations
@@ -13,29 +13,41 @@ from pathlib import Path
 
 import numpy as np
 
-from quantvla_ros.models.groot.config import GROOT_REGISTRY, GrootConfig
-from quantvla_ros.models.groot.normalization import GrootNormalizer
+from quantvla_ros.models.family import ModelConfig, ModelFamily
+from quantvla_ros.models.groot.family import FAMILY as GROOT
 from quantvla_ros.models.names import lookup
-from quantvla_ros.models.pi.config import REGISTRY as PI_REGISTRY
-from quantvla_ros.models.pi.config import PiConfig
-from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.family import FAMILY as PI
 
-ModelConfig = PiConfig | GrootConfig
+FAMILIES: tuple[ModelFamily, ...] = (PI, GROOT)
 
-REGISTRY: dict[str, ModelConfig] = {**PI_REGISTRY, **GROOT_REGISTRY}
+_BY_NAME = {f.name: f for f in FAMILIES}
+REGISTRY: dict[str, ModelConfig] = {n: c for f in FAMILIES for n, c in f.configs.items()}
+
+__all__ = ["FAMILIES", "REGISTRY", "ModelConfig", "checkpoint_family", "config_from_dict",
+           "config_to_dict", "family_named", "family_of", "get_config", "model_family",
+           "normalizer_from_tensors", "read_checkpoint_config"]
+
+
+def family_named(name: str) -> ModelFamily:
+    """Return the registered family called ``name``."""
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(_BY_NAME)}")
+    return _BY_NAME[name]
 
 
 def family_of(cfg: ModelConfig) -> str:
-    """Return the config's family name ("pi" or "groot")."""
+    """Return the config's family name."""
     return cfg.family
+
+
+def model_family(cfg: ModelConfig) -> ModelFamily:
+    """Return the family a config belongs to."""
+    return family_named(cfg.family)
 
 
 def get_config(name: str) -> ModelConfig:
     """Return the named config of any family; an unknown name raises KeyError with close names."""
     return lookup(REGISTRY, name)
-
-
-_CONFIG_CLASSES: dict[str, type] = {"pi": PiConfig, "groot": GrootConfig}
 
 
 def config_to_dict(cfg: ModelConfig) -> dict:
@@ -46,40 +58,30 @@ def config_to_dict(cfg: ModelConfig) -> dict:
 def config_from_dict(d: dict) -> ModelConfig:
     """Rebuild a config written by :func:`config_to_dict`; no family key means pi (older)."""
     d = dict(d)
-    family = d.pop("family", "pi")
-    if family not in _CONFIG_CLASSES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(_CONFIG_CLASSES)}")
-    return _CONFIG_CLASSES[family].from_dict(d)
+    return family_named(d.pop("family", "pi")).config_class.from_dict(d)
 
 
 def checkpoint_family(folder) -> str:
-    """Return the family of the checkpoint in ``folder`` from its config.json.
-
-    GR00T: NVIDIA's `action_head_cfg` or lerobot's `"type": "groot"`; anything else is read
-    as a lerobot pi0 / pi0.5 checkpoint (whose loader names what is wrong with it).
-    """
+    """Return the name of the one family that claims the folder's config.json."""
     path = Path(folder) / "config.json"
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
-    is_groot = isinstance(raw, dict) and ("action_head_cfg" in raw or raw.get("type") == "groot")
-    return "groot" if is_groot else "pi"
+    claimed = [f.name for f in FAMILIES if isinstance(raw, dict) and f.claims(raw)]
+    if len(claimed) != 1:
+        hints = "; ".join(f"{f.name}: {f.claim_hint}" for f in FAMILIES)
+        what = "no model family claims it" if not claimed else f"claimed by {claimed}"
+        raise ValueError(f"{path}: {what} (what each family looks for: {hints})")
+    return claimed[0]
 
 
 def read_checkpoint_config(folder) -> ModelConfig:
     """Return the config of the checkpoint in ``folder``, of whichever family it is."""
-    # imported here: the checkpoint modules build models, and models.build imports this module
-    from quantvla_ros.models.groot import checkpoint as groot_checkpoint
-    from quantvla_ros.models.pi import checkpoint as pi_checkpoint
-
-    readers = {"pi": pi_checkpoint.read_config, "groot": groot_checkpoint.read_config}
-    return readers[checkpoint_family(folder)](folder)[0]
+    return family_named(checkpoint_family(folder)).read_config(Path(folder))[0]
 
 
 def normalizer_from_tensors(tensors: dict[str, np.ndarray], meta: dict[str, str],
                             cfg: ModelConfig):
     """Rebuild a normalizer from `to_tensors` output (an artifact's statistics file)."""
-    if meta.get("mode") == GrootNormalizer.mode:
-        return GrootNormalizer.from_tensors(tensors, meta)
-    return Normalizer.from_stats(tensors, cfg.variant)
+    return model_family(cfg).normalizer_from_tensors(tensors, meta, cfg)

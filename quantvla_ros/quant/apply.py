@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantvla_ros.quant.layouts import Layout, schemes, select_embeddings
+from quantvla_ros.models.family import Layout
+from quantvla_ros.quant.layouts import schemes, select_embeddings
 from quantvla_ros.quant.observe import LinearInputs
 from quantvla_ros.quant.qembedding import QuantEmbedding
 from quantvla_ros.quant.qlinear import QuantLinear

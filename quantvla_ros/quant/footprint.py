@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from quantvla_ros.models.build import fp32_tensor_names
+from quantvla_ros.models.family import Layout
 from quantvla_ros.quant.apply import empty_quantized
 from quantvla_ros.quant.layouts import (
-    Layout,
     part_of,
     scheme_label,
     schemes,

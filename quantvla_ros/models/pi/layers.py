@@ -84,7 +84,7 @@ class AdaRMSNorm(nn.Module):
         """Return the modulation for cond [B, W], or the precomputed one of a StepCondition."""
         if isinstance(cond, StepCondition):
             return cond.mods[self]
-        # dense stays float32 whatever the model dtype (models/build.py FP32_MODULES).
+        # dense stays float32 whatever the model dtype (fp32_modules, models/pi/family.py).
         mod = F.linear(cond.to(self.dense.weight.dtype), self.dense.weight, self.dense.bias)
         scale, shift, gate = mod.unsqueeze(1).chunk(3, dim=-1)
         return Modulation(1.0 + scale.float(), shift.float(), gate.to(dtype))
