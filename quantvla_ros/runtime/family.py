@@ -3,8 +3,8 @@
 The Policy, the quantize and report workflows, the calibration node and the inference node
 talk to a model only through a `PolicyFamily`: how to load it and its tokenizer, how an
 Observation becomes model inputs and a batch, how a chunk is run, and how ATM / OHB are
-calibrated, undone and tabulated. `family_for(cfg)` picks the implementation by the config's
-family, so nothing above `runtime/` branches on it.
+calibrated, undone and tabulated. `runtime.families.family_for(cfg)` picks the implementation
+by the config's family, so nothing above `runtime/` branches on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from quantvla_ros.models.registry import ModelConfig, family_of
+from quantvla_ros.models.family import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -136,18 +136,3 @@ class PolicyFamily(ABC):
         attention, ratios before / after; the caller adds the factors) and "per_step_after"
         (per attention, per flow step).
         """
-
-
-def family_named(name: str) -> PolicyFamily:
-    """Return a new PolicyFamily of the family `name` (a key of runtime.families.FAMILIES)."""
-    # imported here: the implementations import this module's base class
-    from quantvla_ros.runtime.families import FAMILIES
-
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
-    return FAMILIES[name]()
-
-
-def family_for(cfg: ModelConfig) -> PolicyFamily:
-    """Return a new PolicyFamily for a config (each Policy holds its own)."""
-    return family_named(family_of(cfg))

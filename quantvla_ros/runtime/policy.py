@@ -16,7 +16,8 @@ from quantvla_ros.models.pi.normalization import ACTION_KEY, STATE_KEY, Normaliz
 from quantvla_ros.models.registry import ModelConfig, get_config
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.manifest import ArtifactManifest
-from quantvla_ros.runtime.family import PolicyOptions, family_for, family_named
+from quantvla_ros.runtime.families import family_for, family_named
+from quantvla_ros.runtime.family import PolicyOptions
 from quantvla_ros.runtime.source import PolicySource
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

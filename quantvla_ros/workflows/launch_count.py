@@ -28,7 +28,7 @@ from quantvla_ros.quant.apply import _set_module
 from quantvla_ros.quant.layouts import get_layout, select
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.runtime.family import family_for
+from quantvla_ros.runtime.families import family_for
 
 PRECISIONS = ("bf16", "w8a8", "w4a8", "w4a4")
 # Aten ops that only make a view, read metadata or allocate: no kernel on a GPU.

@@ -1,9 +1,24 @@
 """Every model family's runtime side, one module each (pi-only helpers say so in their name).
 
-The table is the runtime's one registration per family; `runtime.family.family_named` reads it.
+`FAMILIES` is the runtime's one registration per family; the base class and the interface are
+runtime/family.py, which imports none of the implementations.
 """
 
+from quantvla_ros.models.family import ModelConfig
 from quantvla_ros.runtime.families.groot import GrootFamily
 from quantvla_ros.runtime.families.pi import PiFamily
+from quantvla_ros.runtime.family import PolicyFamily
 
-FAMILIES = {"pi": PiFamily, "groot": GrootFamily}
+FAMILIES: dict[str, type[PolicyFamily]] = {"pi": PiFamily, "groot": GrootFamily}
+
+
+def family_named(name: str) -> PolicyFamily:
+    """Return a new PolicyFamily of the family `name` (each Policy holds its own)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]()
+
+
+def family_for(cfg: ModelConfig) -> PolicyFamily:
+    """Return a new PolicyFamily for a config."""
+    return family_named(cfg.family)
