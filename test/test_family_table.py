@@ -46,3 +46,26 @@ def test_a_folder_no_family_claims_is_refused_with_what_each_looks_for(tmp_path)
     with pytest.raises(ValueError, match="no model family claims it") as err:
         checkpoint_family(tmp_path)
     assert "pi0" in str(err.value) and "action_head_cfg" in str(err.value)
+
+
+def test_a_new_option_is_declared_in_its_family_only(monkeypatch):
+    """An option added to one family's `options` becomes a CLI flag and a node parameter,
+    is checked against its choices, and is refused by the other families."""
+    from quantvla_ros.cli.main import build_parser
+    from quantvla_ros.cli.options import options_of
+    from quantvla_ros.ros.settings import _option_params
+    from quantvla_ros.runtime.families.pi import PiFamily
+    from quantvla_ros.runtime.family import OptionSpec
+    from quantvla_ros.runtime.policy import Policy
+
+    spec = OptionSpec("gripper_flip", "a test option", ("yes", "no"))
+    monkeypatch.setattr(PiFamily, "options", (*PiFamily.options, spec))
+    args = build_parser().parse_args(["quantize", "--model", "pi05-tiny", "--calib",
+                                      "synthetic:2", "--out", "x", "--gripper-flip", "yes"])
+    assert options_of(args) == {"gripper_flip": "yes"}
+    assert {"gripper_flip", "quantize_gripper_flip"} <= {
+        p.name for p in (*_option_params(""), *_option_params("quantize_"))}
+    with pytest.raises(ValueError, match="gripper_flip 'maybe'"):
+        Policy.load("pi05-tiny", gripper_flip="maybe")
+    with pytest.raises(ValueError, match="gripper_flip is not an option of groot-n15-tiny"):
+        Policy.load("groot-n15-tiny", gripper_flip="yes")

@@ -130,9 +130,9 @@ def _row_std(model, batches, row):
 
 
 def test_options_belong_to_their_family():
-    with pytest.raises(ValueError, match="state_prompt applies to pi0.5"):
+    with pytest.raises(ValueError, match="state_prompt is not an option of groot-n15-tiny"):
         Policy.load(TINY, state_prompt="padded")
-    with pytest.raises(ValueError, match="embodiment applies to GR00T"):
+    with pytest.raises(ValueError, match="embodiment is not an option of pi05-tiny"):
         Policy.load("pi05-tiny", embodiment="gr1")
     with pytest.raises(pr.ProcessingError, match="embodiment 5 is slot 5, the model has 2"):
         Policy.load(TINY, embodiment="5")

@@ -53,7 +53,7 @@ def test_folder_reads_as_lerobot_writes_it(folder):
 
 
 def test_policy_reports_the_state_prompt_with_its_source(policy, folder):
-    assert policy.state_prompt == "unpadded"
+    assert policy.option("state_prompt") == "unpadded"
     assert policy.source == f"{folder} [state prompt: unpadded, declared by the source]"
     assert (policy.state_dim, policy.action_dim) == (L.STATE_DIM, L.ACTION_DIM)
 
@@ -108,6 +108,7 @@ def test_no_pipeline_defaults_to_unpadded(tmp_path):
         (folder / name).unlink()
     assert read_state_prompt(folder) is None and read_config(folder)[0].state_prompt is None
     policy = Policy.from_checkpoint(folder)
-    assert policy.state_prompt == "unpadded" and policy.source.endswith("unpadded, default]")
+    assert policy.option("state_prompt") == "unpadded"
+    assert policy.source.endswith("unpadded, default]")
     with pytest.raises(ValueError, match="state_prompt 'pad'"):
         Policy.from_checkpoint(folder, state_prompt="pad")

@@ -152,14 +152,15 @@ def test_pi05_prompt_shows_the_robot_state_not_the_padded_vector():
     obs = observation(state_dim=8)
     bins = " ".join(str(int(b)) for b in discretize_state(obs["state"]))
     policy = Policy.from_config("pi05-tiny")
-    assert policy.state_prompt == "unpadded"
+    assert policy.option("state_prompt") == "unpadded"
     assert policy.source == "pi05-tiny (random weights, seed 0) [state prompt: unpadded, default]"
     assert _prompt(policy, obs) == f"Task: put the bowl on the plate, State: {bins};\nAction: "
     padded = Policy.from_config("pi05-tiny", state_prompt="padded")
     assert padded.source.endswith("[state prompt: padded, set explicitly]")
     assert _prompt(padded, obs) == (
         f"Task: put the bowl on the plate, State: {bins}{' 128' * 24};\nAction: ")
-    assert Policy.from_config("pi0-tiny").state_prompt is None  # pi0 has no state in its prompt
+    # pi0 has no state in its prompt
+    assert Policy.from_config("pi0-tiny").option("state_prompt") is None
 
 
 def test_state_prompt_choice_travels_with_the_model_config(tmp_path):
@@ -168,21 +169,21 @@ def test_state_prompt_choice_travels_with_the_model_config(tmp_path):
     assert padded.cfg.state_prompt == padded.model.cfg.state_prompt == "padded"
     save_checkpoint(padded.model, tmp_path / "ck")
     again = Policy.from_checkpoint(tmp_path / "ck")
-    assert again.state_prompt == "padded"
+    assert again.option("state_prompt") == "padded"
     assert again.source.endswith("[state prompt: padded, declared by the source]")
-    assert Policy.from_checkpoint(tmp_path / "ck", state_prompt="unpadded").state_prompt \
-        == "unpadded"
+    again = Policy.from_checkpoint(tmp_path / "ck", state_prompt="unpadded")
+    assert again.option("state_prompt") == "unpadded"
 
 
 def test_quantized_artifact_records_the_state_prompt(tmp_path):
     from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
     req = QuantizeRequest(source="pi05-micro", calib="synthetic:4", bits="w8a8",
-                          state_prompt="padded")
+                          options={"state_prompt": "padded"})
     manifest = quantize_policy(req, tmp_path / "art", log=lambda *_: None)
     assert manifest.model_config.state_prompt == "padded"
     loaded = Policy.load(str(tmp_path / "art"))
-    assert loaded.state_prompt == "padded" and "declared by the source" in loaded.source
+    assert loaded.option("state_prompt") == "padded" and "declared by the source" in loaded.source
 
 
 def test_state_prompt_cli_flag_and_node_parameter():
@@ -202,8 +203,8 @@ def test_state_prompt_cli_flag_and_node_parameter():
             == "padded"
     values = {**defaults(INFERENCE_PARAMS), "policy": "pi05-micro", "camera_topics": ["/cam"],
               "camera_slots": ["base_0_rgb"], "joint_names": ["j1", "j2"]}
-    assert parse_inference(values).state_prompt == "auto"
+    assert parse_inference(values).options == {}
     with pytest.raises(SettingsError, match="state_prompt must be auto, unpadded, padded or none"):
         parse_inference({**values, "state_prompt": "pad"})
     policy = load_policy(parse_inference({**values, "state_prompt": "padded"}))
-    assert policy.state_prompt == "padded"
+    assert policy.option("state_prompt") == "padded"

@@ -119,7 +119,7 @@ def test_init_from_starts_at_the_checkpoint_and_declares_the_serve_prompt(demo_f
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     assert cfg.state_prompt == "none"
-    assert Policy.load(str(second)).state_prompt == "none"
+    assert Policy.load(str(second)).option("state_prompt") == "none"
     other = MICRO.with_(expert=dataclasses.replace(MICRO.expert, mlp_dim=2 * MICRO.expert.mlp_dim))
     save_checkpoint(random_model(other), tmp_path / "wider")
     with pytest.raises(SystemExit, match="does not fit"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from quantvla_ros.cli import bench_launches_cmd, bench_sass_cmd
+from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
-from quantvla_ros.cli.quantize_cmd import add_state_prompt_arg, state_prompt_of
 from quantvla_ros.workflows.bench_e2e import bench_e2e
 
 
@@ -29,7 +29,7 @@ def register(sub) -> None:
     e2e.add_argument("--runs", type=int, default=10)
     e2e.add_argument("--warmup", type=int, default=2)
     e2e.add_argument("--seed", type=int, default=0)
-    add_state_prompt_arg(e2e)
+    add_option_args(e2e)
     e2e.add_argument("--json", action="store_true")
     e2e.set_defaults(handler=run_e2e)
     k = kinds.add_parser("kernels", help="integer GEMMs vs bf16 matmul and torch._int_mm")
@@ -55,7 +55,7 @@ def run_e2e(args) -> int:
     if args.runs < 1:
         raise ValueError("--runs must be at least 1")
     r = bench_e2e(args.model, args.precision, args.device, args.runs, args.warmup, args.seed,
-                  artifact=args.artifact, state_prompt=state_prompt_of(args))
+                  artifact=args.artifact, options=options_of(args))
     if args.json:
         print_json(r)
         return 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
-from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
@@ -16,29 +16,6 @@ def add_source_args(p) -> None:
     src.add_argument("--checkpoint", help="a checkpoint folder: lerobot pi0 / pi0.5, NVIDIA or "
                                           "lerobot GR00T N1.5")
     p.add_argument("--seed", type=int, default=0, help="weights seed for --model")
-
-
-def add_state_prompt_arg(p) -> None:
-    """Add --state-prompt (pi0.5: how the robot state is written into the prompt)."""
-    p.add_argument("--state-prompt", default="auto",
-                   choices=["auto", *STATE_PROMPTS],
-                   help="pi0.5: write the robot's own state values into the prompt (unpadded: "
-                        "lerobot >= 0.5, openpi), the vector zero-padded to the model's "
-                        "state dim (padded: lerobot 0.4.x) or no state (none: a policy "
-                        "trained with state dropout); auto: what the checkpoint or "
-                        "artifact declares, else unpadded")
-
-
-def add_embodiment_arg(p) -> None:
-    """Add --embodiment (GR00T: the projector slot and statistics tag)."""
-    p.add_argument("--embodiment", default=None,
-                   help="GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or "
-                        "projector slot number; default: what the source declares")
-
-
-def state_prompt_of(args) -> str | None:
-    """Return the --state-prompt choice as the Policy takes it (None for auto)."""
-    return None if args.state_prompt == "auto" else args.state_prompt
 
 
 def add_layout_args(p) -> None:
@@ -58,8 +35,7 @@ def register(sub) -> None:
     """Add the `quantize` command."""
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
     add_source_args(p)
-    add_state_prompt_arg(p)
-    add_embodiment_arg(p)
+    add_option_args(p)
     add_layout_args(p)
     p.add_argument("--calib", required=True, help="calibration buffer folder or synthetic:N")
     p.add_argument("--out", required=True, help="artifact folder to write")
@@ -94,8 +70,7 @@ def run(args) -> int:
         clip_search=args.clip_search, smooth_alpha=args.smooth, group_size=args.group_size,
         hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
-        batch_size=args.batch_size, state_prompt=state_prompt_of(args),
-        embodiment=args.embodiment,
+        batch_size=args.batch_size, options=options_of(args),
     )
     log = (lambda *_: None) if args.json else print
     manifest = quantize_policy(req, args.out, progress=None if args.json else progress_bar,

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
-from quantvla_ros.cli.quantize_cmd import (
-    add_embodiment_arg,
-    add_state_prompt_arg,
-    state_prompt_of,
-)
 from quantvla_ros.workflows.report import build_report
 from quantvla_ros.workflows.report_render import to_markdown, write_report
 
@@ -21,8 +17,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="folder for report.md, report.json and PNG plots")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    add_state_prompt_arg(p)
-    add_embodiment_arg(p)
+    add_option_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run)
 
@@ -30,8 +25,7 @@ def register(sub) -> None:
 def run(args) -> int:
     """Build the fidelity report; print it (markdown or JSON) and write its files with --out."""
     r = build_report(args.artifact, args.calib, args.device, args.precision,
-                     checkpoint=args.checkpoint, state_prompt=state_prompt_of(args),
-                     embodiment=args.embodiment)
+                     checkpoint=args.checkpoint, options=options_of(args))
     files = write_report(r, args.out) if args.out else []
     if args.json:
         print_json({**r, "files": files})

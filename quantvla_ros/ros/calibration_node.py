@@ -58,7 +58,7 @@ class CalibrationNode(Node):
                 raise SettingsError("quantize is true but quantize_out is empty")
             quantize_fn = quantize_hook(s.quantize_source, s.quantize_bits, s.quantize_preset,
                                         s.seed, s.quantize_device, log=self.get_logger().info,
-                                        embodiment=s.quantize_embodiment or None)
+                                        options=s.quantize_options)
         self.quantize_fn = quantize_fn
         self.done = False
         self.exit_code = 0

@@ -70,9 +70,7 @@ def load_policy(s: InferenceSettings) -> Policy:
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:
-        policy = Policy.load(source, device=s.device, precision=s.precision,
-                             state_prompt=None if s.state_prompt == "auto" else s.state_prompt,
-                             embodiment=s.embodiment or None)
+        policy = Policy.load(source, device=s.device, precision=s.precision, **s.options)
     except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise ConfigureError(f"cannot load policy {s.policy!r}: {msg}") from exc

@@ -12,14 +12,16 @@ Compressed cameras follow the image_transport naming convention: a camera topic 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from quantvla_ros.runtime.families import all_options
+from quantvla_ros.runtime.family import UNSET
+
 COMPRESSED_SUFFIX = "/compressed"
-STATE_PROMPT_CHOICES = ("auto", "unpadded", "padded", "none")
 
 
 class SettingsError(ValueError):
@@ -34,6 +36,25 @@ class Param:
     kind: str
     default: Any
     description: str
+
+
+def _option_params(prefix: str) -> tuple[Param, ...]:
+    """One str parameter per family option (`PolicyFamily.options`), named prefix + name."""
+    return tuple(Param(prefix + name, "str", "auto", f"{spec.help} [{', '.join(families)}]")
+                 for name, (spec, families) in all_options().items())
+
+
+def _options(v: dict, prefix: str, problems: list[str]) -> dict[str, str]:
+    """Return the set options (auto / empty left out); a value outside its choices is a problem."""
+    out = {}
+    for name, (spec, _) in all_options().items():
+        value = v.get(prefix + name, "auto").strip()
+        if spec.choices and value not in (*UNSET, *spec.choices):
+            problems.append(f"{prefix + name} must be auto, {', '.join(spec.choices[:-1])} or "
+                            f"{spec.choices[-1]}, got {value!r}")
+        elif value not in UNSET:
+            out[name] = value
+    return out
 
 
 INPUT_PARAMS = (
@@ -65,15 +86,7 @@ INFERENCE_PARAMS = (
           "Checkpoint folder, quantized artifact folder, or a named model (random weights)."),
     Param("device", "str", "cpu", "Torch device: cpu, cuda or cuda:N."),
     Param("precision", "str", "fp32", "Floating-point precision: fp32, bf16 or fp16."),
-    Param("state_prompt", "str", "auto",
-          "pi0.5: how the robot state is written into the prompt: unpadded (the robot's own "
-          "values: lerobot >= 0.5, openpi), padded (zero-padded to the model's state dim "
-          "first: lerobot 0.4.x), none (no state: a policy trained with state dropout) or auto "
-          "(what the checkpoint or artifact declares, else unpadded)."),
-    Param("embodiment", "str", "",
-          "GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or projector slot "
-          "number, which also picks the checkpoint's statistics; empty = what the checkpoint "
-          "or artifact declares."),
+    *_option_params(""),
     *INPUT_PARAMS,
     Param("output_topic", "str", "/quantvla/joint_trajectory",
           "trajectory_msgs/JointTrajectory output."),
@@ -108,8 +121,7 @@ CALIBRATION_PARAMS = (
           "Layout: pi quantvla, full, backbone, expert_mlp, backbone_expert or none; GR00T "
           "quantvla, llm, dit_ff, all or none."),
     Param("quantize_device", "str", "cpu", "Torch device for calibration: cpu or cuda."),
-    Param("quantize_embodiment", "str", "",
-          "GR00T: embodiment tag or slot of quantize_source; empty = what it declares."),
+    *_option_params("quantize_"),
     Param("seed", "int", 0, "Weights seed of a named quantize_source."),
 )
 
@@ -156,8 +168,7 @@ class InferenceSettings:
     actions_per_chunk: int
     warmup_runs: int
     seed: int
-    state_prompt: str = "auto"
-    embodiment: str = ""  # GR00T; empty = as the source declares
+    options: dict = field(default_factory=dict)  # the family's deployment choices, set ones
 
     @property
     def inference_period_s(self) -> float:
@@ -180,8 +191,8 @@ class CalibrationSettings:
     quantize_bits: str = "w4a8"
     quantize_preset: str = "quantvla"
     quantize_device: str = "cpu"
-    quantize_embodiment: str = ""
     seed: int = 0
+    quantize_options: dict = field(default_factory=dict)  # the source's deployment choices
 
 
 def defaults(params: tuple[Param, ...]) -> dict[str, Any]:
@@ -269,9 +280,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         problems.append(f"precision must be fp32, bf16 or fp16, got {v['precision']!r}")
     if "device" in v and not (v["device"] == "cpu" or v["device"].startswith("cuda")):
         problems.append(f"device must be cpu, cuda or cuda:N, got {v['device']!r}")
-    if "state_prompt" in v and v["state_prompt"] not in STATE_PROMPT_CHOICES:
-        problems.append(f"state_prompt must be auto, unpadded, padded or none, got "
-                        f"{v['state_prompt']!r}")
+    options = _options(v, "", problems)
     if "policy" in v and not v["policy"].strip():
         problems.append("policy must name a checkpoint / artifact folder or a model")
     inputs = _inputs(v, problems)
@@ -280,7 +289,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         inputs=inputs, policy=v["policy"], device=v["device"], precision=v["precision"],
         output_topic=v["output_topic"], control_rate_hz=v["control_rate_hz"],
         actions_per_chunk=v["actions_per_chunk"], warmup_runs=v["warmup_runs"], seed=v["seed"],
-        state_prompt=v["state_prompt"], embodiment=v["embodiment"].strip(),
+        options=options,
     )
 
 
@@ -296,6 +305,7 @@ def parse_calibration(values: dict[str, Any]) -> CalibrationSettings:
         problems.append("buffer_path must not be empty")
     if v.get("quantize") and not v.get("quantize_out", "").strip():
         problems.append("quantize is true but quantize_out is empty")
+    options = _options(v, "quantize_", problems)
     inputs = _inputs(v, problems)
     _raise(problems, "calibration_node parameters")
     return CalibrationSettings(
@@ -304,7 +314,7 @@ def parse_calibration(values: dict[str, Any]) -> CalibrationSettings:
         quantize=v["quantize"], quantize_out=v["quantize_out"],
         quantize_source=v["quantize_source"], quantize_bits=v["quantize_bits"],
         quantize_preset=v["quantize_preset"], quantize_device=v["quantize_device"],
-        quantize_embodiment=v["quantize_embodiment"].strip(), seed=v["seed"],
+        seed=v["seed"], quantize_options=options,
     )
 
 

@@ -10,7 +10,7 @@ by the config's family, so nothing above `runtime/` branches on it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,17 +18,46 @@ import torch
 
 from quantvla_ros.models.family import ModelConfig
 
+UNSET = ("", "auto")  # option values that mean "what the source declares"
+
 
 @dataclass(frozen=True)
-class PolicyOptions:
-    """Per-deployment choices; each applies to one family (None: what the source declares).
+class OptionSpec:
+    """One per-deployment choice a family takes: its name, what it does, allowed values.
 
-    state_prompt (pi0.5): "unpadded" | "padded" | "none". embodiment (GR00T): an embodiment
-    tag such as "new_embodiment" or a projector slot number.
+    The CLI flags, the node parameters and the Python keyword arguments are made from these,
+    so a new option is declared in its family only. Empty `choices`: free text the family
+    checks in `configure`.
     """
 
-    state_prompt: str | None = None
-    embodiment: str | None = None
+    name: str
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+class PolicyOptions(Mapping[str, str]):
+    """Per-deployment choices by option name; None, "" and "auto" are left out (declared)."""
+
+    def __init__(self, values: Mapping[str, str | None] | None = None, **named: str | None):
+        """Keep the set values of ``values`` and ``named`` (the latter win)."""
+        merged = {**(values or {}), **named}
+        self._values = {k: str(v) for k, v in merged.items() if v is not None and v not in UNSET}
+
+    def __getitem__(self, name: str) -> str:
+        """Return the value set for ``name`` (KeyError if unset)."""
+        return self._values[name]
+
+    def __iter__(self):
+        """Iterate over the names that are set."""
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        """Return how many options are set."""
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        """Show the set values."""
+        return f"PolicyOptions({self._values!r})"
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,22 @@ class PolicyFamily(ABC):
 
     name: str = ""
     supports_cuda_graphs: bool = False  # whether the Policy may capture its chunk
+    options: tuple[OptionSpec, ...] = ()  # the per-deployment choices this family takes
+
+    def check_options(self, what: str, options: PolicyOptions) -> None:
+        """Refuse an option this family does not take, or a value outside its choices.
+
+        ``what`` names the policy in the message (a config name or a folder).
+        """
+        specs = {o.name: o for o in self.options}
+        for name, value in options.items():
+            if name not in specs:
+                raise ValueError(f"{name} is not an option of {what} ({self.name} family); "
+                                 f"its options: {', '.join(specs) or 'none'}")
+            choices = specs[name].choices
+            if choices and value not in choices:
+                raise ValueError(f"{name} {value!r}: expected one of {list(choices)} or auto "
+                                 "(what the source declares)")
 
     @abstractmethod
     def load_checkpoint(self, folder: Path, tokenizer: Path | None, device, dtype,
@@ -70,9 +115,10 @@ class PolicyFamily(ABC):
 
     @abstractmethod
     def configure(self, policy, options: PolicyOptions) -> str:
-        """Resolve the options into `policy.cfg` and `policy.options`; return a source note.
+        """Resolve the (checked) options into `policy.cfg` and `policy.options`.
 
-        `policy.options` holds the resolved choices, which a teacher of the same source takes.
+        Returns a note for the policy's source line. `policy.options` holds the resolved
+        choices, which a teacher of the same source takes.
         """
 
     @abstractmethod

@@ -48,12 +48,12 @@ class Policy:
     """
 
     def __init__(self, model, normalizer, tokenizer, device="cpu", seed: int = 0,
-                 source: str = "", state_prompt: str | None = None,
-                 embodiment: str | None = None):
+                 source: str = "", **options: str | None):
         """Store the model with its pre / post-processing; seed the noise stream.
 
-        ``state_prompt`` (pi0.5: "unpadded" | "padded" | "none") and ``embodiment`` (GR00T: a
-        tag or a projector slot) are deployment choices; None takes what the source declares.
+        ``options`` are the family's deployment choices by name (its `PolicyFamily.options`,
+        e.g. pi0.5's state_prompt, GR00T's embodiment); None or "auto" takes what the source
+        declares, and an option of another family is refused.
         """
         self.model, self.cfg = model, model.cfg
         self.family = family_for(model.cfg)
@@ -74,13 +74,14 @@ class Policy:
         self.state_dim = normalizer.dim(STATE_KEY)
         self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
         self.options = PolicyOptions()  # the resolved choices (set by the family)
-        self.source += self.family.configure(self, PolicyOptions(state_prompt, embodiment))
+        asked = PolicyOptions(options)
+        self.family.check_options(self.cfg.name, asked)
+        self.source += self.family.configure(self, asked)
         self.reseed(seed)
 
-    @property
-    def state_prompt(self) -> str | None:
-        """pi0.5's resolved state prompt ("unpadded" | "padded" | "none"); None otherwise."""
-        return self.options.state_prompt
+    def option(self, name: str) -> str | None:
+        """Return a resolved deployment choice (e.g. "state_prompt"), None if not set."""
+        return self.options.get(name)
 
     @property
     def max_state_dim(self) -> int:
@@ -105,8 +106,10 @@ class Policy:
         """Load a checkpoint of any family (its own tokenizer folder unless ``tokenizer``)."""
         src = PolicySource.resolve(folder, seed=seed, tokenizer=tokenizer)
         family = family_named(src.family())
+        asked = PolicyOptions(options)
+        family.check_options(str(folder), asked)  # before the (long) weight load
         loaded = family.load_checkpoint(src.path, src.tokenizer, device, resolve_dtype(precision),
-                                     PolicyOptions(**options))
+                                     asked)
         return cls(loaded.model, loaded.normalizer, loaded.tokenizer, device, seed,
                    source=str(folder), **options)
 

@@ -93,7 +93,7 @@ def measure(policy: Policy, demos: DemoSet, frames: int = 30, steps: int = 5,
     mean = {name: np.concatenate(d).mean(0) for name, d in deltas.items()}
     state_pos = float(mean["state"][POSITION_DIMS].mean())
     return {
-        "frames": len(chosen), "steps": steps, "state_prompt": policy.state_prompt,
+        "frames": len(chosen), "steps": steps, "state_prompt": policy.option("state_prompt"),
         "mean_abs_change": {name: [round(float(x), 4) for x in v] for name, v in mean.items()},
         "image_vs_state": (float(mean["images"][POSITION_DIMS].mean()) / state_pos
                            if state_pos > 0 else float("inf")),

@@ -32,7 +32,7 @@ FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def quantized_random_policy(model: str, bits: str, device: str, seed: int,
-                            preset: str = "quantvla", state_prompt: str | None = None) -> Policy:
+                            preset: str = "quantvla", options: dict | None = None) -> Policy:
     """Build a random-weight policy quantized round-to-nearest, for latency only.
 
     Latency does not depend on the calibration, and ATM / OHB are folded into weights, so
@@ -44,7 +44,7 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
 
     act = "bf16" if device == "cuda" else "fp32"
     policy = Policy.from_config(model, seed=seed, device=device, precision=act,
-                                state_prompt=state_prompt)
+                                **(options or {}))
     layout = get_layout(preset, family=policy.family.name)
     quantize_(policy.model, QuantConfig(parse_bits(bits), layout))
     fused = policy.family.fuse_projections(policy.model)  # as Policy.from_artifact serves it
@@ -54,15 +54,16 @@ def quantized_random_policy(model: str, bits: str, device: str, seed: int,
 
 def bench_e2e(model: str, precision: str = "fp32", device: str = "cpu", runs: int = 10,
               warmup: int = 2, seed: int = 0, allow_full_on_cpu: bool = False,
-              artifact: str | None = None, state_prompt: str | None = None) -> dict:
+              artifact: str | None = None, options: dict | None = None) -> dict:
     """Median / p90 chunk latency after warm-up, prefix vs denoise split and peak memory.
 
     `precision` is a float dtype (fp32 / bf16 / fp16) or integer bits (w8a8 / w4a8 / w4a4,
-    quantized from random weights); `artifact` benchmarks a quantized artifact instead.
+    quantized from random weights); `artifact` benchmarks a quantized artifact instead;
+    `options` are the family's deployment choices (see `PolicyFamily.options`).
     """
     check_bench_request(model, device, artifact, allow_full_on_cpu)
     policy, model, precision = build_bench_policy(model, precision, device, seed, artifact,
-                                                  state_prompt)
+                                                  options)
     return measure_policy(policy, model, precision, device, runs, warmup, seed)
 
 
@@ -82,20 +83,19 @@ def check_bench_request(model: str, device: str, artifact: str | None = None,
 
 
 def build_bench_policy(model: str, precision: str, device: str, seed: int = 0,
-                       artifact: str | None = None, state_prompt: str | None = None):
+                       artifact: str | None = None, options: dict | None = None):
     """Return (policy, model name, precision) as :func:`bench_e2e` benchmarks them."""
     if artifact is not None:
         act = precision if precision in FLOAT_PRECISIONS else "fp32"
         policy = Policy.from_artifact(artifact, device=device, precision=act, seed=seed,
-                                      state_prompt=state_prompt)
+                                      **(options or {}))
         model = policy.cfg.name
         precision = policy.manifest.bits
     elif precision in FLOAT_PRECISIONS:
         policy = Policy.from_config(model, seed=seed, device=device, precision=precision,
-                                    state_prompt=state_prompt)
+                                    **(options or {}))
     else:
-        policy = quantized_random_policy(model, precision, device, seed,
-                                         state_prompt=state_prompt)
+        policy = quantized_random_policy(model, precision, device, seed, options=options)
     return policy, model, precision
 
 

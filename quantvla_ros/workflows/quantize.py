@@ -48,8 +48,8 @@ class QuantizeRequest:
     precision: str = "fp32"
     batch_size: int = 8
     max_samples: int | None = None
-    state_prompt: str | None = None  # pi0.5: "unpadded" | "padded" | "none" | None
-    embodiment: str | None = None  # GR00T: a tag or projector slot | None (as declared)
+    # the family's deployment choices by name (PolicyFamily.options; unset: as declared)
+    options: dict[str, str] = field(default_factory=dict)
 
 
 MIN_SAMPLES = 2  # at least one to calibrate on and one held out for `quantvla report`
@@ -95,8 +95,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
                         hadamard=req.hadamard)
     source = PolicySource.resolve(req.source, seed=req.seed)
     identity = source.identity()  # refuses an artifact as the source, before any work
-    teacher = Policy.load(source, device=req.device, precision=req.precision,
-                          state_prompt=req.state_prompt, embodiment=req.embodiment)
+    teacher = Policy.load(source, device=req.device, precision=req.precision, **req.options)
     qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude,
                                           family=teacher.family.name), req.smooth_alpha)
     buffer = open_buffer_for(teacher, req.calib)
@@ -139,14 +138,14 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
 
 
 def quantize_hook(source: str = "pi05-tiny", bits: str = "w4a8", preset: str = "quantvla",
-                  seed: int = 0, device: str = "cpu", log=print, embodiment: str | None = None):
+                  seed: int = 0, device: str = "cpu", log=print, options: dict | None = None):
     """Build a `(buffer_path, out_dir) -> artifact path` hook for the calibration node / demo."""
     parse_bits(bits)  # fail at start-up, not after a recording
     get_layout(preset, family=PolicySource.resolve(source, seed=seed).family())
 
     def run(buffer_path: Path, out_dir: Path) -> Path:
         req = QuantizeRequest(source=source, calib=str(buffer_path), bits=bits, preset=preset,
-                              seed=seed, device=device, embodiment=embodiment)
+                              seed=seed, device=device, options=dict(options or {}))
         quantize_policy(req, out_dir, log=log)
         return Path(out_dir)
 

@@ -9,7 +9,6 @@ errors are measured against the teacher's displacement (workflows/action_metrics
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ def load_teacher(manifest: ArtifactManifest, device="cpu", precision="fp32",
     `options` (the student's resolved ones) make the teacher read inputs as the student does.
     """
     src = manifest.source
-    opts = asdict(options or PolicyOptions())
+    opts = dict(options or {})
     if src.kind == "named":
         return Policy.from_config(src.model, seed=src.seed, device=device, precision=precision,
                                   **opts)
@@ -81,15 +80,15 @@ def held_out(calibration: dict, buffer) -> tuple[list[int], str]:
 
 
 def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_size=8,
-                 checkpoint=None, state_prompt: str | None = None,
-                 embodiment: str | None = None) -> dict:
+                 checkpoint=None, options: dict | None = None) -> dict:
     """Compare teacher, student and student without ATM / OHB on held-out samples.
 
     All three see the same noise (REPORT_NOISE_SEED). Returns JSON-ready action errors,
-    per-layer ratios before / after balancing and per-denoising-step ratios.
+    per-layer ratios before / after balancing and per-denoising-step ratios. `options`
+    are the student's deployment choices by name (PolicyFamily.options).
     """
     student = Policy.from_artifact(artifact, device=device, precision=precision, fuse=False,
-                                   state_prompt=state_prompt, embodiment=embodiment)
+                                   **(options or {}))
     manifest = student.manifest
     # the teacher writes the prompt the way the student does
     teacher = load_teacher(manifest, device, precision, checkpoint, student.options)

@@ -7,7 +7,7 @@ runtime/family.py, which imports none of the implementations.
 from quantvla_ros.models.family import ModelConfig
 from quantvla_ros.runtime.families.groot import GrootFamily
 from quantvla_ros.runtime.families.pi import PiFamily
-from quantvla_ros.runtime.family import PolicyFamily
+from quantvla_ros.runtime.family import OptionSpec, PolicyFamily
 
 FAMILIES: dict[str, type[PolicyFamily]] = {"pi": PiFamily, "groot": GrootFamily}
 
@@ -22,3 +22,17 @@ def family_named(name: str) -> PolicyFamily:
 def family_for(cfg: ModelConfig) -> PolicyFamily:
     """Return a new PolicyFamily for a config."""
     return family_named(cfg.family)
+
+
+def all_options() -> dict[str, tuple[OptionSpec, tuple[str, ...]]]:
+    """Every family's options: name -> (its spec, the families that take it).
+
+    The CLI and the node parameters are made from this table, so an option is declared once,
+    in its family.
+    """
+    out: dict[str, tuple[OptionSpec, tuple[str, ...]]] = {}
+    for name, family in FAMILIES.items():
+        for spec in family.options:
+            known = out.get(spec.name)
+            out[spec.name] = (spec, (*known[1], name) if known else (name,))
+    return out

@@ -31,7 +31,13 @@ from quantvla_ros.quant.groot_balance import (
     dit_balance_tables,
     unfold_dit_balance,
 )
-from quantvla_ros.runtime.family import LaunchProbe, Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.family import (
+    LaunchProbe,
+    Loaded,
+    OptionSpec,
+    PolicyFamily,
+    PolicyOptions,
+)
 
 BATCH_KEYS = ("pixel_values", "input_ids", "attention_mask", "state", "embodiment_id")
 # The stacks whose linears see one row per prompt token (padding rows included).
@@ -51,6 +57,10 @@ class GrootFamily(PolicyFamily):
 
     name = "groot"
     supports_cuda_graphs = False
+    options = (OptionSpec("embodiment", (
+        "GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or projector slot "
+        "number; picks the projector slot and the statistics; auto = what the source "
+        "declares"),),)
 
     def __init__(self):
         """Start without a processor: `configure` builds it once the choices are known."""
@@ -64,12 +74,12 @@ class GrootFamily(PolicyFamily):
             load_tokenizer(tok_dir, None)  # raises: names the folder and what to copy there
         model, cfg = load_checkpoint(folder, device, dtype)
         tok = self.tokenizer(cfg, tok_dir, trained=True)
-        tag = statistics_tag(folder, options.embodiment, cfg.embodiment)
+        tag = statistics_tag(folder, options.get("embodiment"), cfg.embodiment)
         normalizer = read_normalizer(folder, tag)
         if normalizer is None:
             raise ProcessingError(f"{folder}: no statistics (experiment_cfg/metadata.json or "
                                   "lerobot's processor files); a trained policy needs them")
-        if options.embodiment is None and tag != cfg.embodiment:
+        if "embodiment" not in options and tag != cfg.embodiment:
             model.cfg = cfg.with_(embodiment=tag)  # the statistics' tag is the robot's
         return Loaded(model, normalizer, tok)
 
@@ -81,12 +91,9 @@ class GrootFamily(PolicyFamily):
 
     def configure(self, policy, options: PolicyOptions) -> str:
         """Resolve the embodiment into the config; build the processor."""
-        if options.state_prompt is not None:
-            raise ValueError("state_prompt applies to pi0.5 policies only; this is "
-                             f"{policy.cfg.name} (GR00T)")
         cfg = policy.cfg
-        embodiment = options.embodiment or cfg.embodiment
-        why = "set explicitly" if options.embodiment else "declared by the source"
+        embodiment = options.get("embodiment") or cfg.embodiment
+        why = "set explicitly" if "embodiment" in options else "declared by the source"
         embodiment_id(embodiment, cfg)  # raises a ProcessingError naming the problem
         if embodiment != cfg.embodiment:
             policy.model.cfg = policy.cfg = cfg = cfg.with_(embodiment=embodiment)

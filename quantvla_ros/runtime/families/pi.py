@@ -19,7 +19,13 @@ from quantvla_ros.quant.pi_stats import StatsCollector, per_step_ratios
 from quantvla_ros.runtime.families.pi_cuda_graph import GraphedChunk
 from quantvla_ros.runtime.families.pi_fast_path import prepare_for_inference
 from quantvla_ros.runtime.families.pi_preprocess import images_to_pixels
-from quantvla_ros.runtime.family import LaunchProbe, Loaded, PolicyFamily, PolicyOptions
+from quantvla_ros.runtime.family import (
+    LaunchProbe,
+    Loaded,
+    OptionSpec,
+    PolicyFamily,
+    PolicyOptions,
+)
 
 
 class PiFamily(PolicyFamily):
@@ -27,6 +33,11 @@ class PiFamily(PolicyFamily):
 
     name = "pi"
     supports_cuda_graphs = True
+    options = (OptionSpec("state_prompt", (
+        "pi0.5: how the robot state enters the prompt: unpadded (its own values; lerobot >= "
+        "0.5, openpi), padded (zero-padded to the model's state width; lerobot 0.4.x), none "
+        "(left out: a policy trained with state dropout); auto = what the source declares"),
+        STATE_PROMPTS),)
 
     def load_checkpoint(self, folder: Path, tokenizer: Path | None, device, dtype,
                         options: PolicyOptions) -> Loaded:
@@ -53,14 +64,8 @@ class PiFamily(PolicyFamily):
         "none" leaves the state out (a policy trained with state dropout); None takes what
         the source declares, else "unpadded".
         """
-        if options.embodiment is not None:
-            raise ValueError("embodiment applies to GR00T policies only; this is "
-                             f"{policy.cfg.name} (pi)")
-        explicit = options.state_prompt
+        explicit = options.get("state_prompt")
         policy.options = PolicyOptions()
-        if explicit is not None and explicit not in STATE_PROMPTS:
-            raise ValueError(f"state_prompt {explicit!r}: expected one of {list(STATE_PROMPTS)}"
-                             " or None (what the source declares)")
         if policy.cfg.variant != "pi05":
             return ""
         declared = policy.cfg.state_prompt
@@ -83,7 +88,7 @@ class PiFamily(PolicyFamily):
         padded = np.zeros(cfg.state_dim, np.float32)
         padded[: state.shape[0]] = state
         # pi0.5's prompt bins: the robot's own values, the padded vector or none (configure)
-        bins = {"padded": padded, "none": None}.get(policy.state_prompt, state)
+        bins = {"padded": padded, "none": None}.get(policy.options.get("state_prompt"), state)
         prompt = build_prompt(cfg.variant, obs.instruction, bins)
         ids, mask = tokenize(policy.tokenizer, prompt, cfg.max_token_len)
         dev = policy.device
