@@ -6,6 +6,7 @@ from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
 from quantvla_ros.quant.balance import BalanceConfig
+from quantvla_ros.runtime.families import presets_help
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
 
@@ -13,17 +14,16 @@ def add_source_args(p) -> None:
     """Add the float policy source (--model or --checkpoint) and --seed."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a named config (random weights, see `quantvla models`)")
-    src.add_argument("--checkpoint", help="a checkpoint folder: lerobot pi0 / pi0.5, NVIDIA or "
-                                          "lerobot GR00T N1.5")
+    src.add_argument("--checkpoint", help="a checkpoint folder of any family (its config.json "
+                                          "says which: see `quantvla models`)")
     p.add_argument("--seed", type=int, default=0, help="weights seed for --model")
 
 
 def add_layout_args(p) -> None:
     """Add --preset, --bits, --include and --exclude (shared with `inspect`)."""
     p.add_argument("--preset", default="quantvla",
-                   help="pi0 / pi0.5: quantvla | full (+ vision tower, token embedding) | "
-                        "backbone | expert_mlp | backbone_expert | none; GR00T: quantvla | "
-                        "llm | dit_ff | all | none")
+                   help=f"a preset of the model's family ({presets_help()}), or custom "
+                        "with --include")
     p.add_argument("--bits", default="w4a8", help="w8a8 | w4a8 | w4a4")
     p.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="also quantize linears matching this module-name glob")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from quantvla_ros.runtime.families import all_options
+from quantvla_ros.runtime.families import all_options, presets_help
 from quantvla_ros.runtime.family import UNSET
 
 COMPRESSED_SUFFIX = "/compressed"
@@ -118,8 +118,7 @@ CALIBRATION_PARAMS = (
           "Float policy to quantize: a checkpoint folder or a named model (random weights)."),
     Param("quantize_bits", "str", "w4a8", "Integer format: w8a8, w4a8 or w4a4."),
     Param("quantize_preset", "str", "quantvla",
-          "Layout: pi quantvla, full, backbone, expert_mlp, backbone_expert or none; GR00T "
-          "quantvla, llm, dit_ff, all or none."),
+          f"Layout, a preset of the source's family: {presets_help()}."),
     Param("quantize_device", "str", "cpu", "Torch device for calibration: cpu or cuda."),
     *_option_params("quantize_"),
     Param("seed", "int", 0, "Weights seed of a named quantize_source."),

@@ -5,6 +5,7 @@ runtime/family.py, which imports none of the implementations.
 """
 
 from quantvla_ros.models.family import ModelConfig
+from quantvla_ros.quant.layouts import presets_of
 from quantvla_ros.runtime.families.groot import GrootFamily
 from quantvla_ros.runtime.families.pi import PiFamily
 from quantvla_ros.runtime.family import OptionSpec, PolicyFamily
@@ -36,3 +37,8 @@ def all_options() -> dict[str, tuple[OptionSpec, tuple[str, ...]]]:
             known = out.get(spec.name)
             out[spec.name] = (spec, (*known[1], name) if known else (name,))
     return out
+
+
+def presets_help() -> str:
+    """Name every family's quantization presets, for help texts ("pi: quantvla | ...; ...")."""
+    return "; ".join(f"{name}: {' | '.join(presets_of(name))}" for name in FAMILIES)
