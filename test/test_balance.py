@@ -16,14 +16,16 @@ from quantvla_ros.quant.balance import (
     BalanceConfig,
     CalibrationError,
     balance_ratio,
-    calibrate_balance,
     clamp_band,
+)
+from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.pi_balance import (
+    calibrate_balance,
     fold_atm,
     fold_ohb,
     measure,
     run_batches,
 )
-from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.pi_stats import StatsCollector
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.policy import Policy
@@ -90,8 +92,12 @@ def test_clamp_and_neutral_band():
     assert r.tolist() == pytest.approx([0.8, 1.0, 1.0, 1.06, 1.25])
     with pytest.raises(ValueError, match="clamp range"):
         BalanceConfig(clamp=(1.1, 1.25))
+    with pytest.raises(ValueError, match="at least one"):
+        BalanceConfig(towers=())
+    from quantvla_ros.quant.pi_balance import attention_sites  # the family knows its towers
+
     with pytest.raises(ValueError, match="unknown towers"):
-        BalanceConfig(towers=("vision",))
+        attention_sites(random_model(get_config("pi05-tiny")), ("vision",))
 
 
 def test_calibration_removes_injected_drift(setup):
@@ -206,7 +212,7 @@ def test_nan_statistics_refused_with_layer_and_head(one_step):
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         student.expert.layers[0].self_attn.o_proj.weight[0, 0] = float("inf")
-    with pytest.raises(CalibrationError, match=r"expert\.0: student o_proj output RMS is"):
+    with pytest.raises(CalibrationError, match=r"expert\.0: student attention output RMS is"):
         calibrate_balance(teacher, student, batches, BalanceConfig())
 
 

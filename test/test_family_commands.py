@@ -69,3 +69,21 @@ def test_inspect_a_checkpoint_written_here(tmp_path, family, capsys):
     named = json.loads(capsys.readouterr().out)
     assert from_folder["quantized_modules"] == named["quantized_modules"] > 0
     assert from_folder["total_bytes"] == named["total_bytes"]
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_balance_record_has_one_schema(tmp_path, family):
+    """One ATM / OHB driver over every family's attention sites: the same record layout."""
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+
+    m = quantize_policy(QuantizeRequest(source=TINY[family], calib="synthetic:6", bits="w8a8"),
+                        tmp_path / "a", log=lambda *_: None)
+    b = m.balance
+    assert set(b.ratios) == {"before", "after"}
+    for when in ("before", "after"):
+        assert set(b.ratios[when]) == {"logit_std", "oproj_rms"}
+        assert set(b.ratios[when]["logit_std"]) == set(b.alpha)
+        assert set(b.ratios[when]["oproj_rms"]) == set(b.beta)
+    sites = Policy.load(TINY[family]).family.attention_sites(
+        Policy.load(TINY[family]).model, ("expert",))
+    assert set(b.alpha) == {s.key for stage in sites for s in stage}

@@ -14,11 +14,13 @@ from quantvla_ros.models.build import random_model
 from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.artifact import load_artifact
-from quantvla_ros.quant.balance import BalanceConfig, fold_atm, fold_ohb, unfold_balance
+from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.pi_balance import fold_atm, fold_ohb
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.quantizers import CLIP_RATIOS, QMAX
 from quantvla_ros.quant.scheme import parse_bits
+from quantvla_ros.runtime.families.pi import PiFamily
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
 CALIB = "synthetic:4"
@@ -121,7 +123,7 @@ def test_stored_factors_are_the_applied_ones(tmp_path, teacher, towers):
     folded = [k for k in want if k.rsplit(".", 1)[0] in changed and not torch.equal(got[k],
                                                                                      want[k])]
     assert folded, "no balance factor was folded into the artifact"
-    unfold_balance(model, alpha, beta)
+    PiFamily().unfold_balance(model, alpha, beta)
     for key, ref in model.state_dict().items():  # exactly these factors were folded
         torch.testing.assert_close(ref, want[key], rtol=1e-6, atol=1e-9, msg=key)
     # folding the stored factors into the plain student reproduces the artifact

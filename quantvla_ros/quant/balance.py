@@ -1,29 +1,30 @@
-"""Attention temperature matching (ATM) and output head balancing (OHB).
+"""Attention temperature matching (ATM) and output head balancing (OHB): one driver.
 
 Both compare the student (quantized) with the teacher (float) on the calibration buffer and
 fold a ratio into float weights or dequantization scales, so inference runs no extra op:
-- ATM: alpha[l, h] = std(teacher logits) / std(student logits), folded into q_proj rows of
-  head h (logits are linear in q, RoPE included);
-- OHB: beta[l] = RMS(teacher o_proj out) / RMS(student o_proj out), folded into o_proj.
-Ratios are clamped, snapped to 1 inside a neutral band, and calibrated layer by layer so each
+- ATM: alpha[site, h] = std(teacher logits) / std(student logits), folded into the query
+  rows of head h (logits are linear in q, RoPE included);
+- OHB: beta[site] = RMS(teacher attention output) / RMS(student's), folded into the output
+  projection.
+Ratios are clamped, snapped to 1 inside a neutral band, and calibrated stage by stage so each
 is measured with every upstream correction applied. A non-finite statistic, or a student
-statistic of 0 against a non-zero teacher one, is refused (CalibrationError) naming the layer
+statistic of 0 against a non-zero teacher one, is refused (CalibrationError) naming the site
 and head: it would otherwise pass the clamp and be folded silently.
 
-Cost: calibration runs 2 x depth + 2 passes over the buffer. What no pass can change is
-computed once (`PrefixCache`): the prefix embeddings (vision tower, projector, token
-embedding; balancing never touches them) and, when only the expert is balanced, the
-student's prefix keys / values (its backbone is then fixed). Results equal the uncached path.
+What is family-specific is only where the attention sites are and how a model is run and
+observed: a family gives its `AttentionSite`s in calibration order (stages measured in one
+pass) and a `BalanceProbe` (its observer, and whatever it can compute once); `calibrate`,
+`unfold` and `tables` are the same for every family, with one result schema.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 
-from quantvla_ros.models.pi.gemma import AttentionObserver, KVCache
-from quantvla_ros.quant.pi_stats import StatsCollector
 from quantvla_ros.quant.qlinear import QuantLinear
 
 
@@ -33,20 +34,21 @@ class BalanceConfig:
 
     atm: bool = True
     ohb: bool = True
-    towers: tuple[str, ...] = ("expert",)  # add "backbone" to balance the backbone too
+    # which stacks are balanced, in the family's names (pi: "expert", "backbone"; GR00T's
+    # DiT is its only balanced stack, so it ignores this); the family checks them
+    towers: tuple[str, ...] = ("expert",)
     clamp: tuple[float, float] = (0.8, 1.25)
     band: float = 0.05
 
     def __post_init__(self):
-        """Reject a clamp range excluding 1, a band outside [0, 1) and unknown towers."""
+        """Reject a clamp range excluding 1, a band outside [0, 1) and no towers."""
         lo, hi = self.clamp
         if not 0 < lo <= 1 <= hi:
             raise ValueError(f"clamp range must satisfy 0 < lo <= 1 <= hi, got {self.clamp}")
         if not 0 <= self.band < 1:
             raise ValueError(f"neutral band must be in [0, 1), got {self.band}")
-        bad = set(self.towers) - {"backbone", "expert"}
-        if bad:
-            raise ValueError(f"unknown towers {sorted(bad)}; use 'backbone' and/or 'expert'")
+        if not self.towers or not all(isinstance(t, str) for t in self.towers):
+            raise ValueError(f"towers must name at least one stack, got {self.towers!r}")
 
     def to_dict(self) -> dict:
         """Return the config as JSON-ready data (tuples as lists)."""
@@ -99,72 +101,7 @@ def balance_ratio(teacher: torch.Tensor, student: torch.Tensor, where: str,
     return ratio.reshape(teacher.shape)
 
 
-@dataclass
-class Prefix:
-    """One batch's reusable prefix: embeddings, validity and optionally keys / values."""
-
-    embs: torch.Tensor
-    valid: torch.Tensor
-    kv: KVCache | None = None
-
-
-def embed_prefixes(model, batches) -> list[Prefix]:
-    """Run each batch's prefix embedding (vision tower, projector, token embedding) once."""
-    with torch.no_grad():
-        return [Prefix(*model.embed_prefix(b["images"], b["image_masks"], b["tokens"],
-                                           b["token_masks"])) for b in batches]
-
-
-def prefill_prefixes(model, prefixes: list[Prefix]) -> list[Prefix]:
-    """Add `model`'s prefix keys / values to each Prefix (valid while its backbone is fixed)."""
-    model.observer = None
-    with torch.no_grad():
-        return [Prefix(p.embs, p.valid, model.prefill(p.embs, p.valid)) for p in prefixes]
-
-
-def same_prefix_embedding(a, b) -> bool:
-    """Whether two models embed prefixes identically: equal vision, projector, token embedding.
-
-    False where a layout quantized the vision tower or projector (their tensors differ).
-    """
-    for part in ("vision", "projector", "backbone.embed_tokens"):
-        sa, sb = a.get_submodule(part).state_dict(), b.get_submodule(part).state_dict()
-        if sa.keys() != sb.keys() or any(
-                sa[k].dtype != sb[k].dtype or sa[k].shape != sb[k].shape
-                or not torch.equal(sa[k], sb[k]) for k in sa):
-            return False
-    return True
-
-
-def run_batches(model, batches, observer: AttentionObserver | None,
-                prefixes: list[Prefix] | None = None) -> torch.Tensor:
-    """Sample every batch's chunk with the observer attached; actions [N, H, A] (model space).
-
-    Each batch carries its own noise, so teacher and student runs see the same draws.
-    `prefixes` (one per batch) skips what they hold: the prefix embedding, and the prefill
-    where they carry this model's keys / values.
-    """
-    model.observer = observer
-    try:
-        with torch.no_grad():
-            return torch.cat([_sample(model, b, prefixes[i] if prefixes else None).float().cpu()
-                              for i, b in enumerate(batches)])
-    finally:
-        model.observer = None
-
-
-def _sample(model, b: dict, prefix: Prefix | None) -> torch.Tensor:
-    """`model.sample_actions` on one batch, from a cached prefix where one is given."""
-    if prefix is None:
-        return model.sample_actions(b["images"], b["image_masks"], b["tokens"],
-                                    b["token_masks"], b["noise"], b["state"])
-    if model.observer is not None:
-        model.observer.step = None
-    cache = prefix.kv if prefix.kv is not None else model.prefill(prefix.embs, prefix.valid)
-    return model.denoise_loop(cache, prefix.valid, b["noise"], b["state"], model.cfg.num_steps)
-
-
-def _scale_rows(linear, factor: torch.Tensor) -> None:
+def scale_rows(linear, factor: torch.Tensor) -> None:
     """Multiply output channels of a float or quantized linear by factor [N]."""
     if isinstance(linear, QuantLinear):
         linear.scale_output_channels(factor)
@@ -175,109 +112,129 @@ def _scale_rows(linear, factor: torch.Tensor) -> None:
         linear.bias.copy_((linear.bias.double() * f).to(linear.bias.dtype))
 
 
-@torch.no_grad()
-def fold_atm(attn, alpha: torch.Tensor) -> None:
-    """Scale head h's query rows by alpha[h]."""
-    _scale_rows(attn.q_proj, alpha.double().repeat_interleave(attn.head_dim))
 
+@dataclass(frozen=True)
+class AttentionSite:
+    """One balanced attention: its result key and how a factor folds into its weights.
 
-@torch.no_grad()
-def fold_ohb(attn, beta: float) -> None:
-    """Scale the o_proj output by ``beta`` (float weight rows or dequant scales)."""
-    _scale_rows(attn.o_proj, torch.full((attn.o_proj.out_features,), float(beta)))
-
-
-def unfold_balance(model, alpha: dict, beta: dict) -> None:
-    """Undo folded ATM / OHB factors (reports compare with and without them)."""
-    for key, a in alpha.items():
-        tower, layer = key.split(".")
-        fold_atm(_attn(model, tower, int(layer)), 1.0 / torch.tensor(a, dtype=torch.float64))
-    for key, b in beta.items():
-        tower, layer = key.split(".")
-        fold_ohb(_attn(model, tower, int(layer)), 1.0 / b)
-
-
-def _attn(model, tower: str, layer: int):
-    return getattr(model, tower).layers[layer].self_attn
-
-
-def measure(model, batches, towers, layers=None, logits=True, o_proj=True,
-            prefixes: list[Prefix] | None = None) -> StatsCollector:
-    """Run the batches with a StatsCollector on ``towers`` / ``layers``; return it."""
-    c = StatsCollector(towers, layers, logits=logits, o_proj=o_proj)
-    run_batches(model, batches, c, prefixes)
-    return c
-
-
-def calibration_prefixes(teacher, student, batches, cfg: BalanceConfig):
-    """(teacher prefixes, student prefixes) that calibration passes may reuse.
-
-    The prefix embedding is computed once per model, once in all when the student's vision,
-    projector and token embedding equal the teacher's. The student's keys / values are
-    cached only when the backbone is not balanced (balancing it changes them every layer).
+    scale_logits(f [H]) multiplies head h's pre-softmax logits by f[h] (query rows);
+    scale_output(b) multiplies the attention output by b (output projection rows or scales).
     """
-    t_pre = embed_prefixes(teacher, batches)
-    shared = same_prefix_embedding(teacher, student)
-    s_pre = t_pre if shared else embed_prefixes(student, batches)
-    if "backbone" not in cfg.towers:
-        s_pre = prefill_prefixes(student, s_pre)
-    return t_pre, s_pre
+
+    key: str
+    scale_logits: Callable[[torch.Tensor], None]
+    scale_output: Callable[[float], None]
 
 
-def calibrate_balance(teacher, student, batches, cfg: BalanceConfig, progress=None,
-                      cache: bool = True) -> dict:
-    """Fold ATM / OHB into `student` in place; returns the factors and measured ratios.
+@dataclass
+class SiteStats:
+    """Statistics of one run, per site key: logit std per head [H], output RMS, per step."""
 
-    The result maps "alpha" -> {"tower.layer": [per head]}, "beta" -> {"tower.layer": x},
-    and "ratios" -> {"before"/"after": {"logit_std"/"oproj_rms": ...}} where "before" is
-    each layer's ratio as measured just before its own correction. `cache=False` recomputes
-    every prefix (the reference the cached path must equal).
+    logit_std: dict[str, torch.Tensor] = field(default_factory=dict)
+    out_rms: dict[str, float] = field(default_factory=dict)
+    logit_std_by_step: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    out_rms_by_step: dict[str, dict[int, float]] = field(default_factory=dict)
+
+
+class BalanceProbe(Protocol):
+    """A family's way to run a model over the calibration batches and observe its sites."""
+
+    def measure(self, model, keys: set[str] | None = None, logits: bool = True,
+                out: bool = True) -> tuple[torch.Tensor, SiteStats]:
+        """Return (actions [N, H, A] on the CPU, statistics of the sites ``keys`` or all)."""
+
+
+@torch.no_grad()
+def calibrate(probe: BalanceProbe, teacher, student, stages: list[list[AttentionSite]],
+              cfg: BalanceConfig, progress=None) -> dict:
+    """Fold ATM / OHB into `student`'s sites in place, stage by stage; return the record.
+
+    "alpha" {key: [H]}, "beta" {key: x}, "ratios" {"before": {"logit_std": {key: [H]},
+    "oproj_rms": {key: x}}, "after": (the same, once every site is folded)}: "before" is
+    each site's raw teacher / student ratio just before its own correction.
     """
     out = {"alpha": {}, "beta": {}, "ratios": {"before": {"logit_std": {}, "oproj_rms": {}}}}
     if not (cfg.atm or cfg.ohb):
         return out
-    t_pre = s_pre = None
-    if cache:
-        t_pre, s_pre = calibration_prefixes(teacher, student, batches, cfg)
-    ref = measure(teacher, batches, cfg.towers, prefixes=t_pre)
-    t_std, t_rms = ref.logit_std(), ref.oproj_rms()
+    _, ref = probe.measure(teacher)
     before = out["ratios"]["before"]
-    depth = len(student.expert.layers)
-    layers = range(depth)
-    for layer in (progress(layers) if progress else layers):
+    for stage in (progress(stages) if progress else stages):
+        keys = {s.key for s in stage}
         if cfg.atm:
-            s_std = measure(student, batches, cfg.towers, [layer], o_proj=False,
-                            prefixes=s_pre).logit_std()
-            for (tower, li), std in s_std.items():
-                key = f"{tower}.{li}"
-                ratio = balance_ratio(t_std[(tower, li)], std, key, "attention logit std")
-                before["logit_std"][key] = ratio.tolist()
+            _, got = probe.measure(student, keys, out=False)
+            for site in stage:
+                ratio = balance_ratio(ref.logit_std[site.key], got.logit_std[site.key],
+                                      site.key, "attention logit std")
+                before["logit_std"][site.key] = ratio.tolist()
                 alpha = clamp_band(ratio, cfg)
-                fold_atm(_attn(student, tower, li), alpha)
-                out["alpha"][key] = alpha.tolist()
+                site.scale_logits(alpha)
+                out["alpha"][site.key] = alpha.tolist()
         if cfg.ohb:
-            s_rms = measure(student, batches, cfg.towers, [layer], logits=False,
-                            prefixes=s_pre).oproj_rms()
-            for (tower, li), rms in s_rms.items():
-                key = f"{tower}.{li}"
-                ratio = balance_ratio(torch.tensor(t_rms[(tower, li)]), torch.tensor(rms),
-                                      key, "o_proj output RMS")
-                before["oproj_rms"][key] = float(ratio)
+            _, got = probe.measure(student, keys, logits=False)
+            for site in stage:
+                ratio = balance_ratio(torch.tensor(ref.out_rms[site.key], dtype=torch.float64),
+                                      torch.tensor(got.out_rms[site.key], dtype=torch.float64),
+                                      site.key, "attention output RMS")
+                before["oproj_rms"][site.key] = float(ratio)
                 beta = float(clamp_band(ratio, cfg))
-                fold_ohb(_attn(student, tower, li), beta)
-                out["beta"][key] = beta
-    out["ratios"]["after"] = ratio_table(ref, measure(student, batches, cfg.towers,
-                                                      prefixes=s_pre))
+                site.scale_output(beta)
+                out["beta"][site.key] = beta
+    out["ratios"]["after"] = ratio_table(ref, probe.measure(student)[1])
     return out
 
 
-def ratio_table(teacher: StatsCollector, student: StatsCollector) -> dict:
-    """Teacher / student logit-std (per head) and o_proj RMS ratios, keyed "tower.layer"."""
-    t_std, s_std = teacher.logit_std(), student.logit_std()
-    t_rms, s_rms = teacher.oproj_rms(), student.oproj_rms()
+@torch.no_grad()
+def unfold(stages: list[list[AttentionSite]], alpha: dict, beta: dict) -> None:
+    """Divide folded factors back out of the sites (reports compare with and without them)."""
+    sites = {s.key: s for stage in stages for s in stage}
+    for key, a in alpha.items():
+        sites[key].scale_logits(1.0 / torch.tensor(a, dtype=torch.float64))
+    for key, b in beta.items():
+        sites[key].scale_output(1.0 / float(b))
+
+
+def ratio_table(teacher: SiteStats, student: SiteStats) -> dict:
+    """Teacher / student logit-std (per head) and output-RMS ratios, by site key."""
     return {
-        "logit_std": {f"{t}.{li}": (t_std[(t, li)].double() / s_std[(t, li)].double()).tolist()
-                      for (t, li) in s_std if (t, li) in t_std},
-        "oproj_rms": {f"{t}.{li}": t_rms[(t, li)] / s_rms[(t, li)]
-                      for (t, li) in s_rms if (t, li) in t_rms},
+        "logit_std": {k: (teacher.logit_std[k].double() / s.double()).tolist()
+                      for k, s in student.logit_std.items() if k in teacher.logit_std},
+        "oproj_rms": {k: teacher.out_rms[k] / s for k, s in student.out_rms.items()
+                      if k in teacher.out_rms},
     }
+
+
+def per_step_ratios(teacher: SiteStats, student: SiteStats) -> dict:
+    """Per site and flow step: head-averaged logit-std ratio and output-RMS ratio."""
+    out: dict = {}
+    for key, steps in student.logit_std_by_step.items():
+        for step, s in steps.items():
+            t = teacher.logit_std_by_step.get(key, {}).get(step)
+            if t is not None:
+                ratio = float((t.double() / s.double().clamp(min=1e-30)).mean())
+                out.setdefault(key, {}).setdefault(step, {})["logit_std"] = ratio
+    for key, steps in student.out_rms_by_step.items():
+        for step, s in steps.items():
+            t = teacher.out_rms_by_step.get(key, {}).get(step)
+            if t is not None:
+                out.setdefault(key, {}).setdefault(step, {})["oproj_rms"] = t / s if s else None
+    return {k: [v[s] for s in sorted(v)] for k, v in out.items()}
+
+
+def tables(probe: BalanceProbe, teacher, student, unbalanced) -> dict:
+    """Actions of the three models and the report's per-site ratios before / after.
+
+    Keys: "teacher", "student", "unbalanced" (actions [N, H, A]), "layers" (per site: key,
+    logit_std_ratio_before / after per head, oproj_rms_ratio_before / after) and
+    "per_step_after" (per site, per flow step).
+    """
+    runs = {name: probe.measure(model) for name, model in
+            (("teacher", teacher), ("student", student), ("unbalanced", unbalanced))}
+    t, s, u = (runs[n][1] for n in ("teacher", "student", "unbalanced"))
+    before, after = ratio_table(t, u), ratio_table(t, s)
+    keys = list(dict.fromkeys([*after["logit_std"], *after["oproj_rms"]]))
+    layers = [{"layer": key, **{f"{stat}_ratio_{when}": table[stat].get(key)
+                                for stat in ("logit_std", "oproj_rms")
+                                for when, table in (("before", before), ("after", after))}}
+              for key in keys]
+    return {**{n: runs[n][0] for n in runs}, "layers": layers,
+            "per_step_after": per_step_ratios(t, s)}

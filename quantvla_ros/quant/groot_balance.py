@@ -6,18 +6,25 @@
   and their bias (logits are linear in q: no RoPE, no q norm in the DiT).
 - OHB: beta[i] = RMS_teacher / RMS_student of the attention module's output (after
   to_out.0), folded into to_out.0's weight and bias.
-Both are clamped and banded by `balance.clamp_band` and calibrated block by block: block i
+The generic driver (quant/balance.py) clamps, bands and folds them block by block: block i
 is measured with the corrections of blocks < i (and its own ATM, for OHB) already folded.
 The backbone is untouched by the folds, so its features are computed once per model.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 import torch
 
-from quantvla_ros.quant.balance import BalanceConfig, _scale_rows, balance_ratio, clamp_band
+from quantvla_ros.quant.balance import (
+    AttentionSite,
+    BalanceConfig,
+    SiteStats,
+    calibrate,
+    scale_rows,
+)
 
 BLOCK_KEY = "action_head.model.transformer_blocks.{}.attn1"  # [QV]'s JSON keys
 
@@ -96,14 +103,14 @@ def fold_dit_atm(attn, alpha) -> None:
     alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1)
     if alpha.numel() != attn.heads:
         raise ValueError(f"alpha has {alpha.numel()} entries for {attn.heads} heads")
-    _scale_rows(attn.to_q, alpha.repeat_interleave(attn.head_dim))
+    scale_rows(attn.to_q, alpha.repeat_interleave(attn.head_dim))
 
 
 @torch.no_grad()
 def fold_dit_ohb(attn, beta: float) -> None:
     """Scale the attention output by beta (to_out.0 weight and bias)."""
     lin = attn.to_out[0]
-    _scale_rows(lin, torch.full((lin.out_features,), float(beta), dtype=torch.float64))
+    scale_rows(lin, torch.full((lin.out_features,), float(beta), dtype=torch.float64))
 
 
 def backbone_features(model, batches) -> list[torch.Tensor]:
@@ -134,41 +141,59 @@ def measure_dit(model, batches, features, blocks=None, logits=True, out=True) ->
     return stats
 
 
+def attention_sites(model, towers=None) -> list[list[AttentionSite]]:
+    """Every DiT block's attn1 (cross and self), one stage per block; `towers` is moot."""
+    return [[AttentionSite(BLOCK_KEY.format(i), functools.partial(fold_dit_atm, block.attn1),
+                           functools.partial(fold_dit_ohb, block.attn1))]
+            for i, block in enumerate(model.action_head.model.transformer_blocks)]
+
+
+def site_stats(d: DiTStats) -> SiteStats:
+    """Convert a DiTStats to the driver's per-site statistics (keys BLOCK_KEY)."""
+    stats = SiteStats()
+    for block, std in sorted(d.logit_std().items()):
+        stats.logit_std[BLOCK_KEY.format(block)] = std
+    for block, rms in sorted(d.out_rms().items()):
+        stats.out_rms[BLOCK_KEY.format(block)] = rms
+    for (block, step), total in d.std_sum.items():
+        stats.logit_std_by_step.setdefault(BLOCK_KEY.format(block), {})[step] = \
+            total / d.std_n[(block, step)]
+    for (block, step), total in d.sq_sum.items():
+        stats.out_rms_by_step.setdefault(BLOCK_KEY.format(block), {})[step] = \
+            (total / d.sq_n[(block, step)]) ** 0.5
+    return stats
+
+
+class GrootBalanceProbe:
+    """Runs GR00T's action head over the batches with a DiTStats; backbone features cached.
+
+    The folds never touch the backbone, so each model's features are computed once.
+    """
+
+    def __init__(self, batches):
+        """Keep the batches; features are computed per model on first use."""
+        self.batches = batches
+        self._features: dict[int, list] = {}
+
+    def measure(self, model, keys=None, logits=True, out=True):
+        """Return (actions, statistics) of the blocks in ``keys`` (all if None)."""
+        if id(model) not in self._features:
+            self._features[id(model)] = backbone_features(model, self.batches)
+        blocks = None if keys is None else [block_of(k) for k in keys]
+        stats = DiTStats(blocks, logits, out)
+        actions = run_head(model, self.batches, self._features[id(model)], stats)
+        return actions.float().cpu(), site_stats(stats)
+
+
 def calibrate_dit_balance(teacher, student, batches, cfg: BalanceConfig) -> dict:
-    """Fold ATM / OHB into `student`'s DiT attention in place, block by block.
+    """Fold ATM / OHB into `student`'s DiT attention in place (the generic driver).
 
     `batches` are dicts of `GrootModel.sample_actions` arguments (pixel_values, input_ids,
     attention_mask, state, embodiment_id, noise, optional num_steps); teacher and student
-    see the same noise. Returns "alpha" {key: [H]}, "beta" {key: x} (keys as in [QV]'s
-    JSON) and "ratios" {"logit_std": {key: [H]}, "out_rms": {key: x}}: each block's raw
-    teacher / student ratio as measured just before its own correction. `cfg.towers` does
-    not apply (the DiT is GR00T's only balanced stack).
+    see the same noise. `cfg.towers` does not apply (the DiT is GR00T's only balanced stack).
     """
-    out = {"alpha": {}, "beta": {}, "ratios": {"logit_std": {}, "out_rms": {}}}
-    if not (cfg.atm or cfg.ohb):
-        return out
-    t_feat, s_feat = backbone_features(teacher, batches), backbone_features(student, batches)
-    ref = measure_dit(teacher, batches, t_feat)
-    t_std, t_rms = ref.logit_std(), ref.out_rms()
-    for i in range(len(student.action_head.model.transformer_blocks)):
-        key, attn = BLOCK_KEY.format(i), dit_attention(student, i)
-        if cfg.atm:
-            s_std = measure_dit(student, batches, s_feat, [i], out=False).logit_std()[i]
-            ratio = balance_ratio(t_std[i], s_std, key, "attention logit std")
-            out["ratios"]["logit_std"][key] = ratio.tolist()
-            alpha = clamp_band(ratio, cfg)
-            fold_dit_atm(attn, alpha)
-            out["alpha"][key] = alpha.tolist()
-        if cfg.ohb:
-            s_rms = measure_dit(student, batches, s_feat, [i], logits=False).out_rms()[i]
-            ratio = balance_ratio(torch.tensor(t_rms[i], dtype=torch.float64),
-                                  torch.tensor(s_rms, dtype=torch.float64), key,
-                                  "attention output RMS")
-            out["ratios"]["out_rms"][key] = float(ratio)
-            beta = float(clamp_band(ratio, cfg))
-            fold_dit_ohb(attn, beta)
-            out["beta"][key] = beta
-    return out
+    return calibrate(GrootBalanceProbe(batches), teacher, student, attention_sites(student),
+                     cfg)
 
 
 def block_of(key: str) -> int:
@@ -177,55 +202,3 @@ def block_of(key: str) -> int:
     if not (key.startswith(prefix) and key.endswith(suffix)):
         raise ValueError(f"{key!r} is not a DiT attention key ({BLOCK_KEY})")
     return int(key[len(prefix):len(key) - len(suffix)])
-
-
-@torch.no_grad()
-def unfold_dit_balance(model, alpha: dict, beta: dict) -> None:
-    """Divide folded ATM / OHB factors back out of the DiT attention."""
-    for key, a in alpha.items():
-        fold_dit_atm(dit_attention(model, block_of(key)),
-                     1.0 / torch.tensor(a, dtype=torch.float64))
-    for key, b in beta.items():
-        fold_dit_ohb(dit_attention(model, block_of(key)), 1.0 / float(b))
-
-
-def _step_ratios(t: DiTStats, s: DiTStats) -> dict:
-    """Per block key, per flow step: head-mean logit-std ratio and output RMS ratio."""
-    out = {}
-    for (block, step), s_sum in sorted(s.std_sum.items()):
-        t_sum = t.std_sum.get((block, step))
-        if t_sum is None:
-            continue
-        ratio = (t_sum / t.std_n[(block, step)]).double() / \
-            (s_sum / s.std_n[(block, step)]).double().clamp(min=1e-30)
-        rms_t = (t.sq_sum[(block, step)] / t.sq_n[(block, step)]) ** 0.5
-        rms_s = (s.sq_sum[(block, step)] / s.sq_n[(block, step)]) ** 0.5
-        out.setdefault(BLOCK_KEY.format(block), []).append(
-            {"logit_std": float(ratio.mean()), "oproj_rms": rms_t / rms_s if rms_s else None})
-    return out
-
-
-def dit_balance_tables(teacher, student, unbalanced, batches) -> dict:
-    """Actions of the three models and per-block ratios before / after balancing.
-
-    "oproj_rms" is the attention output after to_out.0 (the DiT's o_proj), as pi's tables
-    name it; each ratio is teacher / model over every flow step of every batch.
-    """
-    runs = {}
-    for name, model in (("teacher", teacher), ("student", student),
-                        ("unbalanced", unbalanced)):
-        stats = DiTStats()
-        actions = run_head(model, batches, backbone_features(model, batches), stats)
-        runs[name] = (actions.float().cpu(), stats)
-    t, s, u = (runs[n][1] for n in ("teacher", "student", "unbalanced"))
-    t_std, t_rms = t.logit_std(), t.out_rms()
-    layers = []
-    for block in sorted(t_std):
-        row = {"layer": BLOCK_KEY.format(block)}
-        for when, m in (("before", u), ("after", s)):
-            row[f"logit_std_ratio_{when}"] = (t_std[block].double() /
-                                              m.logit_std()[block].double()).tolist()
-            row[f"oproj_rms_ratio_{when}"] = t_rms[block] / m.out_rms()[block]
-        layers.append(row)
-    return {**{n: runs[n][0] for n in runs}, "layers": layers,
-            "per_step_after": _step_ratios(t, s)}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from quantvla_ros.models.family import ModelConfig
+from quantvla_ros.quant import balance
 
 UNSET = ("", "auto")  # option values that mean "what the source declares"
 
@@ -88,6 +89,7 @@ class PolicyFamily(ABC):
     name: str = ""
     supports_cuda_graphs: bool = False  # whether the Policy may capture its chunk
     options: tuple[OptionSpec, ...] = ()  # the per-deployment choices this family takes
+    balance_towers: tuple[str, ...] = ()  # every stack ATM / OHB can balance (BalanceConfig)
 
     def check_options(self, what: str, options: PolicyOptions) -> None:
         """Refuse an option this family does not take, or a value outside its choices.
@@ -164,21 +166,28 @@ class PolicyFamily(ABC):
         Each batch holds its own noise; `observer` (quant.observe.LinearInputs) sees the runs.
         """
 
+    # ---- ATM / OHB: the family gives its sites and its probe; the driver is shared ----------
     @abstractmethod
+    def attention_sites(self, model, towers: tuple[str, ...]) -> list:
+        """Return the balanced attentions (quant.balance.AttentionSite), staged in order."""
+
+    @abstractmethod
+    def balance_probe(self, teacher, student, batches: list[dict], towers: tuple[str, ...]):
+        """Return the family's quant.balance.BalanceProbe (observer, caches) for the batches."""
+
     def calibrate_balance(self, teacher, student, batches: list[dict], cfg,
                           progress=None) -> dict:
-        """Fold ATM / OHB into `student` in place; "alpha", "beta" and "ratios" as recorded."""
+        """Fold ATM / OHB into `student` in place; "alpha", "beta", "ratios" as recorded."""
+        probe = self.balance_probe(teacher, student, batches, cfg.towers)
+        return balance.calibrate(probe, teacher, student,
+                                 self.attention_sites(student, cfg.towers), cfg, progress)
 
-    @abstractmethod
     def unfold_balance(self, model, alpha: dict, beta: dict) -> None:
         """Undo folded ATM / OHB factors (the report compares with and without them)."""
+        balance.unfold(self.attention_sites(model, self.balance_towers), alpha, beta)
 
-    @abstractmethod
     def balance_tables(self, teacher, student, unbalanced, batches: list[dict],
                        towers: tuple[str, ...]) -> dict:
-        """Return the three models' actions and the report's balance tables.
-
-        Keys: "teacher", "student", "unbalanced" (actions [N, H, A]), "layers" (per balanced
-        attention, ratios before / after; the caller adds the factors) and "per_step_after"
-        (per attention, per flow step).
-        """
+        """Return the three models' actions and the report's per-site ratio tables."""
+        probe = self.balance_probe(teacher, student, batches, towers)
+        return balance.tables(probe, teacher, student, unbalanced)

@@ -26,11 +26,7 @@ from quantvla_ros.models.groot.processing import (
     embodiment_id,
     load_tokenizer,
 )
-from quantvla_ros.quant.groot_balance import (
-    calibrate_dit_balance,
-    dit_balance_tables,
-    unfold_dit_balance,
-)
+from quantvla_ros.quant import groot_balance
 from quantvla_ros.runtime.family import (
     LaunchProbe,
     Loaded,
@@ -57,6 +53,7 @@ class GrootFamily(PolicyFamily):
 
     name = "groot"
     supports_cuda_graphs = False
+    balance_towers = ("dit",)
     options = (OptionSpec("embodiment", (
         "GR00T: embodiment tag (new_embodiment, gr1, oxe_droid, ...) or projector slot "
         "number; picks the projector slot and the statistics; auto = what the source "
@@ -213,15 +210,10 @@ class GrootFamily(PolicyFamily):
                     b["embodiment_id"], b["noise"]).float().cpu())
         return torch.cat(out)
 
-    def calibrate_balance(self, teacher, student, batches, cfg, progress=None):
-        """Progressive ATM / OHB on every DiT attention (cross and self), block by block."""
-        return calibrate_dit_balance(teacher, student, batches, cfg)
+    def attention_sites(self, model, towers):
+        """Every DiT attention (cross and self), one stage per block; `towers` is moot."""
+        return groot_balance.attention_sites(model)
 
-    def unfold_balance(self, model, alpha, beta):
-        """Divide the folded factors back out of to_q and to_out.0."""
-        unfold_dit_balance(model, alpha, beta)
-
-    def balance_tables(self, teacher, student, unbalanced, batches, towers):
-        """Per DiT block ratios (the DiT is GR00T's only balanced stack: `towers` is moot)."""
-        return dit_balance_tables(teacher, student, unbalanced, batches)
-
+    def balance_probe(self, teacher, student, batches, towers):
+        """Return a DiTStats probe of the action head (backbone features computed once)."""
+        return groot_balance.GrootBalanceProbe(batches)

@@ -13,9 +13,9 @@ from quantvla_ros.data.observation import ObservationError
 from quantvla_ros.models.pi.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
-from quantvla_ros.quant.balance import calibrate_balance, ratio_table, run_batches, unfold_balance
+from quantvla_ros.quant import pi_balance
+from quantvla_ros.quant.pi_balance import run_batches
 from quantvla_ros.quant.pi_fused import fuse_projections
-from quantvla_ros.quant.pi_stats import StatsCollector, per_step_ratios
 from quantvla_ros.runtime.families.pi_cuda_graph import GraphedChunk
 from quantvla_ros.runtime.families.pi_fast_path import prepare_for_inference
 from quantvla_ros.runtime.families.pi_preprocess import images_to_pixels
@@ -33,6 +33,7 @@ class PiFamily(PolicyFamily):
 
     name = "pi"
     supports_cuda_graphs = True
+    balance_towers = ("backbone", "expert")
     options = (OptionSpec("state_prompt", (
         "pi0.5: how the robot state enters the prompt: unpadded (its own values; lerobot >= "
         "0.5, openpi), padded (zero-padded to the model's state width; lerobot 0.4.x), none "
@@ -165,28 +166,10 @@ class PiFamily(PolicyFamily):
         """`PiModel.sample_actions` per batch with `observer` as the model's observer."""
         return run_batches(model, batches, observer)
 
-    def calibrate_balance(self, teacher, student, batches, cfg, progress=None):
-        """Progressive ATM / OHB over the expert (and, if asked, backbone) layers."""
-        return calibrate_balance(teacher, student, batches, cfg, progress=progress)
+    def attention_sites(self, model, towers):
+        """Each Gemma layer's self-attention in the balanced towers, one stage per layer."""
+        return pi_balance.attention_sites(model, towers)
 
-    def unfold_balance(self, model, alpha, beta):
-        """Divide the folded factors back out."""
-        unfold_balance(model, alpha, beta)
-
-    def balance_tables(self, teacher, student, unbalanced, batches, towers):
-        """Per "tower.layer" logit-std / o_proj-RMS ratios before and after balancing."""
-        runs = {}
-        for name, model in (("teacher", teacher), ("student", student),
-                            ("unbalanced", unbalanced)):
-            stats = StatsCollector(towers)
-            runs[name] = (run_batches(model, batches, stats), stats)
-        t_stats, s_stats, u_stats = (runs[n][1] for n in ("teacher", "student", "unbalanced"))
-        before, after = ratio_table(t_stats, u_stats), ratio_table(t_stats, s_stats)
-        keys = sorted({*after["logit_std"], *after["oproj_rms"]},
-                      key=lambda k: (k.split(".")[0], int(k.split(".")[1])))
-        layers = [{"layer": key, **{f"{stat}_ratio_{when}": table[stat].get(key)
-                                    for stat in ("logit_std", "oproj_rms")
-                                    for when, table in (("before", before), ("after", after))}}
-                  for key in keys]
-        return {**{n: runs[n][0] for n in runs}, "layers": layers,
-                "per_step_after": per_step_ratios(t_stats, s_stats)}
+    def balance_probe(self, teacher, student, batches, towers):
+        """Return a StatsCollector probe (prefixes that no fold changes computed once)."""
+        return pi_balance.PiBalanceProbe(teacher, student, batches, towers)
