@@ -4,17 +4,18 @@ import numpy as np
 import pytest
 import torch
 
+from quantvla_ros.data.observation import ObservationError
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.pi.checkpoint import save_checkpoint
 from quantvla_ros.models.pi.config import get_config
 from quantvla_ros.models.pi.normalization import Normalizer
+from quantvla_ros.models.pi.processing import resize_with_pad
 from quantvla_ros.models.pi.tokenizer import (
     ByteTokenizer,
     build_prompt,
     discretize_state,
     tokenize,
 )
-from quantvla_ros.runtime.families.pi_preprocess import ObservationError, resize_with_pad
 from quantvla_ros.runtime.policy import Policy
 
 

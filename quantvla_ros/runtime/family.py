@@ -90,6 +90,9 @@ class PolicyFamily(ABC):
     supports_cuda_graphs: bool = False  # whether the Policy may capture its chunk
     options: tuple[OptionSpec, ...] = ()  # the per-deployment choices this family takes
     balance_towers: tuple[str, ...] = ()  # every stack ATM / OHB can balance (BalanceConfig)
+    # the family's input processor (Observation parts -> model inputs), built by `configure`;
+    # training builds its batches with the same class
+    processor = None
 
     def check_options(self, what: str, options: PolicyOptions) -> None:
         """Refuse an option this family does not take, or a value outside its choices.

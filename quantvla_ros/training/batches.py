@@ -1,10 +1,9 @@
-"""Training batches built exactly as the Policy builds its inputs at inference.
+"""Training batches built by the Policy's own input processor (models.pi.processing).
 
-Tokens come from the same prompt (``build_prompt`` with the quantile-normalized state,
-discretized into pi0.5's 256 bins) and tokenizer; pixels from the same [-1, 1] mapping as
-``runtime.preprocess.images_to_pixels``. The only training-time difference is an optional
-random shift of the images (pad by replication, random crop back), a standard augmentation
-for behaviour cloning from few demonstrations.
+Tokens come from the same prompt and tokenizer, pixels from the same [-1, 1] mapping: both
+are `PiProcessor`'s, which the Policy's pi family prepares observations with. The only
+training-time difference is an optional random shift of the images (pad by replication,
+random crop back), a standard augmentation for behaviour cloning from few demonstrations.
 """
 
 from __future__ import annotations
@@ -15,35 +14,38 @@ import torch.nn.functional as F
 
 from quantvla_ros.models.pi.config import PiConfig
 from quantvla_ros.models.pi.normalization import Normalizer
-from quantvla_ros.models.pi.tokenizer import build_prompt, tokenize
+from quantvla_ros.models.pi.processing import PiProcessor, to_model_pixels
 from quantvla_ros.training.demos import DemoError, DemoSet
 
 
-def frame_tokens(demos: DemoSet, normalizer: Normalizer, tokenizer, cfg: PiConfig,
-                 with_state: bool = True):
+def frame_tokens(demos: DemoSet, processor: PiProcessor, with_state: bool = True):
     """Return token ids [N, L] and masks [N, L] of every frame's pi0.5 prompt.
 
-    ``with_state`` False writes the prompt without the state (state_prompt "none").
-    Raises DemoError if a prompt would be truncated (the policy would never see its end).
+    ``with_state`` False writes the prompt without the state (state_prompt "none"), else with
+    the robot's own normalized values ("unpadded"). Raises DemoError if a prompt would be
+    truncated (the policy would never see its end).
     """
-    state = normalizer.normalize_state(demos.state[demos.frame_step])
+    cfg = processor.cfg
     episode = demos.frame_episode(np.arange(demos.num_frames))
     ids = np.zeros((demos.num_frames, cfg.max_token_len), np.int64)
     masks = np.zeros((demos.num_frames, cfg.max_token_len), bool)
     for i in range(demos.num_frames):
-        prompt = build_prompt(cfg.variant, demos.instructions[episode[i]],
-                              state[i] if with_state else None)
-        if len(tokenizer.encode(prompt)) > cfg.max_token_len:
-            raise DemoError(f"frame {i}: prompt of {len(tokenizer.encode(prompt))} tokens "
-                            f"exceeds max_token_len {cfg.max_token_len}: {prompt!r}")
-        ids[i], masks[i] = tokenize(tokenizer, prompt, cfg.max_token_len)
+        state, padded = processor.state(demos.state[demos.frame_step[i]])
+        prompt = processor.prompt(demos.instructions[episode[i]], state, padded,
+                                  "unpadded" if with_state else "none")
+        n = len(processor.tokenizer.encode(prompt))
+        if n > cfg.max_token_len:
+            raise DemoError(f"frame {i}: prompt of {n} tokens exceeds max_token_len "
+                            f"{cfg.max_token_len}: {prompt!r}")
+        ids[i], masks[i] = processor.tokens(prompt)
     return ids, masks
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, V, R, R, 3] -> float [B, V, 3, R, R] in [-1, 1] (the Policy's mapping)."""
-    px = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 1, 4, 2, 3).float()
-    return px / 255.0 * 2.0 - 1.0
+    """uint8 [B, V, R, R, 3] -> float [B, V, 3, R, R] in [-1, 1] (the processor's mapping)."""
+    b, v, r = images.shape[:3]
+    flat = torch.from_numpy(np.ascontiguousarray(images)).reshape(b * v, r, r, 3)
+    return to_model_pixels(flat, r).reshape(b, v, 3, r, r)
 
 
 def random_shift(pixels: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -86,9 +88,10 @@ class BatchMaker:
                             f"{cfg.vision.image_size} px: record at the model's resolution")
         self.demos, self.cfg, self.views, self.shift = demos, cfg, views, shift
         self.state_dropout = state_dropout
-        self.tokens, self.token_masks = frame_tokens(demos, normalizer, tokenizer, cfg)
+        self.processor = PiProcessor(cfg, tokenizer, normalizer)
+        self.tokens, self.token_masks = frame_tokens(demos, self.processor)
         self.bare_tokens, self.bare_masks = (
-            frame_tokens(demos, normalizer, tokenizer, cfg, with_state=False)
+            frame_tokens(demos, self.processor, with_state=False)
             if state_dropout > 0 else (self.tokens, self.token_masks))
         lo, hi = normalizer.stats["action.q01"], normalizer.stats["action.q99"]
         self.actions = (2.0 * (demos.action - lo) / np.maximum(hi - lo, 1e-8) - 1.0)

@@ -6,19 +6,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from quantvla_ros.data.observation import ObservationError
 from quantvla_ros.models.pi.checkpoint import load_checkpoint, read_config
 from quantvla_ros.models.pi.config import STATE_PROMPTS
-from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, build_prompt, load_tokenizer, tokenize
+from quantvla_ros.models.pi.processing import PiProcessor, ProcessingError
+from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, load_tokenizer
 from quantvla_ros.quant import pi_balance
 from quantvla_ros.quant.pi_balance import run_batches
 from quantvla_ros.quant.pi_fused import fuse_projections
 from quantvla_ros.runtime.families.pi_cuda_graph import GraphedChunk
 from quantvla_ros.runtime.families.pi_fast_path import prepare_for_inference
-from quantvla_ros.runtime.families.pi_preprocess import images_to_pixels
 from quantvla_ros.runtime.family import (
     LaunchProbe,
     Loaded,
@@ -63,42 +62,29 @@ class PiFamily(PolicyFamily):
         "unpadded" writes the robot's own state values into the prompt (lerobot >= 0.5,
         openpi), "padded" the vector zero-padded to the model's state_dim (lerobot 0.4.x),
         "none" leaves the state out (a policy trained with state dropout); None takes what
-        the source declares, else "unpadded".
+        the source declares, else "unpadded". Builds the family's input processor.
         """
         explicit = options.get("state_prompt")
-        policy.options = PolicyOptions()
-        if policy.cfg.variant != "pi05":
-            return ""
-        declared = policy.cfg.state_prompt
-        chosen = explicit or declared or "unpadded"
-        why = "set explicitly" if explicit else "declared by the source" if declared else "default"
-        if chosen != declared:
-            policy.model.cfg = policy.cfg = policy.cfg.with_(state_prompt=chosen)
-        policy.options = PolicyOptions(state_prompt=chosen)
-        return f" [state prompt: {chosen}, {why}]"
+        policy.options, note, chosen = PolicyOptions(), "", None
+        if policy.cfg.variant == "pi05":
+            declared = policy.cfg.state_prompt
+            chosen = explicit or declared or "unpadded"
+            why = ("set explicitly" if explicit else "declared by the source" if declared
+                   else "default")
+            if chosen != declared:
+                policy.model.cfg = policy.cfg = policy.cfg.with_(state_prompt=chosen)
+            policy.options = PolicyOptions(state_prompt=chosen)
+            note = f" [state prompt: {chosen}, {why}]"
+        self.processor = PiProcessor(policy.cfg, policy.tokenizer, policy.normalizer, chosen)
+        return note
 
     def prepare(self, policy, obs) -> dict[str, torch.Tensor]:
         """Pixels and masks per camera slot, the tokenized prompt and the padded state."""
-        cfg = policy.cfg
-        pixels, present = images_to_pixels(
-            obs.images, cfg.cameras, cfg.vision.image_size, policy.device, policy.dtype
-        )
-        state = policy.normalizer.normalize_state(obs.state)
-        if state.shape[0] > cfg.state_dim:
-            raise ObservationError(f"state has {state.shape[0]} values, model max {cfg.state_dim}")
-        padded = np.zeros(cfg.state_dim, np.float32)
-        padded[: state.shape[0]] = state
-        # pi0.5's prompt bins: the robot's own values, the padded vector or none (configure)
-        bins = {"padded": padded, "none": None}.get(policy.options.get("state_prompt"), state)
-        prompt = build_prompt(cfg.variant, obs.instruction, bins)
-        ids, mask = tokenize(policy.tokenizer, prompt, cfg.max_token_len)
-        dev = policy.device
-        return {
-            "images": pixels, "image_masks": present,
-            "tokens": torch.from_numpy(ids)[None].to(dev),
-            "token_masks": torch.from_numpy(mask)[None].to(dev),
-            "state": torch.from_numpy(padded)[None].to(dev),
-        }
+        try:
+            return self.processor(obs.images, obs.state, obs.instruction, policy.device,
+                                  policy.dtype)
+        except ProcessingError as exc:
+            raise ObservationError(str(exc)) from exc
 
     def collate(self, inputs):
         """Return one batch of them all (fixed shapes; right padding is masked)."""
