@@ -154,3 +154,76 @@ def test_readme_layout_lists_every_subpackage():
     listed = set(re.findall(r"^  ([a-z_]+)/", layout, flags=re.M))
     on_disk = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert listed == on_disk == set(ALLOWED_IMPORTS), (listed, on_disk)
+
+
+# ---- the family seam ---------------------------------------------------------------------
+# A family's code lives in models/<name>/, runtime/families/<name>.py (and <name>_*.py
+# helpers) and quant/<name>_*.py. Everything else reaches it through the two registration
+# tables, so adding a family edits no shared module.
+FAMILY_TABLES = {"models/registry.py", "runtime/families/__init__.py"}
+# Modules that are one family's by purpose, with the reason.
+ONE_FAMILY_USERS = {
+    "training": "trains our own pi0.5 policies",
+    "workflows/gpu_smoke.py": "pi0.5's GPU bring-up checks (attention shapes, fused ops)",
+    "sim": "imports nothing of the package",
+}
+
+
+def family_names(package: Path = PACKAGE) -> set[str]:
+    """The families: folders under models/ with a family.py."""
+    return {p.parent.name for p in (package / "models").glob("*/family.py")}
+
+
+def family_owning(path_or_module: str, families: set[str]) -> str | None:
+    """Return the family a module (dotted or a path relative to the package) belongs to."""
+    parts = path_or_module.replace("/", ".").removesuffix(".py").split(".")
+    if parts and parts[0] == "quantvla_ros":
+        parts = parts[1:]
+    if len(parts) >= 2 and parts[0] == "models" and parts[1] in families:
+        return parts[1]
+    if len(parts) >= 3 and parts[:2] == ["runtime", "families"]:
+        name = parts[2].split("_")[0]
+        return name if name in families else None
+    if len(parts) >= 2 and parts[0] == "quant":
+        name = parts[1].split("_")[0]
+        return name if name in families and "_" in parts[1] else None
+    return None
+
+
+def seam_violations(package: Path = PACKAGE) -> list[str]:
+    """Imports of a family's code from shared code or from another family's code."""
+    families, problems = family_names(package), []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel in FAMILY_TABLES or any(rel == k or rel.startswith(k + "/")
+                                       for k in ONE_FAMILY_USERS):
+            continue
+        owner = family_owning(rel, families)
+        for lineno, module in imported_modules(path, package.parent):
+            used = family_owning(module, families)
+            if used is not None and used != owner:
+                who = f"the {owner} family" if owner else "shared code"
+                problems.append(f"{rel}:{lineno}: {who} imports {module} ({used})")
+    return problems
+
+
+def test_family_code_is_reached_only_through_the_tables():
+    assert family_names() >= {"pi", "groot"}
+    problems = seam_violations()
+    assert not problems, "family code used outside its family:\n" + "\n".join(problems)
+
+
+def test_seam_check_catches_a_shared_module_using_a_family(tmp_path):
+    copy = tmp_path / "quantvla_ros"
+    for sub in ("models/pi", "models/groot", "runtime/families", "quant"):
+        (copy / sub).mkdir(parents=True)
+    for fam in ("pi", "groot"):
+        (copy / "models" / fam / "family.py").write_text("")
+    (copy / "runtime" / "policy.py").write_text("from quantvla_ros.models.pi.config import X\n")
+    (copy / "runtime" / "families" / "groot.py").write_text(
+        "from quantvla_ros.quant.pi_fused import Y\nfrom quantvla_ros.models.groot import z\n")
+    (copy / "models" / "registry.py").write_text("from quantvla_ros.models.pi.family import F\n")
+    assert seam_violations(copy) == [
+        "runtime/families/groot.py:1: the groot family imports quantvla_ros.quant.pi_fused (pi)",
+        "runtime/policy.py:1: shared code imports quantvla_ros.models.pi.config (pi)",
+    ]

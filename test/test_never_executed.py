@@ -21,6 +21,7 @@ from quantvla_ros.quant.apply import QuantConfig, quantize_
 from quantvla_ros.quant.footprint import inspect_layout
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.observe import LinearInputs, record_linear_inputs
+from quantvla_ros.quant.pi_balance import PaddingRows
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
@@ -104,7 +105,7 @@ def test_recorded_linear_inputs_leave_padding_rows_out():
         lambda _m, args: seen.append(args[0].detach().clone()))
     try:
         with record_linear_inputs(model, [name], store):
-            model.observer = store
+            model.observer = PaddingRows(store)  # what the pi family's sample attaches
             try:
                 embs, valid = model.embed_prefix(batch["images"], batch["image_masks"],
                                                  batch["tokens"], batch["token_masks"])

@@ -93,7 +93,8 @@ class ModelFamily:
     does. read_config(folder) -> (config, raw); load_checkpoint(folder, device, dtype) ->
     (model, config, normalizer or None). fp32_modules: module types whose parameters stay
     float32 in every precision. normalizer_from_tensors(tensors, meta, cfg) rebuilds the
-    statistics an artifact stores.
+    statistics an artifact stores. tokenizer_dir: the subfolder a checkpoint keeps its
+    tokenizer in.
     """
 
     name: str
@@ -107,3 +108,4 @@ class ModelFamily:
     normalizer_from_tensors: Callable
     presets: Mapping[str, Layout]
     fp32_modules: tuple[type, ...] = ()
+    tokenizer_dir: str = "tokenizer"  # where a checkpoint folder of this family keeps it

@@ -19,19 +19,19 @@ from safetensors.torch import save_file
 
 from quantvla_ros.data.atomic import folder_atomic
 from quantvla_ros.models.build import build_meta, compute_dtype, fp32_tensor_names, tensor_dtype
-from quantvla_ros.models.pi.normalization import Normalizer
-from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR
 from quantvla_ros.models.registry import normalizer_from_tensors
+from quantvla_ros.models.statistics import IdentityStatistics
 from quantvla_ros.quant.apply import _set_module, empty_quantized
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
 from quantvla_ros.quant.qembedding import QuantEmbedding
 
 WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
+TOKENIZER_DIR = "tokenizer"  # the source's tokenizer, copied in
 _KEEP_FP32 = (".weight_scale", ".smooth")
 
 
 def save_artifact(model, folder, manifest: ArtifactManifest,
-                  normalizer: Normalizer | None = None,
+                  normalizer=None,
                   tokenizer_dir: Path | None = None) -> Path:
     """Write the artifact folder atomically (an existing one is swapped out in one step)."""
     folder = Path(folder)
@@ -100,7 +100,7 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
     for m in model.modules():
         if isinstance(m, QuantEmbedding):
             m.out_dtype = out_dtype
-    normalizer = Normalizer.identity()
+    normalizer = IdentityStatistics()
     if (folder / STATS).is_file():
         with safe_open(str(folder / STATS), "np") as f:
             stats = {k: f.get_tensor(k) for k in f.keys()}

@@ -7,17 +7,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from quantvla_ros.models.pi.gemma import AttentionObserver
 
-TOWERS = ("backbone", "expert")  # joint_forward's tower numbering
-
-
-class LinearInputs(AttentionObserver):
+class LinearInputs:
     """Per linear: running absmax of each input channel and a bounded sample of input rows.
 
-    Attached as the model's observer while recording, it learns from ``tokens`` which rows
-    of each tower are padding, and leaves those out of both statistics: a padded prompt
-    position carries no robot data and must not set a smoothing factor or a clip ratio.
+    The family's run tells it (`padding`) which rows of which stack are padding, and those
+    are left out of both statistics: a padded prompt position carries no robot data and must
+    not set a smoothing factor or a clip ratio.
     """
 
     def __init__(self, max_rows: int = 256, seed: int = 0):
@@ -28,10 +24,6 @@ class LinearInputs(AttentionObserver):
         self.step: int | None = None
         self._valid: dict[str, torch.Tensor] = {}  # tower name -> valid rows [B, S]
         self._gen = torch.Generator().manual_seed(seed)
-
-    def tokens(self, tower: int, valid_rows: torch.Tensor) -> None:
-        """Remember which rows of ``tower``'s tokens are real for the linears that follow."""
-        self.padding(TOWERS[tower], valid_rows)
 
     def padding(self, prefix: str, valid_rows: torch.Tensor) -> None:
         """Remember the real rows [B, S] of the linears under module ``prefix``."""
@@ -68,7 +60,7 @@ class LinearInputs(AttentionObserver):
 def record_linear_inputs(model: nn.Module, names: list[str], store: LinearInputs):
     """Record the inputs of the linears ``names`` into ``store`` inside the block.
 
-    Attach ``store`` as the model's observer for the runs inside the block so that padding
+    Pass ``store`` to the family's `sample` for the runs inside the block so that padding
     rows are left out. The forward pre-hooks are removed on exit, also on error.
     """
     modules = dict(model.named_modules())

@@ -67,6 +67,26 @@ def same_prefix_embedding(a, b) -> bool:
     return True
 
 
+class PaddingRows:
+    """A pi observer that tells a LinearInputs which rows of each tower are padding."""
+
+    step = None
+
+    def __init__(self, store):
+        """Forward to ``store`` (quant.observe.LinearInputs)."""
+        self.store = store
+
+    def tokens(self, tower: int, valid_rows: torch.Tensor) -> None:
+        """Pass the tower's valid rows on under its module name ("backbone", "expert")."""
+        self.store.padding(TOWER_NAMES[tower], valid_rows)
+
+    def attention(self, *args) -> None:
+        """Ignore attention inputs."""
+
+    def o_proj(self, *args) -> None:
+        """Ignore attention outputs."""
+
+
 def run_batches(model, batches, observer: AttentionObserver | None,
                 prefixes: list[Prefix] | None = None) -> torch.Tensor:
     """Sample every batch's chunk with the observer attached; actions [N, H, A] (model space).

@@ -12,8 +12,8 @@ import torch
 
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.models.build import compute_dtype, random_model
-from quantvla_ros.models.pi.normalization import ACTION_KEY, STATE_KEY, Normalizer
 from quantvla_ros.models.registry import ModelConfig, get_config
+from quantvla_ros.models.statistics import ACTION_KEY, STATE_KEY, IdentityStatistics
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.runtime.families import family_for, family_named
@@ -97,7 +97,7 @@ class Policy:
         model = random_model(cfg, seed=seed, device=device, dtype=resolve_dtype(precision))
         tok = family_for(cfg).tokenizer(cfg, Path(tokenizer) if tokenizer else None,
                                         trained=False)
-        return cls(model, Normalizer.identity(), tok, device, seed,
+        return cls(model, IdentityStatistics(), tok, device, seed,
                    source=f"{cfg.name} (random weights, seed {seed})", **options)
 
     @classmethod

@@ -16,17 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from quantvla_ros.models.groot.checkpoint import INDEX as SHARD_INDEX
-from quantvla_ros.models.groot.checkpoint import weight_files
-from quantvla_ros.models.groot.processing import TOKENIZER_DIR as EAGLE_TOKENIZER_DIR
-from quantvla_ros.models.pi.checkpoint import CONFIG as CHECKPOINT_CONFIG
-from quantvla_ros.models.pi.checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
-from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR
-from quantvla_ros.models.registry import REGISTRY, checkpoint_family, family_of, get_config
+from quantvla_ros.models.files import CONFIG, INDEX, WEIGHTS, has_weights, weight_files
+from quantvla_ros.models.registry import (
+    FAMILIES,
+    REGISTRY,
+    checkpoint_family,
+    family_of,
+    get_config,
+)
+from quantvla_ros.quant.artifact import TOKENIZER_DIR as ARTIFACT_TOKENIZER_DIR
 from quantvla_ros.quant.manifest import MANIFEST, ArtifactManifest, sha256_file
 
-# A source folder's own tokenizer: ours (and lerobot pi's), then NVIDIA's Eagle processor.
-TOKENIZER_DIRS = (TOKENIZER_DIR, EAGLE_TOKENIZER_DIR)
+# A source folder's own tokenizer: an artifact's copy, then each family's checkpoint folder.
+TOKENIZER_DIRS = tuple(dict.fromkeys((ARTIFACT_TOKENIZER_DIR,
+                                      *(f.tokenizer_dir for f in FAMILIES))))
 
 Kind = Literal["named", "checkpoint", "artifact"]
 
@@ -118,9 +121,9 @@ def checkpoint_digest(folder: Path) -> str:
     the shards' digests in order.
     """
     folder = Path(folder)
-    if (folder / CHECKPOINT_WEIGHTS).is_file():
-        return sha256_file(folder / CHECKPOINT_WEIGHTS)
-    h = hashlib.sha256(sha256_file(folder / SHARD_INDEX).encode())
+    if (folder / WEIGHTS).is_file():
+        return sha256_file(folder / WEIGHTS)
+    h = hashlib.sha256(sha256_file(folder / INDEX).encode())
     for shard in weight_files(folder):
         h.update(sha256_file(shard).encode())
     return h.hexdigest()
@@ -129,9 +132,8 @@ def checkpoint_digest(folder: Path) -> str:
 def _folder_kind(path: Path) -> Kind:
     if (path / MANIFEST).is_file():
         return "artifact"
-    weights = (path / CHECKPOINT_WEIGHTS).is_file() or (path / SHARD_INDEX).is_file()
-    if (path / CHECKPOINT_CONFIG).is_file() and weights:
+    if (path / CONFIG).is_file() and has_weights(path):
         return "checkpoint"
     raise PolicySourceError(
         f"{path} is neither a quantized artifact (no {MANIFEST}) nor a checkpoint "
-        f"(needs {CHECKPOINT_CONFIG} and {CHECKPOINT_WEIGHTS} or {SHARD_INDEX})")
+        f"(needs {CONFIG} and {WEIGHTS} or {INDEX})")

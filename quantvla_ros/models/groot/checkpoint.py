@@ -23,12 +23,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, ActionHeadConfig, GrootConfig
 from quantvla_ros.models.groot.normalization import GrootNormalizer, read_lerobot_stats
 from quantvla_ros.models.groot.shapes import ShapeError, config_from_shapes, folder_special_ids
 
-WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
+WEIGHTS, INDEX, CONFIG = files.WEIGHTS, files.INDEX, files.CONFIG
 METADATA = "experiment_cfg/metadata.json"
 LEROBOT_PREFIX = "_groot_model."
 OUR_CONFIG = "quantvla"  # our extension in config.json: the full GrootConfig
@@ -60,20 +61,10 @@ class TensorInfo:
 
 def weight_files(folder) -> list[Path]:
     """List the safetensors files of a folder: the index's shards, else the single file."""
-    folder = Path(folder)
-    if (folder / INDEX).is_file():
-        try:
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{folder / INDEX}: no weight_map ({exc})") from exc
-        files = sorted({folder / name for name in weight_map.values()})
-        absent = [f.name for f in files if not f.is_file()]
-        if absent:
-            raise CheckpointError(f"{folder}: {INDEX} lists shards that are absent: {absent}")
-        return files
-    if (folder / WEIGHTS).is_file():
-        return [folder / WEIGHTS]
-    raise CheckpointError(f"{folder}: no {INDEX} (NVIDIA layout) and no {WEIGHTS} (lerobot)")
+    try:
+        return files.weight_files(folder)
+    except files.WeightFilesError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def read_index(folder) -> dict[str, TensorInfo]:

@@ -47,4 +47,5 @@ FAMILY = ModelFamily(
     normalizer_from_tensors=lambda tensors, meta, cfg: GrootNormalizer.from_tensors(tensors,
                                                                                     meta),
     presets=GROOT_PRESETS,
+    tokenizer_dir="eagle2_hg_model",  # NVIDIA's Eagle processor folder (processing.py)
 )

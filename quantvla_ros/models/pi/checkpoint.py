@@ -21,13 +21,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
 from quantvla_ros.models.pi.config import GEMMA_VARIANTS, GemmaConfig, PiConfig
 from quantvla_ros.models.pi.model import PiModel
 from quantvla_ros.models.pi.normalization import Normalizer
 from quantvla_ros.models.siglip import VisionConfig
 
-WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "normalizer_processor.safetensors"
+WEIGHTS, CONFIG = files.WEIGHTS, files.CONFIG
+STATS = "normalizer_processor.safetensors"
 PREPROCESSOR = "policy_preprocessor.json"
 VISION_HEADS, GEMMA_HEADS = "vision_num_heads", "gemma_num_heads"
 _SO400M_WIDTH, _SO400M_HEADS = 1152, 16

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STATE_KEY, ACTION_KEY = "observation.state", "action"
+from quantvla_ros.models.statistics import ACTION_KEY, STATE_KEY
+
 _EPS = 1e-8
 
 

@@ -14,7 +14,7 @@ from quantvla_ros.models.pi.config import STATE_PROMPTS
 from quantvla_ros.models.pi.processing import PiProcessor, ProcessingError
 from quantvla_ros.models.pi.tokenizer import TOKENIZER_DIR, load_tokenizer
 from quantvla_ros.quant import pi_balance
-from quantvla_ros.quant.pi_balance import run_batches
+from quantvla_ros.quant.pi_balance import PaddingRows, run_batches
 from quantvla_ros.quant.pi_fused import fuse_projections
 from quantvla_ros.runtime.families.pi_cuda_graph import GraphedChunk
 from quantvla_ros.runtime.families.pi_fast_path import prepare_for_inference
@@ -149,8 +149,8 @@ class PiFamily(PolicyFamily):
         return GraphedChunk(model, inputs, noise, model.cfg.num_steps)
 
     def sample(self, model, batches, observer=None):
-        """`PiModel.sample_actions` per batch with `observer` as the model's observer."""
-        return run_batches(model, batches, observer)
+        """`PiModel.sample_actions` per batch; `observer` (a LinearInputs) learns the padding."""
+        return run_batches(model, batches, None if observer is None else PaddingRows(observer))
 
     def attention_sites(self, model, towers):
         """Each Gemma layer's self-attention in the balanced towers, one stage per layer."""
