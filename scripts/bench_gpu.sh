@@ -50,9 +50,9 @@ step() {
 
 smi="nvidia-smi --format=csv --query-gpu"
 step gpu 15 env.txt $smi=name,driver_version,memory.total,clocks.max.sm
-step env 45 env.txt $py -m quantvla_ros.workflows.gpu_smoke env --model pi05
+step env 45 env.txt $py -m quantvla_ros.workflows.pi_gpu_smoke env --model pi05
 cat "$out/env.txt"
-step smoke 90 smoke.jsonl $py -m quantvla_ros.workflows.gpu_smoke gemm chunk \
+step smoke 90 smoke.jsonl $py -m quantvla_ros.workflows.pi_gpu_smoke gemm chunk \
   --model pi05-tiny --bits w4a8
 for p in bf16 w4a8; do  # the headline: held-back time, so earlier steps cannot eat it
   reserve=$((reserve - hold))

@@ -1,11 +1,12 @@
-"""The CPU-runnable parts of the GPU run's Python steps (workflows/gpu_smoke, gpu_e2e)."""
+"""The CPU-runnable parts of the GPU run's Python steps (workflows/pi_gpu_smoke, gpu_e2e)."""
 
 import json
 
 import torch
 
 from quantvla_ros.models.pi.config import get_config
-from quantvla_ros.workflows import gpu_e2e, gpu_smoke
+from quantvla_ros.workflows import gpu_e2e
+from quantvla_ros.workflows import pi_gpu_smoke as gpu_smoke
 
 
 def test_attention_shapes_are_the_models_prefix_and_denoise_calls():

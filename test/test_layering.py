@@ -164,7 +164,7 @@ FAMILY_TABLES = {"models/registry.py", "runtime/families/__init__.py"}
 # Modules that are one family's by purpose, with the reason.
 ONE_FAMILY_USERS = {
     "training": "trains our own pi0.5 policies",
-    "workflows/gpu_smoke.py": "pi0.5's GPU bring-up checks (attention shapes, fused ops)",
+    "workflows/pi_gpu_smoke.py": "pi0.5's GPU bring-up checks (attention shapes, fused ops)",
     "sim": "imports nothing of the package",
 }
 

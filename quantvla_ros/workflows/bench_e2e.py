@@ -75,8 +75,8 @@ def check_bench_request(model: str, device: str, artifact: str | None = None,
     if device == "cpu" and artifact is None and not model.endswith(("-tiny", "-micro")) \
             and not allow_full_on_cpu:
         raise ValueError(
-            f"{model!r} is full size: on a CPU one chunk takes minutes. Use pi05-tiny or "
-            "pi0-tiny, or run on --device cuda"
+            f"{model!r} is full size: on a CPU one chunk takes minutes. Use a -tiny or "
+            "-micro config (`quantvla models`), or run on --device cuda"
         )
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA GPU is available")

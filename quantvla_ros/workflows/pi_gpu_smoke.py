@@ -1,6 +1,6 @@
 """First steps of scripts/bench_gpu.sh: the environment, then one GEMM and one graphed chunk.
 
-``python -m quantvla_ros.workflows.gpu_smoke env|gemm|chunk`` prints JSON lines:
+``python -m quantvla_ros.workflows.pi_gpu_smoke env|gemm|chunk`` prints JSON lines:
 
 - ``env``: torch / triton / CUDA versions, the GPU, and which SDPA backends accept the
   model's attention calls (float mask + GQA, and the heads-folded form the model uses with
