@@ -295,7 +295,8 @@ def test_bench_checks_pass_on_small_shapes():
     if DEV == "cuda":
         pytest.skip("the CUDA benchmark is covered by the gpu tests")
     rows = run_kernel_bench(shapes=[(16, 256, 48)], check=True, device="cpu")
-    assert {r["kernel"] for r in rows} == {"w8a8", "w4a8", "w4a4", "act_quant8"}
+    assert {r["kernel"] for r in rows} == {"w8a8", "w4a8", "w4a4", "w4a8_gate_up", "w4a8_pc",
+                                           "w4a8_nosplit", "act_quant8"}
     assert all(r["check"] == "ok" and r["ms"] is None for r in rows)
     assert format_markdown(rows).count("\n") == len(rows) + 1
 
