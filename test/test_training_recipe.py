@@ -249,3 +249,18 @@ def test_action_clip_bounds_the_normalized_targets_only(demo_folder):
     np.testing.assert_array_equal(clipped.actions[~outside], free.actions[~outside])
     np.testing.assert_array_equal(clipped.actions[outside], 1.5 * np.sign(free.actions[outside]))
     assert RunConfig(demos="x").action_clip == 0.0  # off unless asked
+
+
+def test_normalize_actions_inverts_unnormalize_in_both_modes():
+    from quantvla_ros.models.pi.normalization import Normalizer
+
+    raw = np.array([[0.1, -0.5], [1.2, 0.0]], np.float32)
+    quant = Normalizer("quantiles", {"action.q01": np.array([0.0, -1.0], np.float32),
+                                     "action.q99": np.array([1.0, 1.0], np.float32)})
+    np.testing.assert_allclose(quant.normalize_actions(raw), [[-0.8, -0.5], [1.4, 0.0]],
+                               atol=1e-6)
+    z = Normalizer("mean_std", {"action.mean": np.array([0.5, 0.0], np.float32),
+                                "action.std": np.array([2.0, 0.5], np.float32)})
+    for norm in (quant, z):
+        np.testing.assert_allclose(norm.unnormalize_actions(norm.normalize_actions(raw)), raw,
+                                   atol=1e-6)

@@ -72,7 +72,7 @@ class BatchMaker:
     def __init__(self, demos: DemoSet, cfg: PiConfig, normalizer: Normalizer, tokenizer,
                  views=("agentview", "wrist"), shift: int = 0, state_dropout: float = 0.0,
                  action_clip: float = 0.0):
-        """Tokenize every frame once and normalize every action (quantiles).
+        """Tokenize every frame once and normalize every action (the normalizer's mapping).
 
         ``action_clip`` > 0 clips the normalized targets to +-``action_clip``: rollout labels
         far outside the demonstrations' quantiles (a tilted hand's saturated rotation, +-7.7
@@ -93,11 +93,9 @@ class BatchMaker:
         self.bare_tokens, self.bare_masks = (
             frame_tokens(demos, self.processor, with_state=False)
             if state_dropout > 0 else (self.tokens, self.token_masks))
-        lo, hi = normalizer.stats["action.q01"], normalizer.stats["action.q99"]
-        self.actions = (2.0 * (demos.action - lo) / np.maximum(hi - lo, 1e-8) - 1.0)
+        self.actions = normalizer.normalize_actions(demos.action)
         if action_clip > 0:
             self.actions = np.clip(self.actions, -action_clip, action_clip)
-        self.actions = self.actions.astype(np.float32)
 
     def batch(self, frames: np.ndarray, gen: torch.Generator | None = None) -> dict:
         """Return the model inputs and targets of ``frames`` (shifted when ``gen`` is given)."""

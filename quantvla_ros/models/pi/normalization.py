@@ -33,15 +33,22 @@ class Normalizer:
             return None
         return int(self._pair(key)[0].shape[-1])
 
+    def _normalize(self, key: str, values) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float32)
+        if self.mode == "identity":
+            return values
+        a, b = self._pair(key)
+        if self.mode == "quantiles":
+            return (2.0 * (values - a) / np.maximum(b - a, _EPS) - 1.0).astype(np.float32)
+        return ((values - a) / (b + _EPS)).astype(np.float32)
+
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
         """Map a raw state to model space (quantiles to [-1, 1], or z-scores)."""
-        state = np.asarray(state, dtype=np.float32)
-        if self.mode == "identity":
-            return state
-        a, b = self._pair(STATE_KEY)
-        if self.mode == "quantiles":
-            return (2.0 * (state - a) / np.maximum(b - a, _EPS) - 1.0).astype(np.float32)
-        return ((state - a) / (b + _EPS)).astype(np.float32)
+        return self._normalize(STATE_KEY, state)
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Map raw actions [..., A] to model space (training targets); inverse of the next."""
+        return self._normalize(ACTION_KEY, actions)
 
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
         """Actions [..., A]: only the first len(stats) dims are the robot's."""
