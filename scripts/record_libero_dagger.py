@@ -12,6 +12,11 @@ never the suite's fixed evaluation init states. One file per episode,
 (``scripts/record_libero_demos.py``) plus ``labelled`` (true), ``policy`` (its source) and
 ``expert_chunks``; ``action`` is what was executed, ``expert_action`` the expert's label.
 Resumable: episodes whose file exists are skipped; tasks go round-robin.
+
+``--takeover``: the policy drives until it goes off course (gripper closed on nothing, hand
+tilted) or a random step, then the expert's labeller drives to the end; only the expert part
+is kept (``takeover_episode``), as ``OUT/task{T:02d}_takeover{E:04d}.npz``, images every
+``--image-every`` steps. An episode the policy solves first leaves ``...npz.solved``.
 """
 
 import argparse
@@ -25,7 +30,7 @@ import torch
 
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.sim.client import LiberoClient
-from quantvla_ros.workflows.libero_dagger import dagger_episode
+from quantvla_ros.workflows.libero_dagger import dagger_episode, takeover_episode
 
 
 def main(argv=None) -> int:
@@ -41,6 +46,11 @@ def main(argv=None) -> int:
     parser.add_argument("--actions-per-chunk", type=int, default=5)
     parser.add_argument("--seed-base", type=int, default=3_000_000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--takeover", action="store_true",
+                        help="record expert takeovers from the policy's states instead")
+    parser.add_argument("--image-every", type=int, default=4, help="(--takeover)")
+    parser.add_argument("--latest", type=int, default=300,
+                        help="(--takeover) the random takeover step is below this")
     args = parser.parse_args(argv)
     if args.suite != "libero_object":
         parser.error("the scripted expert handles libero_object only")
@@ -53,21 +63,35 @@ def main(argv=None) -> int:
     with LiberoClient() as sim:
         for episode in range(args.episodes):
             for t in tasks:
-                path = args.out / f"task{t:02d}_dagger{episode:04d}.npz"
-                if path.exists():
+                kind = "takeover" if args.takeover else "dagger"
+                path = args.out / f"task{t:02d}_{kind}{episode:04d}.npz"
+                solved = path.with_name(path.name + ".solved")
+                if path.exists() or solved.exists():
                     continue
                 seed = args.seed_base + 1000 * t + episode
                 start = time.time()
-                data = dagger_episode(policy, sim, args.suite, t, seed, resolution,
-                                      args.actions_per_chunk, args.beta)
+                if args.takeover:
+                    data = takeover_episode(policy, sim, args.suite, t, seed, resolution,
+                                            args.image_every, args.actions_per_chunk,
+                                            args.latest)
+                else:
+                    data = dagger_episode(policy, sim, args.suite, t, seed, resolution,
+                                          args.actions_per_chunk, args.beta)
+                recorded += 1
+                if "action" not in data:
+                    solved.touch()
+                    print(f"task {t} ep {episode} seed {seed}: solved by the policy "
+                          f"{time.time() - start:.1f} s", flush=True)
+                    continue
                 tmp = path.with_name(path.stem + ".tmp.npz")
                 np.savez_compressed(tmp, **data)
                 os.replace(tmp, path)
-                recorded += 1
                 agree = float(np.mean(np.abs(data["action"] - data["expert_action"])))
+                extra = (f"takeover at {int(data['takeover'])} ({data['takeover_reason']})"
+                         if args.takeover else f"|policy - expert| {agree:.3f}")
                 print(f"task {t} ep {episode} seed {seed}: success={bool(data['success'])} "
-                      f"steps={int(data['steps'])} |policy - expert| {agree:.3f} "
-                      f"{time.time() - start:.1f} s", flush=True)
+                      f"steps={int(data['steps'])} {extra} {time.time() - start:.1f} s",
+                      flush=True)
     print(f"recorded {recorded} rollouts into {args.out}", flush=True)
     return 0
 

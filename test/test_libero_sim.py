@@ -154,3 +154,26 @@ def test_a_dagger_rollout_is_labelled_and_kept_for_training(sim, tmp_path):
     demos = load_demos(tmp_path, labels="expert_action")
     assert demos.num_frames == 3
     np.testing.assert_array_equal(demos.action, ep["expert_action"])
+
+
+def test_a_takeover_keeps_only_the_expert_part(sim, tmp_path):
+    """The policy drives first; from the takeover step on, the expert's labels are executed."""
+    from pathlib import Path
+
+    from quantvla_ros.runtime.policy import Policy
+    from quantvla_ros.training.demos import load_demos
+    from quantvla_ros.workflows.libero_dagger import takeover_episode
+
+    checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "pi05-libero-object"
+    policy = Policy.load(str(checkpoint))
+    size = policy.cfg.vision.image_size
+    ep = takeover_episode(policy, sim, SUITE, 2, seed=99, resolution=size, latest=8,
+                          max_steps=30)
+    start = int(ep["takeover"])
+    assert 0 < start <= 9 and int(ep["steps"]) == 30 - start  # a random step below 8, + 1
+    assert ep["image_step"].tolist() == list(range(0, 30 - start, 4))
+    assert ep["state"].shape == (30 - start, 8) and ep["agentview"].shape[1:] == (size, size, 3)
+    np.testing.assert_array_equal(ep["action"], ep["expert_action"])
+    np.savez(tmp_path / "task02_takeover0000.npz", **{**ep, "success": np.bool_(True)})
+    demos = load_demos(tmp_path, labels="expert_action")
+    assert demos.num_frames == len(ep["image_step"])
