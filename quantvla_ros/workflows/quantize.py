@@ -119,7 +119,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     balance = teacher.family.calibrate_balance(teacher.model, student, batches, req.balance,
                                                progress=progress)
     manifest = ArtifactManifest(
-        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model_config=student.cfg,
         source=SourceRecord(**identity),
         quantization=QuantizationRecord(
