@@ -1,9 +1,10 @@
 """The layer map, enforced: which subpackage may import which, and where ROS may appear.
 
-``ALLOWED_IMPORTS`` is the map drawn in README (Architecture): each subpackage of
+``ALLOWED_IMPORTS`` is the map drawn in docs/layout.md (Architecture): each subpackage of
 quantvla_ros lists the subpackages it may import. An import along any other edge (a back-edge
 such as quant -> ros, or runtime -> workflows) fails here, so the dependency direction cannot
-drift. A new subpackage fails until it is given a row (and a line in README's Layout).
+drift. A new subpackage fails until it is given a row here and in docs/layout.md's
+Architecture table, and a line in its Layout.
 """
 
 import ast
@@ -12,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "quantvla_ros"
+LAYOUT_DOC = ROOT / "docs" / "layout.md"
 
 # Top to bottom: a subpackage may import only what its row lists (always layers below it).
 ALLOWED_IMPORTS = {
@@ -77,7 +79,7 @@ def layer_violations(package: Path = PACKAGE) -> list[str]:
             continue
         if here not in ALLOWED_IMPORTS:
             problems.append(f"{path.relative_to(root)}: subpackage {here!r} has no row in "
-                            "ALLOWED_IMPORTS (add it here and to README's Layout)")
+                            "ALLOWED_IMPORTS (add it here and to docs/layout.md)")
             continue
         for lineno, module in imported_modules(path, root):
             parts = module.split(".")
@@ -113,7 +115,7 @@ def test_layering_check_catches_a_back_edge(tmp_path):
     (copy / "extra" / "new.py").write_text("")
     assert layer_violations(copy) == [
         "quantvla_ros/extra/new.py: subpackage 'extra' has no row in ALLOWED_IMPORTS (add it "
-        "here and to README's Layout)",
+        "here and to docs/layout.md)",
         "quantvla_ros/quant/bad.py:1: quant -> ros (import quantvla_ros.ros.convert) is not "
         "an allowed edge",
         "quantvla_ros/runtime/lazy.py:2: runtime -> workflows (import "
@@ -148,12 +150,39 @@ def test_data_package_needs_only_numpy_and_safetensors():
     assert not offenders, "data/ must stay a numpy-only leaf:\n" + "\n".join(offenders)
 
 
-def test_readme_layout_lists_every_subpackage():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^  ([a-z_]+)/", layout, flags=re.M))
+def _doc_section(title: str) -> str:
+    text = LAYOUT_DOC.read_text(encoding="utf-8")
+    assert f"\n## {title}\n" in text, f"docs/layout.md has no '## {title}' section"
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_layout_doc_lists_every_subpackage():
+    listed = set(re.findall(r"^  ([a-z_]+)/", _doc_section("Layout"), flags=re.M))
     on_disk = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert listed == on_disk == set(ALLOWED_IMPORTS), (listed, on_disk)
+
+
+def architecture_table(section: str) -> dict[str, set[str]]:
+    """Parse the '| `layer` | may import |' rows; 'nothing else ...' is the empty set."""
+    table = {}
+    for layers, allowed in re.findall(r"^\| (`[a-z_`, ]+) \| ([^|]+) \|$", section, flags=re.M):
+        deps = set() if allowed.startswith("nothing") else {
+            d.strip() for d in allowed.split(",")}
+        for layer in re.findall(r"`([a-z_]+)`", layers):
+            table[layer] = deps
+    return table
+
+
+def test_architecture_doc_table_is_allowed_imports():
+    """The table a reader sees is the one this test enforces."""
+    assert architecture_table(_doc_section("Architecture")) == ALLOWED_IMPORTS
+
+
+def test_architecture_table_parser_reads_a_changed_row():
+    section = ("| subpackage | may import |\n|---|---|\n| `cli` | demo, ros |\n"
+               "| `models`, `data` | nothing else of the package |\n")
+    assert architecture_table(section) == {"cli": {"demo", "ros"}, "models": set(),
+                                           "data": set()}
 
 
 # ---- the family seam ---------------------------------------------------------------------
