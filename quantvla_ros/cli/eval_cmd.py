@@ -42,7 +42,7 @@ def register(sub) -> None:
     q.add_argument("--workers", type=int, default=1, help="episodes in parallel")
     q.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1: with more, a core taken by "
-                        "another process stalls every op; see README, LIBERO)")
+                        "another process stalls every op; see docs/libero.md)")
     q.add_argument("--seed", type=int, default=0, help="base of the per-episode noise seeds")
     q.add_argument("--actions-per-chunk", type=int, default=5, help="replan after this many")
     q.add_argument("--max-steps", type=int, help="step limit (default: the suite's)")
