@@ -34,3 +34,21 @@ def test_launch_description_builds(name):
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     assert description.entities
+
+
+def declared_arguments(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=path.name)
+    return [n.args[0].value for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"
+            and n.args and isinstance(n.args[0], ast.Constant)]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_launch_arguments_are_documented(name):
+    """docs/ros.md's launch-file table names every argument the file declares."""
+    arguments = declared_arguments(LAUNCH / name)
+    assert "params_file" in arguments
+    doc = (LAUNCH.parent / "docs" / "ros.md").read_text(encoding="utf-8")
+    row = next((line for line in doc.splitlines() if line.startswith(f"| `{name}` |")), "")
+    missing = [a for a in arguments if f"`{a}`" not in row]
+    assert row and not missing, f"docs/ros.md does not document {name}'s {missing}"
