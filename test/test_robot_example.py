@@ -118,6 +118,7 @@ def test_quantvla_node_configures_on_the_example(context, micro_checkpoint):
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.last_error
         expected = parse_inference({**node_values(f"/{NAMESPACE}/quantvla_node"), **overrides})
         assert node.settings == expected
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     finally:
         node.destroy_node()
 
