@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fidelity table of README (LIBERO section): quantize the trained checkpoint in each
+# The fidelity table of docs/libero.md: quantize the trained checkpoint in each
 # scheme, calibrated on held-out demonstration frames (unlabeled, never evaluation episodes),
 # then the offline metrics and the paired closed-loop evaluation of fp32 / W8A8 / W4A8 / W4A4
 # on the same episodes. Resumable: finished artifacts and episodes are kept.
