@@ -17,8 +17,9 @@ from quantvla_ros.models.family import ModelConfig, ModelFamily
 from quantvla_ros.models.groot.family import FAMILY as GROOT
 from quantvla_ros.models.names import lookup
 from quantvla_ros.models.pi.family import FAMILY as PI
+from quantvla_ros.models.smolvla.family import FAMILY as SMOLVLA
 
-FAMILIES: tuple[ModelFamily, ...] = (PI, GROOT)
+FAMILIES: tuple[ModelFamily, ...] = (PI, GROOT, SMOLVLA)
 
 _BY_NAME = {f.name: f for f in FAMILIES}
 REGISTRY: dict[str, ModelConfig] = {n: c for f in FAMILIES for n, c in f.configs.items()}

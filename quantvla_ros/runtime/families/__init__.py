@@ -8,9 +8,11 @@ from quantvla_ros.models.family import ModelConfig
 from quantvla_ros.quant.layouts import presets_of
 from quantvla_ros.runtime.families.groot import GrootFamily
 from quantvla_ros.runtime.families.pi import PiFamily
+from quantvla_ros.runtime.families.smolvla import SmolVLAFamily
 from quantvla_ros.runtime.family import OptionSpec, PolicyFamily
 
-FAMILIES: dict[str, type[PolicyFamily]] = {"pi": PiFamily, "groot": GrootFamily}
+FAMILIES: dict[str, type[PolicyFamily]] = {"pi": PiFamily, "groot": GrootFamily,
+                                            "smolvla": SmolVLAFamily}
 
 
 def family_named(name: str) -> PolicyFamily:
