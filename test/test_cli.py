@@ -15,7 +15,7 @@ def run_json(capsys, *argv):
 def test_models_json(capsys):
     rows = {r["name"]: r for r in run_json(capsys, "models", "--json")}
     assert set(rows) == {"pi05", "pi0", "pi05-tiny", "pi0-tiny", "pi05-micro", "pi05-libero",
-                         "groot-n15", "groot-n15-tiny"}
+                         "groot-n15", "groot-n15-tiny", "smolvla", "smolvla-tiny"}
     assert rows["groot-n15"]["family"] == "groot" and rows["pi05"]["family"] == "pi"
     assert rows["pi05-libero"]["params"] == 4_203_015  # the committed LIBERO checkpoint
     assert 3.0e9 < rows["pi05"]["params"] < 3.6e9

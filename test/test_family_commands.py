@@ -15,11 +15,14 @@ from quantvla_ros.cli.main import main
 from quantvla_ros.data.synthetic import synthetic_observation
 from quantvla_ros.models.groot import checkpoint as groot_checkpoint
 from quantvla_ros.models.pi import checkpoint as pi_checkpoint
+from quantvla_ros.models.smolvla import checkpoint as smolvla_checkpoint
 from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups
 from quantvla_ros.runtime.policy import Policy
 
-TINY = {"pi": "pi05-tiny", "groot": "groot-n15-tiny"}  # one small config per family
-SAVE = {"pi": pi_checkpoint.save_checkpoint, "groot": groot_checkpoint.save_checkpoint}
+# one small config per family
+TINY = {"pi": "pi05-tiny", "groot": "groot-n15-tiny", "smolvla": "smolvla-tiny"}
+SAVE = {"pi": pi_checkpoint.save_checkpoint, "groot": groot_checkpoint.save_checkpoint,
+        "smolvla": smolvla_checkpoint.save_checkpoint}
 
 
 def _actions(policy, noise):

@@ -34,7 +34,7 @@ def test_every_family_has_presets_and_a_float_reference(family):
 
 @pytest.mark.parametrize(("raw", "family"), [
     ({"type": "pi05"}, "pi"), ({"type": "pi0"}, "pi"), ({"type": "groot"}, "groot"),
-    ({"action_head_cfg": {}}, "groot")])
+    ({"action_head_cfg": {}}, "groot"), ({"type": "smolvla"}, "smolvla")])
 def test_a_folder_belongs_to_the_family_that_claims_it(tmp_path, raw, family):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert checkpoint_family(tmp_path) == family

@@ -88,7 +88,7 @@ def test_groot_is_counted_per_stack():
         assert row["step_ops_per_layer"]["dit_pair"]["kernel:sdpa"] == 2
 
 
-@pytest.mark.parametrize("model", ["pi05-tiny", "groot-n15-tiny"])
+@pytest.mark.parametrize("model", ["pi05-tiny", "groot-n15-tiny", "smolvla-tiny"])
 def test_cli_json(capsys, model):
     """Before: `bench launches --model groot-n15` said "unknown model" (a pi-only lookup)."""
     assert main(["bench", "launches", "--model", model, "--precision", "bf16",
