@@ -118,3 +118,14 @@ def test_executable_records_and_exits(driver, tmp_path):
     assert code == 0, log
     assert "recorded 2/2 observations" in log
     assert len(RecordedBuffer.open(tmp_path / "buffer")) == 2
+
+
+def test_quantize_hook_on_smolvla(driver, tmp_path):
+    """The calibration node records into SmolVLA's camera slots and quantizes it."""
+    node = record(driver, tmp_path / "b", 2, camera_slots=["camera1", "camera2"],
+                  quantize=True, quantize_out=str(tmp_path / "q"), quantize_bits="w8a8",
+                  quantize_source="smolvla-tiny")
+    assert node.exit_code == 0 and node.artifact == tmp_path / "q"
+    policy = Policy.load(str(node.artifact))
+    assert policy.cfg.family == "smolvla" and policy.manifest.bits == "w8a8"
+    assert policy.manifest.calibration["synthetic"] is False

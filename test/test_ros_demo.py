@@ -37,3 +37,17 @@ def test_demo_quantized_groot_follows_the_float_policy(tmp_path):
     assert r["points_per_trajectory"] == [16]
     # Random weights: W8A8 error relative to the displacement; bound with wide margin.
     assert 0.0 <= r["action_rel_error"] < 1.0 and r["action_rel_error_max"] < 1.0
+
+
+@pytest.mark.slow
+def test_demo_quantized_smolvla_follows_the_float_policy(tmp_path):
+    """`quantvla demo --model smolvla-tiny`: the third family through the same node."""
+    from quantvla_ros.workflows.quantize import quantize_hook
+
+    hook = quantize_hook("smolvla-tiny", "w8a8", seed=0, log=lambda *_: None)
+    r = run_demo(tmp_path / "demo", quantize_fn=hook, model="smolvla-tiny", seconds=2.0,
+                 actions_per_chunk=10)
+    assert all(t["success"] for t in r["lifecycle"]), r["lifecycle"]
+    assert r["trajectories"] >= 1 and r["points_per_trajectory"] == [10]
+    # Random weights: W8A8 error relative to the displacement; bound with wide margin.
+    assert 0.0 <= r["action_rel_error"] < 1.0 and r["action_rel_error_max"] < 1.0

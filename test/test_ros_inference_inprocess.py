@@ -202,3 +202,25 @@ def test_groot_published_chunk_equals_the_policy(context, groot_artifact):
     assert len(msg.points) == 16
     # Same artifact, same inputs, same noise on the same CPU: only float reordering.
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- SmolVLA: the same node on a quantized SmolVLA artifact --------------------------------
+SMOLVLA_CAMERAS = [("/cam/base", "camera1"), ("/cam/wrist/compressed", "camera2")]
+
+
+@pytest.fixture(scope="module")
+def smolvla_artifact(tmp_path_factory):
+    from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
+
+    out = tmp_path_factory.mktemp("smolvla") / "artifact"
+    quantize_policy(QuantizeRequest(source="smolvla-tiny", calib="synthetic:6", bits="w4a8"),
+                    out, log=lambda *_: None)
+    return str(out)
+
+
+def test_smolvla_published_chunk_equals_the_policy(context, smolvla_artifact):
+    got, expected, msg = published_and_expected(
+        context, smolvla_artifact, SMOLVLA_CAMERAS, chunk=10, stream_hz=5.0, count=1,
+        timeout_s=60.0, max_observation_age_s=2.0)
+    assert len(msg.points) == 10
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
