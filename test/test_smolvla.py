@@ -146,3 +146,14 @@ def test_cli_quantize_report_inspect_bench(tmp_path, capsys):
         assert main(["bench", "e2e", *argv, "--runs", "2", "--warmup", "1", "--json"]) == 0
         r = json.loads(capsys.readouterr().out)
         assert r["chunk_shape"] == [10, 32] and r["prefix_ms"] > 0 and r["denoise_ms"] > 0
+
+
+@pytest.mark.parametrize("preset", ["quantvla", "backbone", "expert_mlp", "backbone_expert"])
+@pytest.mark.parametrize("bits", ["w8a8", "w4a8", "w4a4"])
+def test_every_preset_fits_the_full_size_widths(capsys, preset, bits):
+    """SmolVLM2's 960 / 720 / 320-wide inputs take no 128-wide int4 groups: those linears
+    get one scale per output channel, the MLP down projections keep groups of 128."""
+    assert main(["inspect", "--model", "smolvla", "--preset", preset, "--bits", bits,
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["quantized_modules"] > 0

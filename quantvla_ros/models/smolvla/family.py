@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantvla_ros.models.family import Layout, ModelFamily
+from quantvla_ros.models.family import Layout, ModelFamily, Part
 from quantvla_ros.models.smolvla.config import SMOLVLA_REGISTRY, SmolVLAConfig
 from quantvla_ros.models.smolvla.layers import RMSNorm
 from quantvla_ros.models.smolvla.model import SmolVLAModel, init_random_weights
@@ -12,15 +12,30 @@ from quantvla_ros.models.smolvla.processing import TOKENIZER_DIR
 _BACKBONE = "backbone.layers.*"
 _EXPERT_MLP = "expert.layers.*.mlp.*"
 _EXPERT_ATTN = "expert.layers.*.self_attn.*"
+_WHY = ("SmolVLM2's widths (text 960, expert 720, cross k / v 320) are not multiples of the "
+        "128-wide int4 groups (W4A8 packs K by 128), so one scale per output channel; the MLP "
+        "down projections (K 2560 / 2048) keep groups of 128")
+_BACKBONE_K = ("backbone.layers.*.self_attn.*", "backbone.layers.*.mlp.gate_proj",
+               "backbone.layers.*.mlp.up_proj")
+_EXPERT_K = ("expert.layers.*.mlp.gate_proj", "expert.layers.*.mlp.up_proj")
+
+
+def _per_channel(*patterns: str) -> tuple[Part, ...]:
+    return (Part("per_channel", patterns, None, why=_WHY),)
+
 
 PRESETS: dict[str, Layout] = {
-    "quantvla": Layout("quantvla", (_BACKBONE, _EXPERT_MLP), description=(
+    "quantvla": Layout("quantvla", (_BACKBONE, _EXPERT_MLP),
+                       parts=_per_channel(*_BACKBONE_K, *_EXPERT_K), description=(
         "the QuantVLA layout: every kept SmolVLM2 text layer's linears and the expert's MLP; "
         "the expert's attention projections (ATM / OHB act there), vision, connector, "
         "embeddings and the action / state / time projections stay float")),
-    "backbone": Layout("backbone", (_BACKBONE,), description="backbone linears only"),
-    "expert_mlp": Layout("expert_mlp", (_EXPERT_MLP,), description="expert MLP linears only"),
+    "backbone": Layout("backbone", (_BACKBONE,), parts=_per_channel(*_BACKBONE_K),
+                       description="backbone linears only"),
+    "expert_mlp": Layout("expert_mlp", (_EXPERT_MLP,), parts=_per_channel(*_EXPERT_K),
+                         description="expert MLP linears only"),
     "backbone_expert": Layout("backbone_expert", (_BACKBONE, _EXPERT_MLP, _EXPERT_ATTN),
+                              parts=_per_channel(*_BACKBONE_K, *_EXPERT_K, _EXPERT_ATTN),
                               description="every backbone and expert linear (norms stay float)"),
     "none": Layout("none", (), description="nothing quantized (float reference)"),
 }

@@ -182,9 +182,9 @@ class SmolVLAModel(nn.Module):
             q = a.heads(a.q_proj(h))
             ck, cv = cache[i]
             if cfg.is_cross(i):
-                dt = a.k_proj.weight.dtype
-                k = a.heads(a.k_proj(ck.reshape(b, p, -1).to(dt)))
-                v = a.heads(a.v_proj(cv.reshape(b, p, -1).to(dt)))
+                # the cached keys are already RoPE'd: projected as they are, not rotated again
+                k = a.heads(a.k_proj(ck.reshape(b, p, -1)))
+                v = a.heads(a.v_proj(cv.reshape(b, p, -1)))
                 q = apply_rope(q, pos - pos.min(dim=1, keepdim=True).values, theta)
                 mask = seen
             else:
