@@ -157,3 +157,11 @@ def test_every_preset_fits_the_full_size_widths(capsys, preset, bits):
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["quantized_modules"] > 0
+
+
+def test_bench_launches_counts_the_full_size_with_its_per_channel_part(capsys):
+    """Before: "K=960 is not a multiple of group_size=128" (the count ignored layout parts)."""
+    assert main(["bench", "launches", "--model", "smolvla", "--precision", "w4a8",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["precisions"]["w4a8"]["denoise_step"]["total"] > 0

@@ -25,7 +25,7 @@ from quantvla_ros.kernels import dispatch
 from quantvla_ros.models.build import build_meta, cast_floating
 from quantvla_ros.models.registry import get_config
 from quantvla_ros.quant.apply import _set_module
-from quantvla_ros.quant.layouts import get_layout, select
+from quantvla_ros.quant.layouts import get_layout, schemes
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.families import family_for
@@ -142,8 +142,9 @@ def meta_model(cfg, family, precision: str, layout: str = "quantvla"):
     """
     model = cast_floating(build_meta(cfg), torch.bfloat16).eval()
     if precision != "bf16":
-        scheme = parse_bits(precision)
-        for qname in select(model, get_layout(layout, family=family.name)):
+        # each linear gets its layout part's scheme (group size), as quantization gives it
+        chosen = schemes(model, get_layout(layout, family=family.name), parse_bits(precision))
+        for qname, scheme in chosen.items():
             linear = model.get_submodule(qname)
             _set_module(model, qname, QuantLinear(
                 linear.in_features, linear.out_features, scheme,
