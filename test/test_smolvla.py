@@ -165,3 +165,25 @@ def test_bench_launches_counts_the_full_size_with_its_per_channel_part(capsys):
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["precisions"]["w4a8"]["denoise_step"]["total"] > 0
+
+
+def test_a_full_size_lerobot_config_reads_as_the_named_config():
+    """lerobot's config.json names no widths or heads: SmolVLM2-500M's are taken where the
+    shapes are its own (no head-count keys needed)."""
+    from quantvla_ros.models.smolvla.checkpoint import config_from_lerobot
+
+    named = get_config("smolvla")
+    shapes = {k: tuple(v.shape) for k, v in build_meta(named).state_dict().items()}
+    image = {"type": "VISUAL", "shape": [3, 512, 512]}
+    raw = {"type": "smolvla", "input_features": {
+        f"observation.images.{c}": image for c in named.cameras}}
+    assert config_from_lerobot(raw, shapes, name="smolvla") == named
+
+
+def test_bf16_follows_fp32():
+    size = get_config(TINY).vision.image_size
+    fp32, bf16 = Policy.load(TINY, seed=4), Policy.load(TINY, seed=4, precision="bf16")
+    obs = synthetic_observation(1, 4, {c: (size, size + 16) for c in fp32.cfg.cameras}, 6)
+    noise = fp32.draw_noise()
+    a, b = fp32.infer(obs, noise).actions, bf16.infer(obs, noise).actions
+    assert np.abs(a - b).max() < 0.02 * np.abs(a).max()
