@@ -20,6 +20,11 @@ is executed, so the data shows recoveries. One file per episode,
 - ``action``: float32 (T, 7) the executed (noisy) action; ``expert_action``: the clean one
 - ``instruction``, ``suite``: str; ``task``, ``seed``, ``steps``: int; ``success``: bool
 
+``--miss P``: with probability P an episode's first grasp is aimed 1.5-3.5 cm off the object
+(a random direction), the miss a trained policy makes; the expert's own retry (the object did
+not rise) then re-plans from the object's pose. Such an episode keeps images only from the
+retry on, so the frames that train show the recovery and never the deliberate miss; it adds
+``missed`` (true) and counts as a success only if the retry happened and succeeded.
 Resumable: episodes whose file exists are skipped. Episodes go round-robin over tasks, so a
 partial run covers every task. A summary line per episode goes to stdout.
 """
@@ -41,15 +46,22 @@ from quantvla_ros.sim.libero_env import (
 )
 from quantvla_ros.sim.libero_expert import LiberoObjectExpert
 
+MISS_RANGE_M = (0.015, 0.035)  # the policy closes 2-3 cm from the grasp point
+
 
 def record_episode(task: LiberoTask, expert, seed: int, noise: float, max_steps: int,
-                   image_every: int = 1) -> dict:
+                   image_every: int = 1, miss: float = 0.0) -> dict:
     """Run one noisy expert episode from a fresh placement; return its arrays."""
     rng = np.random.default_rng(seed + 7)
+    missed = bool(np.random.default_rng(seed + 8).random() < miss)
     obs = task.reset_fresh(seed)
     for k in range(10):
         obs, _ = task.step(SETTLE_ACTION, render=k == 9)
     expert.reset()
+    if missed:
+        angle = rng.uniform(0.0, 2 * np.pi)
+        expert.grasp_xy = expert.grasp_xy + rng.uniform(*MISS_RANGE_M) * np.array(
+            [np.cos(angle), np.sin(angle)])
     frames = {"agentview": [], "wrist": [], "image_step": [], "state": [], "action": [],
               "expert_action": []}
     done = False
@@ -58,7 +70,7 @@ def record_episode(task: LiberoTask, expert, seed: int, noise: float, max_steps:
         action = clean.copy()
         action[:6] = np.clip(action[:6] + rng.normal(0.0, noise, 6), -1.0, 1.0)
         images = policy_images(obs)
-        if images:
+        if images and (not missed or expert.attempts > 0):
             frames["agentview"].append(images["agentview"])
             frames["wrist"].append(images["wrist"])
             frames["image_step"].append(t)
@@ -68,10 +80,15 @@ def record_episode(task: LiberoTask, expert, seed: int, noise: float, max_steps:
         obs, done = task.step(action, render=(t + 1) % image_every == 0)
         if done:
             break
-    out = {k: np.stack(v) for k, v in frames.items()}
+    size = task.resolution  # a miss that still held the object keeps no frames at all
+    out = {k: np.stack(v) if v else np.zeros((0, size, size, 3), np.uint8)
+           for k, v in frames.items() if k != "image_step"}
+    out["image_step"] = np.asarray(frames["image_step"], np.int64)
+    success = done and (not missed or expert.attempts > 0)
     out.update(instruction=np.str_(task.task.language), suite=np.str_(task.suite_name),
                task=np.int64(task.task.index), seed=np.int64(seed),
-               steps=np.int64(len(frames["action"])), success=np.bool_(done))
+               steps=np.int64(len(frames["action"])), success=np.bool_(success),
+               missed=np.bool_(missed))
     return out
 
 
@@ -87,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-every", type=int, default=1,
                         help="render the cameras every N-th step only (state/action: all)")
     parser.add_argument("--seed-base", type=int, default=1_000_000)
+    parser.add_argument("--miss", type=float, default=0.0,
+                        help="probability that the first grasp is aimed off the object")
     args = parser.parse_args(argv)
     if args.suite != "libero_object":
         parser.error("the scripted expert handles libero_object only")
@@ -106,12 +125,13 @@ def main(argv=None) -> int:
             seed = args.seed_base + 1000 * t + episode
             start = time.time()
             data = record_episode(task, expert, seed, args.noise, MAX_STEPS[args.suite],
-                                  args.image_every)
+                                  args.image_every, args.miss)
             tmp = path.with_name(path.stem + ".tmp.npz")
             np.savez_compressed(tmp, **data)
             os.replace(tmp, path)
             done_count += 1
             print(f"task {t} ep {episode} seed {seed}: success={bool(data['success'])} "
+                  f"missed={bool(data['missed'])} frames={len(data['image_step'])} "
                   f"steps={int(data['steps'])} {time.time() - start:.1f} s "
                   f"{path.stat().st_size / 1e6:.1f} MB", flush=True)
     for task, _ in envs.values():
