@@ -7,7 +7,8 @@ from quantvla_ros.cli.quantize_cmd import add_layout_args
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.registry import family_of, get_config, read_checkpoint_config
 from quantvla_ros.quant.footprint import inspect_layout
-from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.layouts import get_layout, scheme_label
+from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.quant.scheme import parse_bits
 
 
@@ -17,6 +18,8 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="a named config")
     src.add_argument("--checkpoint", help="a checkpoint folder (only its config is read)")
+    src.add_argument("--artifact", help="a quantized artifact: its recorded schemes (manifest "
+                                        "only), per linear where they differ from the default")
     add_layout_args(p)
     p.add_argument("--group-size", type=int,
                    help="weight group size along K (int4 default 128; 0 = per output channel)")
@@ -27,6 +30,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Size a layout on the meta device: which linears it quantizes and the bytes it saves."""
+    if args.artifact:
+        return _artifact(args)
     cfg = get_config(args.model) if args.model else read_checkpoint_config(args.checkpoint)
     scheme = parse_bits(args.bits, group_size=args.group_size)
     layout = get_layout(None if args.preset == "custom" else args.preset,
@@ -55,4 +60,29 @@ def run(args) -> int:
           f"({r['never_executed_params'] / 1e6:.1f}M parameters, "
           f"{human_bytes(r['never_executed_params'] * 2)} bf16; a full checkpoint is "
           f"{human_bytes(r['checkpoint_bytes_bf16'])} bf16)")
+    return 0
+
+
+def _artifact(args) -> int:
+    """Print an artifact's default scheme, its parts and the linears with their own scheme."""
+    m = ArtifactManifest.read(args.artifact)
+    q = m.quantization
+    default = scheme_label(q.scheme)
+    rows = [{"name": n, "scheme": scheme_label(q.scheme_for(n)), "part": q.part_of(n)}
+            for n in m.quantized_modules]
+    r = {"artifact": args.artifact, "format_version": m.to_dict()["format_version"],
+         "default_scheme": default, "parts": m.parts_summary(),
+         "differing": [row for row in rows if row["scheme"] != default],
+         "balance_config": m.balance.config}
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"{args.artifact}: {len(rows)} linears, default {default} "
+          f"(format version {r['format_version']})")
+    for p in r["parts"]:
+        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}")
+    if r["differing"]:
+        print("\nlinears whose scheme differs from the default:")
+        print_table(r["differing"], ["name", "part", "scheme"])
+    print("balance: " + ", ".join(f"{k} {v}" for k, v in m.balance.config.items()))
     return 0

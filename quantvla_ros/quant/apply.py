@@ -6,7 +6,7 @@ footprint sizes, built here so both follow exactly what quantize_ stores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,14 +27,23 @@ class QuantConfig:
     scheme: QuantScheme
     layout: Layout
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None = off
+    # per-linear schemes by module name, before any part's (mixed-precision allocations)
+    layers: dict[str, QuantScheme] = field(default_factory=dict)
 
     def needs_calibration(self) -> bool:
         """Return whether recorded linear inputs are needed (clip search or smoothing)."""
-        return self.scheme.clip_search or self.smooth_alpha is not None
+        every = (self.scheme, *self.layers.values())
+        return (any(s.clip_search or s.act_clip is not None for s in every)
+                or self.smooth_alpha is not None)
 
     def schemes(self, model: nn.Module) -> dict[str, QuantScheme]:
-        """Return each quantized linear's scheme (a part's, else the main one)."""
-        return schemes(model, self.layout, self.scheme)
+        """Return each quantized linear's scheme (its own, a part's, else the main one)."""
+        chosen = schemes(model, self.layout, self.scheme)
+        unknown = sorted(set(self.layers) - set(chosen))
+        if unknown:
+            raise ValueError(f"per-layer schemes for linears the layout does not quantize: "
+                             f"{', '.join(unknown[:5])}")
+        return {**chosen, **self.layers}
 
     def embedding_bits(self) -> int:
         """Return the bits of quantized embedding rows: the scheme's weight bits."""
@@ -73,7 +82,14 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
     per_module = config.schemes(model)
     names = list(per_module)
     if config.needs_calibration() and inputs is None:
-        raise ValueError("smoothing / clip search need calibration inputs")
+        raise ValueError("smoothing / clip search / activation clipping need calibration "
+                         "inputs")
+    for p in {s.act_clip for s in per_module.values()} - {None}:
+        if config.smooth_alpha is not None:
+            raise ValueError("activation clipping cannot be combined with smoothing")
+        if inputs.percentile != p:
+            raise ValueError(f"activation clipping at p{p:g} needs inputs recorded at that "
+                             f"percentile (got {inputs.percentile})")
     chosen = set(names)
     divisor: dict[str, torch.Tensor] = {}  # what each chosen linear's input is divided by
     folded: set[str] = set()
@@ -104,8 +120,11 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
             if name in divisor:
                 x = x / divisor[name]
         smooth = divisor.get(name) if name not in folded else None
+        clip = None
+        if scheme.act_clip is not None:
+            clip = _recorded(inputs.clip, name).to(linear.weight.device)
         _set_module(model, name, QuantLinear.from_float(linear, scheme, x_calib=x,
-                                                        smooth=smooth))
+                                                        smooth=smooth, act_clip=clip))
     for name in select_embeddings(model, config.layout):
         _set_module(model, name, QuantEmbedding.from_float(model.get_submodule(name),
                                                            config.embedding_bits()))

@@ -27,7 +27,7 @@ from quantvla_ros.quant.qembedding import QuantEmbedding
 
 WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
 TOKENIZER_DIR = "tokenizer"  # the source's tokenizer, copied in
-_KEEP_FP32 = (".weight_scale", ".smooth")
+_KEEP_FP32 = (".weight_scale", ".smooth", ".act_clip")
 
 
 def save_artifact(model, folder, manifest: ArtifactManifest,

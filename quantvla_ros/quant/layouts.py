@@ -23,7 +23,8 @@ from quantvla_ros.quant.scheme import QuantScheme
 def scheme_label(scheme: QuantScheme) -> str:
     """Short name of a linear's scheme, e.g. ``w4a8 g128`` or ``w4a8 per-channel``."""
     g = f"g{scheme.group_size}" if scheme.group_size else "per-channel"
-    return f"{scheme.bits} {g}" + (" hadamard" if scheme.hadamard else "")
+    return (f"{scheme.bits} {g}" + (" hadamard" if scheme.hadamard else "")
+            + (f" act-clip p{scheme.act_clip:g}" if scheme.act_clip is not None else ""))
 
 
 def presets_of(family: str) -> dict[str, Layout]:

@@ -1,10 +1,11 @@
 """The artifact manifest (``manifest.yaml``): typed, read and written in one place.
 
 Format version 2 (version 1 artifacts must be re-quantized: W4A8 weights changed layout
-and embeddings / per-part schemes were added)::
+and embeddings / per-part schemes were added); version 3 is version 2 plus per-linear
+schemes and activation clipping, written only by artifacts that use them::
 
     format: quantvla-artifact
-    format_version: 2
+    format_version: 2 | 3
     created: ISO-8601 UTC time
     model_config: {family, ...}       models.registry.config_to_dict()
     source: {kind: named, model, seed, sha256: "seed:S"}
@@ -12,7 +13,9 @@ and embeddings / per-part schemes were added)::
     quantization: {bits, scheme: QuantScheme.to_dict(), preset, include, exclude, smooth_alpha,
                    parts: {name: {include: [globs], scheme: {...}, why}},   linears matching
                            a part's globs use its scheme, all others `scheme`
-                   embeddings: {modules: [names], bits: 8 | 4}}   integer rows, f32 row scales
+                   embeddings: {modules: [names], bits: 8 | 4},   integer rows, f32 row scales
+                   layers: {name: {...}}}   optional: per-linear schemes (formats.py),
+                           before any part's; written only when some linear has one
     quantized_modules: [linear module names]
     balance: {config: BalanceConfig.to_dict(), alpha: {"tower.layer": [per head]},
               beta: {"tower.layer": x}, ratios: {...}}
@@ -37,6 +40,11 @@ from quantvla_ros.quant.scheme import QuantScheme
 
 FORMAT = "quantvla-artifact"
 FORMAT_VERSION = 2
+# Written instead of 2 only by artifacts using what version 2 readers would misread or
+# refuse obscurely: per-linear schemes (`quantization.layers`) or activation clipping
+# (`act_clip` in a scheme). This build reads both.
+LAYERS_VERSION = 3
+READ_VERSIONS = (FORMAT_VERSION, LAYERS_VERSION)
 MANIFEST = "manifest.yaml"
 
 
@@ -115,29 +123,47 @@ class QuantizationRecord:
     parts: dict[str, PartRecord] = field(default_factory=dict)
     embeddings: tuple[str, ...] = ()
     embedding_bits: int | None = None
+    layers: dict[str, QuantScheme] = field(default_factory=dict)
 
     @property
     def bits(self) -> str:
         """Return the bit-width name, e.g. ``"w4a8"``."""
         return self.scheme.bits
 
+    def needs_layers_version(self) -> bool:
+        """Whether a version 2 reader would misread this record (per-linear schemes, clips)."""
+        schemes = [self.scheme, *(p.scheme for p in self.parts.values()),
+                   *self.layers.values()]
+        return bool(self.layers) or any(s.act_clip is not None for s in schemes)
+
     def part_of(self, name: str) -> str:
-        """Return the part of quantized linear ``name``: the first whose globs match, or main."""
+        """Return the part of quantized linear ``name``.
+
+        "layer" where it has its own scheme, else the first part whose globs match, else
+        "main".
+        """
+        if name in self.layers:
+            return "layer"
         return next((k for k, part in self.parts.items()
                      if any(fnmatch.fnmatchcase(name, g) for g in part.include)), "main")
 
     def scheme_for(self, name: str) -> QuantScheme:
         """Return the scheme of quantized linear ``name``: its part's or the main one."""
         part = self.part_of(name)
+        if part == "layer":
+            return self.layers[name]
         return self.scheme if part == "main" else self.parts[part].scheme
 
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest form."""
-        return {"bits": self.bits, "scheme": self.scheme.to_dict(), "preset": self.preset,
-                "include": list(self.include), "exclude": list(self.exclude),
-                "smooth_alpha": self.smooth_alpha,
-                "parts": {k: v.to_dict() for k, v in self.parts.items()},
-                "embeddings": {"modules": list(self.embeddings), "bits": self.embedding_bits}}
+        d = {"bits": self.bits, "scheme": self.scheme.to_dict(), "preset": self.preset,
+             "include": list(self.include), "exclude": list(self.exclude),
+             "smooth_alpha": self.smooth_alpha,
+             "parts": {k: v.to_dict() for k, v in self.parts.items()},
+             "embeddings": {"modules": list(self.embeddings), "bits": self.embedding_bits}}
+        if self.layers:
+            d["layers"] = {k: v.to_dict() for k, v in self.layers.items()}
+        return d
 
     @classmethod
     def from_dict(cls, q: dict[str, Any]) -> QuantizationRecord:
@@ -150,7 +176,8 @@ class QuantizationRecord:
                                         str(v.get("why", "")))
                           for k, v in (q.get("parts") or {}).items()},
                    embeddings=tuple(emb.get("modules") or ()),
-                   embedding_bits=emb.get("bits"))
+                   embedding_bits=emb.get("bits"),
+                   layers={k: QuantScheme(**v) for k, v in (q.get("layers") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -195,16 +222,27 @@ class ArtifactManifest:
     def parts_summary(self) -> list[dict[str, Any]]:
         """Per part (main, each recorded part, embeddings): its scheme and module count."""
         q = self.quantization
-        counts = dict.fromkeys(["main", *q.parts], 0)
+        counts = dict.fromkeys(["main", "layer", *q.parts], 0)
         for name in self.quantized_modules:
             counts[q.part_of(name)] += 1
         rows = [{"part": "main", "scheme": scheme_label(q.scheme), "modules": counts["main"]}]
         rows += [{"part": k, "scheme": scheme_label(p.scheme), "modules": counts[k],
                   "why": p.why} for k, p in q.parts.items()]
+        rows += self.layer_schemes()
         if q.embeddings:
             rows.append({"part": "embeddings", "scheme": f"int{q.embedding_bits} rows",
                          "modules": len(q.embeddings), "names": list(q.embeddings)})
         return rows
+
+    def layer_schemes(self) -> list[dict[str, Any]]:
+        """Linears with their own scheme, grouped by scheme: {part, scheme, modules, names}."""
+        q = self.quantization
+        groups: dict[str, list[str]] = {}
+        for name in self.quantized_modules:
+            if name in q.layers:
+                groups.setdefault(scheme_label(q.layers[name]), []).append(name)
+        return [{"part": "per-layer", "scheme": label, "modules": len(names), "names": names}
+                for label, names in groups.items()]
 
     def with_files(self, files: dict[str, str]) -> ArtifactManifest:
         """Return a copy recording these file hashes."""
@@ -212,7 +250,9 @@ class ArtifactManifest:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML document."""
-        return {"format": FORMAT, "format_version": self.format_version,
+        version = LAYERS_VERSION if self.quantization.needs_layers_version() \
+            else self.format_version
+        return {"format": FORMAT, "format_version": version,
                 "created": self.created, "model_config": config_to_dict(self.model_config),
                 "source": self.source.to_dict(), "quantization": self.quantization.to_dict(),
                 "quantized_modules": list(self.quantized_modules),
@@ -230,9 +270,9 @@ class ArtifactManifest:
         if isinstance(version, int) and not isinstance(version, bool) and \
                 version < FORMAT_VERSION:
             raise ArtifactError(_outdated(where, version, d))
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS or isinstance(version, bool):
             raise ArtifactError(f"{where}: unknown format version {version!r} "
-                                f"(this build reads {FORMAT_VERSION})")
+                                f"(this build reads {', '.join(map(str, READ_VERSIONS))})")
         missing = [k for k in ("model_config", "source", "quantization", "quantized_modules",
                                "balance", "calibration") if k not in d]
         if missing:

@@ -16,9 +16,16 @@ class LinearInputs:
     not set a smoothing factor or a clip ratio.
     """
 
-    def __init__(self, max_rows: int = 256, seed: int = 0):
-        """Keep at most ``max_rows`` input rows per linear, drawn with a seeded generator."""
+    def __init__(self, max_rows: int = 256, seed: int = 0, percentile: float | None = None):
+        """Keep at most ``max_rows`` input rows per linear, drawn with a seeded generator.
+
+        ``percentile`` (e.g. 99.9) also records, per input channel, the running maximum over
+        calls of that percentile of |x| within each call (`clip`): the activation clip
+        thresholds of the authors' QuantVLA quantizer.
+        """
         self.max_rows = max_rows
+        self.percentile = percentile
+        self.clip: dict[str, torch.Tensor] = {}
         self.absmax: dict[str, torch.Tensor] = {}
         self.rows: dict[str, torch.Tensor] = {}
         self.step: int | None = None
@@ -45,6 +52,9 @@ class LinearInputs:
         amax = x.abs().amax(0)
         self.absmax[name] = torch.maximum(self.absmax[name], amax) if name in self.absmax \
             else amax
+        if self.percentile is not None:
+            c = abs_percentile(x, self.percentile)
+            self.clip[name] = torch.maximum(self.clip[name], c) if name in self.clip else c
         if self.max_rows <= 0:
             return
         pick = torch.randperm(x.shape[0], generator=self._gen)[: self.max_rows]
@@ -54,6 +64,19 @@ class LinearInputs:
             keep = torch.randperm(rows.shape[0], generator=self._gen)[: self.max_rows]
             rows = rows[keep.to(rows.device)]
         self.rows[name] = rows
+
+
+def abs_percentile(x: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Per column of x [R, K]: the ``percentile`` of |x| over the rows.
+
+    Linear interpolation between order statistics, as torch.quantile does; sorting has no
+    input-size limit.
+    """
+    v = x.abs().sort(dim=0).values
+    pos = percentile / 100.0 * (v.shape[0] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.shape[0] - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
 
 
 @contextmanager

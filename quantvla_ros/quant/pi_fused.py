@@ -32,9 +32,8 @@ from quantvla_ros.models.pi.layers import (
     add_residual,
     split_heads,
 )
+from quantvla_ros.quant.formats import format_of
 from quantvla_ros.quant.qlinear import QuantLinear
-
-_MATMUL = {8: dispatch.matmul_w8a8, 4: dispatch.matmul_w4a8}
 
 
 def _cat_weights(module: nn.Module, linears: list[QuantLinear]) -> None:
@@ -45,14 +44,9 @@ def _cat_weights(module: nn.Module, linears: list[QuantLinear]) -> None:
                            torch.cat(group) if group[0] is not None else None)
 
 
-def _w4a8_extra(module: nn.Module) -> dict:
-    """Return the integer group scales W4A8 kernels take, as keyword arguments."""
-    return {"group_scale": module.weight_group_scale} if module.scheme.bits == "w4a8" else {}
-
-
 def _group(module: nn.Module) -> dict:
     """Group keywords of the fused GEMM: the group size, and W4A8's int8 group scales."""
-    return {"group_size": module.scheme.group_size, **_w4a8_extra(module)}
+    return {"group_size": module.scheme.group_size, "group_scale": module.weight_group_scale}
 
 
 def _add_norm_quant(h, res, norm_weight=None, mod=None, eps=1e-6):
@@ -104,8 +98,9 @@ class NormQuantProjections(nn.Module):
                                  weight_bits=self.scheme.w_bits, out_dtype=h.dtype,
                                  **_group(self))
             return h, y.reshape(*lead, y.shape[-1]), gate
-        y = _MATMUL[self.scheme.w_bits](q, s, self.weight_q, self.weight_scale,
-                                        out_dtype=h.dtype, **_group(self))
+        y = format_of(self.scheme).matmul(q, s, self.weight_q, self.weight_scale,
+                                          self.weight_group_scale,
+                                          group_size=self.scheme.group_size, out_dtype=h.dtype)
         return h, tuple(part.reshape(*lead, part.shape[-1])
                         for part in y.split(self.splits, -1)), gate
 
@@ -238,7 +233,8 @@ def fusable(linears: list[nn.Module]) -> bool:
         return False
     first = linears[0].scheme
     return all(q.scheme == first and q.scheme.a_bits == 8 and not q.hadamard_block
-               and q.bias is None and q.smooth is None for q in linears)
+               and q.bias is None and q.smooth is None and q.act_clip is None
+               for q in linears)
 
 
 @torch.no_grad()

@@ -54,18 +54,23 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None,
 
 
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int | None,
-                ratios=CLIP_RATIOS, progressive: bool = False) -> torch.Tensor:
+                ratios=CLIP_RATIOS, progressive: bool = False, fake=None) -> torch.Tensor:
     """Per output channel, the clip ratio minimizing ||x w^T - x w_q^T||^2 on calibration x.
 
-    ``progressive`` quantizes as W4A8 stores weights (two-level scales, int4_layout.py).
+    ``progressive`` quantizes as W4A8 stores weights (two-level scales, int4_layout.py);
+    ``fake(w, group_size, clip)``, when given, is the format's own quantize-dequantize
+    (formats.WeightFormat.fake_quantize) and overrides ``bits`` / ``progressive``.
     """
+    if fake is None:
+        def fake(w_, g, c):
+            return fake_quantize(w_, bits, g, c, progressive)
     x = x.reshape(-1, x.shape[-1]).float()
     ref = x @ w.float().t()
     best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
     best = torch.ones(w.shape[0], device=w.device)
     for r in ratios:
         clip = torch.full((w.shape[0],), r, device=w.device)
-        err = (x @ fake_quantize(w, bits, group_size, clip, progressive).t() - ref).pow(2).sum(0)
+        err = (x @ fake(w, group_size, clip).t() - ref).pow(2).sum(0)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, clip, best)

@@ -40,6 +40,7 @@ class QuantizeRequest:
     exclude: tuple[str, ...] = ()
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     clip_search: bool = False
+    act_clip: float | None = None  # percentile of |x| each activation channel is clipped at
     smooth_alpha: float | None = None
     group_size: int | None = None  # None: the default for the bit width; 0: per channel
     hadamard: bool | None = None  # None: on for w4a4 only
@@ -48,6 +49,9 @@ class QuantizeRequest:
     precision: str = "fp32"
     batch_size: int = 8
     max_samples: int | None = None
+    # per-linear bits by module name (e.g. {"expert.layers.0.mlp.down_proj": "w8a8"}), with
+    # the main scheme's options; recorded per layer in the manifest (format version 3)
+    layers: dict[str, str] = field(default_factory=dict)
     # the family's deployment choices by name (PolicyFamily.options; unset: as declared)
     options: dict[str, str] = field(default_factory=dict)
 
@@ -92,12 +96,16 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
                     log=print) -> ArtifactManifest:
     """Quantize, calibrate ATM / OHB, write the artifact; returns its manifest."""
     scheme = parse_bits(req.bits, group_size=req.group_size, clip_search=req.clip_search,
-                        hadamard=req.hadamard)
+                        hadamard=req.hadamard, act_clip=req.act_clip)
     source = PolicySource.resolve(req.source, seed=req.seed)
     identity = source.identity()  # refuses an artifact as the source, before any work
     teacher = Policy.load(source, device=req.device, precision=req.precision, **req.options)
+    layers = {name: parse_bits(bits, group_size=req.group_size, clip_search=req.clip_search,
+                               hadamard=req.hadamard, act_clip=req.act_clip)
+              for name, bits in req.layers.items()}
     qcfg = QuantConfig(scheme, get_layout(req.preset, req.include, req.exclude,
-                                          family=teacher.family.name), req.smooth_alpha)
+                                          family=teacher.family.name), req.smooth_alpha,
+                       layers)
     buffer = open_buffer_for(teacher, req.calib)
     check_buffer_size(len(buffer), req.calib)
     calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
@@ -108,7 +116,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     inputs = None
     student = copy.deepcopy(teacher.model)
     if qcfg.needs_calibration():
-        inputs = LinearInputs()
+        inputs = LinearInputs(percentile=scheme.act_clip)
         with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
             teacher.family.sample(teacher.model, batches, inputs)  # pi: drops padding rows
     embeddings = tuple(select_embeddings(student, qcfg.layout))
@@ -126,7 +134,8 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
             scheme, req.preset, qcfg.layout.include, qcfg.layout.exclude, req.smooth_alpha,
             parts={p.name: PartRecord(p.include, p.scheme(scheme), p.why)
                    for p in qcfg.layout.parts},
-            embeddings=embeddings, embedding_bits=qcfg.embedding_bits() if embeddings else None),
+            embeddings=embeddings, embedding_bits=qcfg.embedding_bits() if embeddings else None,
+            layers=dict(qcfg.layers)),
         quantized_modules=tuple(names),
         balance=BalanceRecord(config=req.balance.to_dict(), **balance),
         calibration={**buffer.summary(), "spec": req.calib,

@@ -110,7 +110,7 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
     return {
         "artifact": str(artifact), "bits": manifest.bits,
         "preset": manifest.quantization.preset, "parts": manifest.parts_summary(),
-        "source": manifest.source.to_dict(),
+        "source": manifest.source.to_dict(), "balance_config": balance.config,
         "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
                         "source": summary.get("source"), "held_out_samples": len(held),
                         "held_out_indices": [held[0], held[-1] + 1], "held_out": how},

@@ -44,6 +44,12 @@ def to_markdown(r: dict) -> str:
         f"({cal.get('held_out', 'held out')})"
         + (" — **SYNTHETIC observations, not robot data**" if cal["synthetic"] else ""),
     ]
+    if r.get("balance_config"):
+        lines.append("- balance: " + ", ".join(f"{k} {v}" for k, v in r["balance_config"]
+                                                 .items() if k not in ("atm", "ohb", "towers")))
+    for p in r.get("parts", ()):
+        if p["part"] == "per-layer":  # linears whose scheme differs from the default
+            lines.append(f"- {p['scheme']}: " + ", ".join(f"`{n}`" for n in p["names"]))
     if cal.get("note"):
         lines.append(f"- note: {cal['note']}")
     lines += [
