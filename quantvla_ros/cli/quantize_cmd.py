@@ -5,7 +5,7 @@ from __future__ import annotations
 from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
-from quantvla_ros.quant.balance import BalanceConfig
+from quantvla_ros.quant.balance import AUTHORS_FRAMES, SETTINGS, balance_setting
 from quantvla_ros.runtime.families import presets_help
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
@@ -31,6 +31,20 @@ def add_layout_args(p) -> None:
                    help="keep linears matching this glob in float")
 
 
+def parse_act_clip(text: str | None) -> float | None:
+    """``p99.9`` (or ``99.9``) -> 99.9; None stays None; anything else is an error."""
+    if text is None:
+        return None
+    try:
+        value = float(text[1:] if text.lower().startswith("p") else text)
+    except ValueError:
+        raise SystemExit(f"--act-clip: expected a percentile like p99.9, got {text!r}") \
+            from None
+    if not 50 < value <= 100:
+        raise SystemExit(f"--act-clip: the percentile must be in (50, 100], got {value:g}")
+    return value
+
+
 def register(sub) -> None:
     """Add the `quantize` command."""
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
@@ -43,8 +57,22 @@ def register(sub) -> None:
     p.add_argument("--no-ohb", action="store_true", help="skip output head balancing")
     p.add_argument("--balance-backbone", action="store_true",
                    help="apply ATM / OHB to the backbone's attention too")
-    p.add_argument("--clamp", type=float, nargs=2, default=(0.8, 1.25), metavar=("LO", "HI"))
-    p.add_argument("--band", type=float, default=0.05, help="neutral band around 1")
+    p.add_argument("--balance", default="ours", choices=sorted(SETTINGS),
+                   help="ATM / OHB setting: ours (DESIGN.md: clamp [0.8, 1.25], band 0.05, "
+                        "pooled logit std, progressive) or authors (their released "
+                        "calibration: clamp [0.7, 1.4], band 0.02, OHB in the log domain "
+                        "(+-0.3, band 0.03), mean of per-sample logit stds, one pass, "
+                        f"{AUTHORS_FRAMES} calibration frames unless --max-samples)")
+    p.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="override the setting's clamp (ours: 0.8 1.25)")
+    p.add_argument("--band", type=float, help="override the setting's neutral band around 1 "
+                                              "(ours: 0.05)")
+    p.add_argument("--max-samples", type=int, metavar="N",
+                   help="calibrate on at most the first N calibration samples")
+    p.add_argument("--act-clip", metavar="pP",
+                   help="clip each activation channel at the P-th percentile of |x| on the "
+                        "calibration data before quantizing it (the authors' quantizer: "
+                        "p99.9)")
     p.add_argument("--group-size", type=int,
                    help="weight group size along K (int4 default 128; 0 = per output channel)")
     p.add_argument("--no-hadamard", action="store_true",
@@ -61,13 +89,18 @@ def register(sub) -> None:
 def run(args) -> int:
     """Quantize and calibrate as the arguments ask; print the ATM / OHB factors or JSON."""
     towers = ("expert", "backbone") if args.balance_backbone else ("expert",)
+    overrides = {k: v for k, v in (("clamp", tuple(args.clamp) if args.clamp else None),
+                                   ("band", args.band)) if v is not None}
     req = QuantizeRequest(
         source=args.checkpoint or args.model, calib=args.calib, bits=args.bits,
         preset=None if args.preset == "custom" else args.preset,
         include=tuple(args.include), exclude=tuple(args.exclude),
-        balance=BalanceConfig(atm=not args.no_atm, ohb=not args.no_ohb, towers=towers,
-                              clamp=tuple(args.clamp), band=args.band),
-        clip_search=args.clip_search, smooth_alpha=args.smooth, group_size=args.group_size,
+        balance=balance_setting(args.balance, atm=not args.no_atm, ohb=not args.no_ohb,
+                                towers=towers, **overrides),
+        clip_search=args.clip_search, act_clip=parse_act_clip(args.act_clip),
+        max_samples=args.max_samples or (AUTHORS_FRAMES if args.balance == "authors"
+                                         else None),
+        smooth_alpha=args.smooth, group_size=args.group_size,
         hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
         batch_size=args.batch_size, options=options_of(args),

@@ -30,7 +30,16 @@ from quantvla_ros.quant.qlinear import QuantLinear
 
 @dataclass(frozen=True)
 class BalanceConfig:
-    """Which corrections to calibrate (ATM, OHB), on which towers, with what clamp and band."""
+    """Which corrections to calibrate (ATM, OHB), on which towers, with what clamp and band.
+
+    Defaults are ours (shared/DESIGN.md). The authors' released calibration differs (see
+    `SETTINGS["authors"]`): OHB in the log domain (`ohb_log_clamp` set: |log beta| clamped
+    to it, beta snapped to 1 where |log beta| < `ohb_log_band`; `clamp` / `band` then apply
+    to ATM only), the logit std as the mean of per-sample standard deviations
+    (`logit_std="per_sample"`, each over one sample's (query, key) pairs of a head) instead
+    of one pooled over every sample, and no progressive order (`progressive=False`: every
+    factor from one measurement of the uncorrected student).
+    """
 
     atm: bool = True
     ohb: bool = True
@@ -39,6 +48,10 @@ class BalanceConfig:
     towers: tuple[str, ...] = ("expert",)
     clamp: tuple[float, float] = (0.8, 1.25)
     band: float = 0.05
+    ohb_log_clamp: float | None = None
+    ohb_log_band: float = 0.0
+    logit_std: str = "pooled"  # or "per_sample"
+    progressive: bool = True
 
     def __post_init__(self):
         """Reject a clamp range excluding 1, a band outside [0, 1) and no towers."""
@@ -49,12 +62,39 @@ class BalanceConfig:
             raise ValueError(f"neutral band must be in [0, 1), got {self.band}")
         if not self.towers or not all(isinstance(t, str) for t in self.towers):
             raise ValueError(f"towers must name at least one stack, got {self.towers!r}")
+        if self.ohb_log_clamp is not None and not self.ohb_log_clamp >= 0:
+            raise ValueError(f"ohb_log_clamp must be >= 0, got {self.ohb_log_clamp}")
+        if not 0 <= self.ohb_log_band:
+            raise ValueError(f"ohb_log_band must be >= 0, got {self.ohb_log_band}")
+        if self.logit_std not in ("pooled", "per_sample"):
+            raise ValueError(f"logit_std is 'pooled' or 'per_sample', got {self.logit_std!r}")
 
     def to_dict(self) -> dict:
-        """Return the config as JSON-ready data (tuples as lists)."""
+        """Return the config as JSON-ready data (tuples as lists; new fields only if set)."""
         d = asdict(self)
         d["towers"], d["clamp"] = list(self.towers), list(self.clamp)
+        for k, default in (("ohb_log_clamp", None), ("ohb_log_band", 0.0),
+                           ("logit_std", "pooled"), ("progressive", True)):
+            if d[k] == default:
+                del d[k]
         return d
+
+
+# Named settings: ours (DESIGN.md) and the authors' released GR00T calibration
+# (shared/GROOT.md 5.4; issue 21), which also calibrated on 32 frames (AUTHORS_FRAMES).
+SETTINGS = {
+    "ours": {},
+    "authors": {"clamp": (0.7, 1.4), "band": 0.02, "ohb_log_clamp": 0.3, "ohb_log_band": 0.03,
+                "logit_std": "per_sample", "progressive": False},
+}
+AUTHORS_FRAMES = 32
+
+
+def balance_setting(name: str, **overrides) -> BalanceConfig:
+    """Return the named setting (``ours`` / ``authors``) with ``overrides`` applied."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown balance setting {name!r}; known: {', '.join(SETTINGS)}")
+    return BalanceConfig(**{**SETTINGS[name], **overrides})
 
 
 class CalibrationError(ValueError):
@@ -71,6 +111,22 @@ def clamp_band(ratio: torch.Tensor, cfg: BalanceConfig) -> torch.Tensor:
         raise CalibrationError(f"non-finite balance ratio {r.tolist()}")
     r = r.clamp(*cfg.clamp)
     return torch.where((r - 1).abs() < cfg.band, torch.ones_like(r), r)
+
+
+def clamp_band_log(ratio: torch.Tensor, limit: float, band: float) -> torch.Tensor:
+    """Clamp |log ratio| to ``limit``; snap to exactly 1 where |log ratio| < ``band``."""
+    r = ratio.double()
+    if not torch.isfinite(r).all() or not (r > 0).all():
+        raise CalibrationError(f"balance ratio {r.tolist()} has no finite logarithm")
+    x = r.log().clamp(-limit, limit)
+    return torch.where(x.abs() < band, torch.ones_like(r), x.exp())
+
+
+def ohb_factor(ratio: torch.Tensor, cfg: BalanceConfig) -> torch.Tensor:
+    """OHB's beta from its raw ratio: log-domain when the config says so, else as ATM."""
+    if cfg.ohb_log_clamp is None:
+        return clamp_band(ratio, cfg)
+    return clamp_band_log(ratio, cfg.ohb_log_clamp, cfg.ohb_log_band)
 
 
 def balance_ratio(teacher: torch.Tensor, student: torch.Tensor, where: str,
@@ -131,6 +187,8 @@ class SiteStats:
     """Statistics of one run, per site key: logit std per head [H], output RMS, per step."""
 
     logit_std: dict[str, torch.Tensor] = field(default_factory=dict)
+    # mean over samples of each sample's own logit std per head [H] (where measured)
+    logit_std_per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
     out_rms: dict[str, float] = field(default_factory=dict)
     logit_std_by_step: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     out_rms_by_step: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -151,32 +209,41 @@ def calibrate(probe: BalanceProbe, teacher, student, stages: list[list[Attention
 
     "alpha" {key: [H]}, "beta" {key: x}, "ratios" {"before": {"logit_std": {key: [H]},
     "oproj_rms": {key: x}}, "after": (the same, once every site is folded)}: "before" is
-    each site's raw teacher / student ratio just before its own correction.
+    each site's raw teacher / student ratio just before its own correction (with
+    ``cfg.progressive`` off: of the uncorrected student, measured once for every site).
     """
     out = {"alpha": {}, "beta": {}, "ratios": {"before": {"logit_std": {}, "oproj_rms": {}}}}
     if not (cfg.atm or cfg.ohb):
         return out
     _, ref = probe.measure(teacher)
+    if cfg.logit_std == "per_sample" and cfg.atm and not ref.logit_std_per_sample:
+        raise CalibrationError("this family's balance probe does not measure per-sample "
+                               "logit stds (BalanceConfig.logit_std='per_sample')")
     before = out["ratios"]["before"]
+    std_of = (lambda st: st.logit_std_per_sample) if cfg.logit_std == "per_sample" \
+        else (lambda st: st.logit_std)
+    got = None if cfg.progressive else probe.measure(student)[1]  # one uncorrected pass
     for stage in (progress(stages) if progress else stages):
         keys = {s.key for s in stage}
         if cfg.atm:
-            _, got = probe.measure(student, keys, out=False)
+            if cfg.progressive:
+                _, got = probe.measure(student, keys, out=False)
             for site in stage:
-                ratio = balance_ratio(ref.logit_std[site.key], got.logit_std[site.key],
+                ratio = balance_ratio(std_of(ref)[site.key], std_of(got)[site.key],
                                       site.key, "attention logit std")
                 before["logit_std"][site.key] = ratio.tolist()
                 alpha = clamp_band(ratio, cfg)
                 site.scale_logits(alpha)
                 out["alpha"][site.key] = alpha.tolist()
         if cfg.ohb:
-            _, got = probe.measure(student, keys, logits=False)
+            if cfg.progressive:
+                _, got = probe.measure(student, keys, logits=False)
             for site in stage:
                 ratio = balance_ratio(torch.tensor(ref.out_rms[site.key], dtype=torch.float64),
                                       torch.tensor(got.out_rms[site.key], dtype=torch.float64),
                                       site.key, "attention output RMS")
                 before["oproj_rms"][site.key] = float(ratio)
-                beta = float(clamp_band(ratio, cfg))
+                beta = float(ohb_factor(ratio, cfg))
                 site.scale_output(beta)
                 out["beta"][site.key] = beta
     out["ratios"]["after"] = ratio_table(ref, probe.measure(student)[1])

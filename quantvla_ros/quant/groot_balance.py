@@ -153,6 +153,7 @@ def site_stats(d: DiTStats) -> SiteStats:
     stats = SiteStats()
     for block, std in sorted(d.logit_std().items()):
         stats.logit_std[BLOCK_KEY.format(block)] = std
+        stats.logit_std_per_sample[BLOCK_KEY.format(block)] = std  # already per-sample means
     for block, rms in sorted(d.out_rms().items()):
         stats.out_rms[BLOCK_KEY.format(block)] = rms
     for (block, step), total in d.std_sum.items():

@@ -183,6 +183,8 @@ def site_stats(c: StatsCollector) -> SiteStats:
             stats.logit_std[key] = std[(tower, layer)]
         if (tower, layer) in rms:
             stats.out_rms[key] = rms[(tower, layer)]
+    for (tower, layer), v in c.logit_std_per_sample().items():
+        stats.logit_std_per_sample[f"{tower}.{layer}"] = v
     for (tower, layer, step), m in c.logits_by_step.items():
         if step is not None:
             stats.logit_std_by_step.setdefault(f"{tower}.{layer}", {})[step] = m.std().float()
@@ -199,9 +201,13 @@ class PiBalanceProbe:
     two models only; any other model (the report's unbalanced copy) runs uncached.
     """
 
-    def __init__(self, teacher, student, batches, towers, cache: bool = True):
-        """Cache what the calibration passes may reuse (see `calibration_prefixes`)."""
-        self.batches, self.towers = batches, tuple(towers)
+    def __init__(self, teacher, student, batches, towers, cache: bool = True,
+                 per_sample: bool = False):
+        """Cache what the calibration passes may reuse (see `calibration_prefixes`).
+
+        `per_sample` also measures the mean of per-sample logit stds (the authors' statistic).
+        """
+        self.batches, self.towers, self.per_sample = batches, tuple(towers), per_sample
         self.prefixes = {}
         if cache:
             t_pre, s_pre = calibration_prefixes(teacher, student, batches, self.towers)
@@ -210,7 +216,8 @@ class PiBalanceProbe:
     def measure(self, model, keys=None, logits=True, out=True):
         """Return (actions, statistics) of the towers' layers in ``keys`` (all if None)."""
         layers = None if keys is None else sorted({int(k.split(".")[1]) for k in keys})
-        c = StatsCollector(self.towers, layers, logits=logits, o_proj=out)
+        c = StatsCollector(self.towers, layers, logits=logits, o_proj=out,
+                           per_sample=self.per_sample)
         actions = run_batches(model, self.batches, c, self.prefixes.get(id(model)))
         return actions, site_stats(c)
 
@@ -221,6 +228,7 @@ def calibrate_balance(teacher, student, batches, cfg: BalanceConfig, progress=No
 
     `cache=False` recomputes every prefix (the reference the cached path must equal).
     """
-    probe = PiBalanceProbe(teacher, student, batches, cfg.towers, cache)
+    probe = PiBalanceProbe(teacher, student, batches, cfg.towers, cache,
+                           per_sample=cfg.logit_std == "per_sample")
     return calibrate(probe, teacher, student, attention_sites(student, cfg.towers), cfg,
                      progress)

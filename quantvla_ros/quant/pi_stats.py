@@ -76,8 +76,16 @@ class StatsCollector(AttentionObserver):
     """
 
     def __init__(self, towers=TOWERS, layers=None, logits=True, o_proj=True,
-                 chunk_elems: int = CHUNK_ELEMS):
-        """Observe `towers` (names) and `layers` (all if None); `logits` / `o_proj` select."""
+                 chunk_elems: int = CHUNK_ELEMS, per_sample: bool = False):
+        """Observe `towers` (names) and `layers` (all if None); `logits` / `o_proj` select.
+
+        `per_sample` also keeps, per head, the sum and count of each sample's own logit std
+        (over that sample's unmasked (query, key) pairs in one call): `logit_std_per_sample`
+        is their mean over samples and calls, the authors' statistic.
+        """
+        self.per_sample = per_sample
+        self.sample_std_sum: dict = {}
+        self.sample_n: dict = defaultdict(int)
         self.towers = {TOWERS.index(t) for t in towers}
         self.layers = None if layers is None else set(layers)
         self.want_logits, self.want_oproj = logits, o_proj
@@ -109,16 +117,32 @@ class StatsCollector(AttentionObserver):
         while h0 < h:  # query heads sharing one KV head, in chunks of rows
             h1 = min(h0 + heads, (h0 // group + 1) * group)
             kt = k[:, h0 // group:h0 // group + 1].float().transpose(-1, -2)
-            acc = Moments()
+            acc, per = Moments(), Moments()
             for r0 in range(0, s, rows):
                 m = mask_rows[:, None, r0:r0 + rows].float()
                 logits = (q[:, h0:h1, r0:r0 + rows].float() @ kt).mul_(scale)
+                if self.per_sample:  # moments per (sample, head) [B, h]
+                    n_b = m.expand(b, -1, -1, -1).sum((1, 2, 3), dtype=torch.float64)
+                    n_b = n_b[:, None].expand(-1, h1 - h0)
+                    per.add(*_part(logits, m, (2, 3), n_b, (b, -1, 1, 1)))
                 count = m.sum(dtype=torch.float64).expand(h1 - h0)
                 acc.add(*_part(logits, m, (0, 2, 3), count, (1, -1, 1, 1), inplace=True))
             for dst, src in zip(full, (acc.n, acc.mean, acc.m2), strict=True):
                 dst[h0:h1] = src
+            if self.per_sample:
+                self._add_samples((TOWERS[tower], layer), h, h0, h1, per)
             h0 = h1
         self._add(self.logits, self.logits_by_step, (TOWERS[tower], layer), tuple(full))
+
+    def _add_samples(self, key, heads: int, h0: int, h1: int, per: Moments) -> None:
+        """Add each sample's logit std of heads h0:h1 (samples with no unmasked pair: none)."""
+        seen = per.n[:, 0] > 0
+        std = (per.m2[seen] / per.n[seen]).clamp(min=0).sqrt()  # [B', h]
+        total = self.sample_std_sum.setdefault(
+            key, torch.zeros(heads, dtype=torch.float64, device=std.device))
+        total[h0:h1] += std.sum(0)
+        if h1 == heads:
+            self.sample_n[key] += int(seen.sum())
 
     def o_proj(self, layer, tower, out, valid_rows) -> None:
         """Add the moments of the o_proj output over its valid (non-padding) rows."""
@@ -137,6 +161,11 @@ class StatsCollector(AttentionObserver):
     def logit_std(self) -> dict:
         """Return each head's logit std [H] (float32) keyed (tower name, layer)."""
         return {k: m.std().float() for k, m in self.logits.items()}
+
+    def logit_std_per_sample(self) -> dict:
+        """Return each head's mean per-sample logit std [H] (float32), if `per_sample`."""
+        return {k: (v / max(self.sample_n[k], 1)).float()
+                for k, v in self.sample_std_sum.items()}
 
     def oproj_rms(self) -> dict:
         """Return the o_proj output RMS keyed (tower name, layer), over every call."""

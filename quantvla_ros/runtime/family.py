@@ -182,6 +182,8 @@ class PolicyFamily(ABC):
                           progress=None) -> dict:
         """Fold ATM / OHB into `student` in place; "alpha", "beta", "ratios" as recorded."""
         probe = self.balance_probe(teacher, student, batches, cfg.towers)
+        if cfg.logit_std == "per_sample" and hasattr(probe, "per_sample"):
+            probe.per_sample = True  # a probe measuring it only on request (pi)
         return balance.calibrate(probe, teacher, student,
                                  self.attention_sites(student, cfg.towers), cfg, progress)
 
