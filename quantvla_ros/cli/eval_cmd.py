@@ -46,6 +46,9 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="base of the per-episode noise seeds")
     q.add_argument("--actions-per-chunk", type=int, default=5, help="replan after this many")
     q.add_argument("--max-steps", type=int, help="step limit (default: the suite's)")
+    q.add_argument("--noise-scale", type=float, default=1.0,
+                   help="multiply the denoising start noise (0: start each chunk from the "
+                        "mean, deterministic; default 1)")
     q.add_argument("--render-every-step", action="store_true",
                    help="render the cameras on every step, not only where the policy looks")
     q.add_argument("--cameras", default="",
@@ -133,6 +136,7 @@ def run(args) -> int:
     cameras = camera_map(args.cameras, first.cfg.cameras)
     protocol = Protocol(suite=args.suite, actions_per_chunk=args.actions_per_chunk,
                         max_steps=args.max_steps, render_every_step=args.render_every_step,
+                        noise_scale=args.noise_scale,
                         resolution=max(p.cfg.vision.image_size for p in policies.values()))
     with LiberoClient() as sim:
         tasks_info = sim.tasks(args.suite)
