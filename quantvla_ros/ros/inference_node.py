@@ -13,9 +13,10 @@ Lifecycle:
 - cleanup / shutdown / error: stop the thread, destroy everything, free the model.
 
 Each trajectory holds ``actions_per_chunk`` points (the steps that run before the next
-inference replaces it), point i at (i + 1) / control_rate_hz, only the first len(joint_names)
-action dims, and the observation's anchor frame stamp in its header. Noise comes from
-(seed, stamp), so a chunk can be reproduced offline.
+inference replaces it), point i at (i + 1) / control_rate_hz, the first
+len(action_names or joint_names) action dims, and the observation's anchor frame stamp in its
+header. Noise comes from (seed, stamp), so a chunk can be reproduced offline (or, with
+noise: sequence, from one seeded stream per activation).
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def load_policy(s: InferenceSettings) -> Policy:
     if unknown:
         raise ConfigureError(f"camera_slots {unknown} are not slots of this policy; it has "
                              f"{list(policy.cfg.cameras)}")
-    if policy.action_dim < joints:
+    outputs = len(s.output_names)
+    if policy.action_dim < outputs:
+        what = "action_names" if s.action_names else "joint_names"
         raise ConfigureError(f"the policy outputs {policy.action_dim} action dims but "
-                             f"joint_names lists {joints} joints")
+                             f"{what} lists {outputs}")
     # Statistics fix the robot's state length; without them the policy zero-pads any length
     # up to the model's state width.
     if policy.state_dim is not None and policy.state_dim != joints:
@@ -141,6 +144,7 @@ class QuantVLANode(LifecycleNode):
         self._traj_pub = self._diag_pub = None
         self._timers = []
         self._loggers = {}
+        self._noise_gen: torch.Generator | None = None
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -187,9 +191,9 @@ class QuantVLANode(LifecycleNode):
             return self._fail_configure(f"unexpected error: {exc!r}")
         self.last_error = ""
         joints = len(settings.inputs.joint_names)
-        if policy.action_dim > joints:
-            self.get_logger().info(f"publishing the first {joints} of {policy.action_dim} "
-                                   "action dims")
+        if policy.action_dim > len(settings.output_names):
+            self.get_logger().info(f"publishing the first {len(settings.output_names)} of "
+                                   f"{policy.action_dim} action dims")
         self.get_logger().info(
             f"configured: policy {policy.source} on {settings.device} ({settings.precision}), "
             f"cameras {list(settings.inputs.slots)}, {joints} joints, "
@@ -211,6 +215,9 @@ class QuantVLANode(LifecycleNode):
         """Start the inference timer and diagnostics."""
         s = self.settings
         self._inputs.reset()  # frames from before activation are stale anyway
+        # noise "sequence": the k-th inference after activate takes the k-th draw (as the
+        # direct LIBERO evaluation does), so a lock-step run pairs with it chunk for chunk.
+        self._noise_gen = torch.Generator().manual_seed(s.seed)
         self._active = True
         self._timers = [self.create_timer(s.inference_period_s, self._guarded_tick),
                         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)]
@@ -292,20 +299,26 @@ class QuantVLANode(LifecycleNode):
         if policy is None or s is None or not self._active:
             return
         try:
-            out = policy.infer(item.obs, noise=policy_noise(policy, s.seed, item.stamp_ns))
+            out = policy.infer(item.obs, noise=self._noise(policy, s, item.stamp_ns))
         except ObservationError as exc:
             self.report("observation", diag.ERROR, f"observation rejected: {exc}", "bad")
             return
         self.latency.add(out.timing_ms["total"])
-        joints = s.inputs.joint_names
-        msg = trajectory(item.stamp_ns, joints,
-                         out.actions[: s.actions_per_chunk, : len(joints)], s.control_rate_hz)
+        names = s.output_names
+        msg = trajectory(item.stamp_ns, names,
+                         out.actions[: s.actions_per_chunk, : len(names)], s.control_rate_hz)
         if not self._active:  # deactivated while inferring: drop the chunk
             return
         self._traj_pub.publish(msg)
         self.published += 1
         now = self.get_clock().now().nanoseconds
         self.obs_to_publish.add((now - item.stamp_ns) / 1e6)
+
+    def _noise(self, policy: Policy, s: InferenceSettings, stamp_ns: int) -> torch.Tensor:
+        if s.noise == "sequence":
+            shape = (1, policy.cfg.action_horizon, policy.cfg.action_dim)
+            return torch.randn(shape, generator=self._noise_gen)
+        return policy_noise(policy, s.seed, stamp_ns)
 
     def _on_worker_error(self, exc: BaseException) -> None:
         self.report("inference", diag.ERROR, f"inference failed: {exc!r}", "inference")

@@ -100,7 +100,15 @@ INFERENCE_PARAMS = (
     Param("seed", "int", 0,
           "Seed of the flow-matching noise (and of random weights for named models); the "
           "noise of an observation depends only on (seed, observation stamp)."),
+    Param("action_names", "str[]", [],
+          "Names of the published action dims, when they are not the joints of the state "
+          "(e.g. end-effector deltas); empty = joint_names."),
+    Param("noise", "str", "stamp",
+          "stamp: an observation's noise comes from (seed, its stamp); sequence: the k-th "
+          "inference after activate takes the k-th draw of a generator seeded with seed "
+          "(the direct LIBERO evaluation's noise, for paired comparisons)."),
 )
+NOISE_MODES = ("stamp", "sequence")
 
 CALIBRATION_PARAMS = (
     *INPUT_PARAMS,
@@ -168,6 +176,13 @@ class InferenceSettings:
     warmup_runs: int
     seed: int
     options: dict = field(default_factory=dict)  # the family's deployment choices, set ones
+    action_names: tuple[str, ...] = ()
+    noise: str = "stamp"
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the published action dims (the joints unless action_names says)."""
+        return self.action_names or self.inputs.joint_names
 
     @property
     def inference_period_s(self) -> float:
@@ -282,13 +297,18 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
     options = _options(v, "", problems)
     if "policy" in v and not v["policy"].strip():
         problems.append("policy must name a checkpoint / artifact folder or a model")
+    if "noise" in v and v["noise"] not in NOISE_MODES:
+        problems.append(f"noise must be stamp or sequence, got {v['noise']!r}")
+    actions = list(v.get("action_names", []))
+    if len(set(actions)) != len(actions) or any(not a.strip() for a in actions):
+        problems.append(f"action_names must be distinct non-empty names, got {actions}")
     inputs = _inputs(v, problems)
     _raise(problems, "quantvla_node parameters")
     return InferenceSettings(
         inputs=inputs, policy=v["policy"], device=v["device"], precision=v["precision"],
         output_topic=v["output_topic"], control_rate_hz=v["control_rate_hz"],
         actions_per_chunk=v["actions_per_chunk"], warmup_runs=v["warmup_runs"], seed=v["seed"],
-        options=options,
+        options=options, action_names=tuple(actions), noise=v["noise"],
     )
 
 
