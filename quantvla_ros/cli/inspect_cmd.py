@@ -8,7 +8,7 @@ from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.registry import family_of, get_config, read_checkpoint_config
 from quantvla_ros.quant.footprint import inspect_layout
 from quantvla_ros.quant.layouts import get_layout, scheme_label
-from quantvla_ros.quant.manifest import ArtifactManifest
+from quantvla_ros.quant.manifest import ArtifactManifest, method_summary
 from quantvla_ros.quant.scheme import parse_bits
 
 
@@ -73,14 +73,19 @@ def _artifact(args) -> int:
     r = {"artifact": args.artifact, "format_version": m.to_dict()["format_version"],
          "default_scheme": default, "parts": m.parts_summary(),
          "differing": [row for row in rows if row["scheme"] != default],
-         "balance_config": m.balance.config}
+         "balance_config": m.balance.config, **method_summary(m)}
     if args.json:
         print_json(r)
         return 0
     print(f"{args.artifact}: {len(rows)} linears, default {default} "
           f"(format version {r['format_version']})")
+    if r.get("method", "quantvla") != "quantvla":
+        print(f"method {r['method']}: budget {100 * r['budget']:.2f}% of the layout's bf16 "
+              f"bytes ({r['budget_bytes']} bytes); stored {r['bytes']} bytes "
+              f"({100 * r['fraction']:.2f}%)")
     for p in r["parts"]:
-        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}")
+        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}"
+              + (f", permutation {p['permutation']}" if "permutation" in p else ""))
     if r["differing"]:
         print("\nlinears whose scheme differs from the default:")
         print_table(r["differing"], ["name", "part", "scheme"])

@@ -7,6 +7,7 @@ from quantvla_ros.cli.output import print_json
 from quantvla_ros.cli.progress import progress_bar
 from quantvla_ros.quant.balance import AUTHORS_FRAMES, SETTINGS, balance_setting
 from quantvla_ros.runtime.families import presets_help
+from quantvla_ros.workflows.methods import METHODS, parse_budget
 from quantvla_ros.workflows.quantize import QuantizeRequest, quantize_policy
 
 
@@ -45,6 +46,24 @@ def parse_act_clip(text: str | None) -> float | None:
     return value
 
 
+def method_args(args) -> dict:
+    """QuantizeRequest's method, budget and method options from the arguments."""
+    if args.budget is not None and args.method == "quantvla":
+        raise SystemExit("--budget needs --method qvla or daptq (quantvla stores the layout "
+                         "at --bits)")
+    options = {}
+    for item in args.method_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--method-option: expected KEY=VALUE, got {item!r}")
+        options[key] = value
+    try:
+        budget = parse_budget(args.budget)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return {"method": args.method, "budget": budget, "method_options": options}
+
+
 def register(sub) -> None:
     """Add the `quantize` command."""
     p = sub.add_parser("quantize", help="quantize a policy and calibrate ATM / OHB")
@@ -79,6 +98,15 @@ def register(sub) -> None:
                    help="w4a4 without the Hadamard rotation of activations")
     p.add_argument("--clip-search", action="store_true", help="per-channel clip-ratio search")
     p.add_argument("--smooth", type=float, metavar="ALPHA", help="SmoothQuant strength")
+    p.add_argument("--method", default="quantvla", choices=METHODS,
+                   help="post-training method: quantvla (the layout at --bits), qvla "
+                        "(label-free action sensitivity, {bf16, W8A8, W4A8} per linear and "
+                        "row blocks to --budget), daptq (DA-PTQ)")
+    p.add_argument("--budget", metavar="B",
+                   help="bytes of the layout's linears as a fraction of their bf16 bytes "
+                        "(0.3 or 30%%); default for qvla / daptq: what quantvla stores at --bits")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method's own option (repeatable; see docs/method.md)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=8)
@@ -104,17 +132,25 @@ def run(args) -> int:
         hadamard=False if args.no_hadamard else None,
         seed=args.seed, device=args.device, precision=args.precision,
         batch_size=args.batch_size, options=options_of(args),
+        **method_args(args),
     )
     log = (lambda *_: None) if args.json else print
     manifest = quantize_policy(req, args.out, progress=None if args.json else progress_bar,
                                log=log)
     if args.json:
-        print_json({"artifact": args.out, "bits": manifest.bits,
+        q = manifest.quantization
+        print_json({"artifact": args.out, "bits": manifest.bits, "method": q.method,
+                    "budget": q.budget, "allocation": q.allocation,
                     "quantized_modules": len(manifest.quantized_modules),
                     "alpha": manifest.balance.alpha, "beta": manifest.balance.beta,
                     "calibration": manifest.calibration})
         return 0
     print(f"wrote {args.out}: {len(manifest.quantized_modules)} linears at {manifest.bits}")
+    alloc = manifest.quantization.allocation
+    if alloc:
+        print(f"  method {manifest.quantization.method}: {alloc['bytes']} bytes, "
+              f"{100 * alloc['fraction']:.2f}% of bf16 (budget "
+              f"{100 * manifest.quantization.budget:.2f}%: {alloc['budget_bytes']} bytes)")
     for key, beta in manifest.balance.beta.items():
         alpha = manifest.balance.alpha.get(key, [])
         print(f"  {key}: beta {beta:.3f}, alpha " + " ".join(f"{a:.3f}" for a in alpha))

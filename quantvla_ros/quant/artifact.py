@@ -24,6 +24,7 @@ from quantvla_ros.models.statistics import IdentityStatistics
 from quantvla_ros.quant.apply import _set_module, empty_quantized
 from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, sha256_file
 from quantvla_ros.quant.qembedding import QuantEmbedding
+from quantvla_ros.quant.row_blocks import empty_row_blocks
 
 WEIGHTS, STATS = "model.safetensors", "normalizer.safetensors"
 TOKENIZER_DIR = "tokenizer"  # the source's tokenizer, copied in
@@ -61,6 +62,10 @@ def _quantized_skeleton(manifest: ArtifactManifest, keys: set[str]):
             raise ArtifactError(f"manifest names unknown module {name!r}") from exc
         if isinstance(module, torch.nn.Embedding) != (name in q.embeddings):
             raise ArtifactError(f"manifest lists {name!r} as the wrong kind of module")
+        if name in q.row_blocks:  # two GEMMs over one int8 activation pass (row_blocks.py)
+            _set_module(model, name, empty_row_blocks(module, q.row_blocks[name],
+                                                      bias=f"{name}.bias" in keys))
+            continue
         _set_module(model, name, empty_quantized(
             module, q.scheme_for(name), q.embedding_bits, bias=f"{name}.bias" in keys,
             smooth=f"{name}.smooth" in keys))

@@ -16,6 +16,8 @@ schemes and activation clipping, written only by artifacts that use them::
                    embeddings: {modules: [names], bits: 8 | 4},   integer rows, f32 row scales
                    layers: {name: {...}}}   optional: per-linear schemes (formats.py),
                            before any part's; written only when some linear has one
+                   method, budget, row_blocks: {name: RowBlocks.to_dict()}, allocation: {...}
+                           written only by --method other than quantvla (quant/plan.py)
     quantized_modules: [linear module names]
     balance: {config: BalanceConfig.to_dict(), alpha: {"tower.layer": [per head]},
               beta: {"tower.layer": x}, ratios: {...}}
@@ -36,6 +38,7 @@ import yaml
 
 from quantvla_ros.models.registry import ModelConfig, config_from_dict, config_to_dict
 from quantvla_ros.quant.layouts import scheme_label
+from quantvla_ros.quant.plan import RowBlocks
 from quantvla_ros.quant.scheme import QuantScheme
 
 FORMAT = "quantvla-artifact"
@@ -44,7 +47,10 @@ FORMAT_VERSION = 2
 # refuse obscurely: per-linear schemes (`quantization.layers`) or activation clipping
 # (`act_clip` in a scheme). This build reads both.
 LAYERS_VERSION = 3
-READ_VERSIONS = (FORMAT_VERSION, LAYERS_VERSION)
+# Written by allocation methods (quant/plan.py): row-blocked linears load as two GEMMs, which
+# a version 3 reader would build as one and fail on obscurely.
+METHOD_VERSION = 4
+READ_VERSIONS = (FORMAT_VERSION, LAYERS_VERSION, METHOD_VERSION)
 MANIFEST = "manifest.yaml"
 
 
@@ -124,11 +130,19 @@ class QuantizationRecord:
     embeddings: tuple[str, ...] = ()
     embedding_bits: int | None = None
     layers: dict[str, QuantScheme] = field(default_factory=dict)
+    method: str = "quantvla"
+    budget: float | None = None  # fraction of the layout's bf16 bytes (--budget)
+    row_blocks: dict[str, RowBlocks] = field(default_factory=dict)
+    allocation: dict[str, Any] = field(default_factory=dict)  # the method's record
 
     @property
     def bits(self) -> str:
         """Return the bit-width name, e.g. ``"w4a8"``."""
         return self.scheme.bits
+
+    def needs_method_version(self) -> bool:
+        """Whether an allocation method wrote this record (version 4)."""
+        return self.method != "quantvla" or bool(self.row_blocks)
 
     def needs_layers_version(self) -> bool:
         """Whether a version 2 reader would misread this record (per-linear schemes, clips)."""
@@ -142,6 +156,8 @@ class QuantizationRecord:
         "layer" where it has its own scheme, else the first part whose globs match, else
         "main".
         """
+        if name in self.row_blocks:
+            return "row-blocks"
         if name in self.layers:
             return "layer"
         return next((k for k, part in self.parts.items()
@@ -150,6 +166,8 @@ class QuantizationRecord:
     def scheme_for(self, name: str) -> QuantScheme:
         """Return the scheme of quantized linear ``name``: its part's or the main one."""
         part = self.part_of(name)
+        if part == "row-blocks":
+            return self.row_blocks[name].lo
         if part == "layer":
             return self.layers[name]
         return self.scheme if part == "main" else self.parts[part].scheme
@@ -163,6 +181,10 @@ class QuantizationRecord:
              "embeddings": {"modules": list(self.embeddings), "bits": self.embedding_bits}}
         if self.layers:
             d["layers"] = {k: v.to_dict() for k, v in self.layers.items()}
+        if self.needs_method_version():
+            d.update(method=self.method, budget=self.budget,
+                     row_blocks={k: v.to_dict() for k, v in self.row_blocks.items()},
+                     allocation=self.allocation)
         return d
 
     @classmethod
@@ -177,7 +199,11 @@ class QuantizationRecord:
                           for k, v in (q.get("parts") or {}).items()},
                    embeddings=tuple(emb.get("modules") or ()),
                    embedding_bits=emb.get("bits"),
-                   layers={k: QuantScheme(**v) for k, v in (q.get("layers") or {}).items()})
+                   layers={k: QuantScheme(**v) for k, v in (q.get("layers") or {}).items()},
+                   method=str(q.get("method") or "quantvla"), budget=q.get("budget"),
+                   row_blocks={k: RowBlocks.from_dict(v)
+                               for k, v in (q.get("row_blocks") or {}).items()},
+                   allocation=dict(q.get("allocation") or {}))
 
 
 @dataclass(frozen=True)
@@ -198,6 +224,14 @@ class BalanceRecord:
         """Return the manifest form."""
         return {"config": self.config, "alpha": self.alpha, "beta": self.beta,
                 "ratios": self.ratios}
+
+
+def method_summary(m: ArtifactManifest) -> dict[str, Any]:
+    """Return method, budget and the allocation's byte figures (for inspect and the report)."""
+    q = m.quantization
+    a = q.allocation
+    return {"method": q.method, "budget": q.budget,
+            **{k: a[k] for k in ("budget_bytes", "bytes", "bf16_bytes", "fraction") if k in a}}
 
 
 @dataclass(frozen=True)
@@ -222,13 +256,17 @@ class ArtifactManifest:
     def parts_summary(self) -> list[dict[str, Any]]:
         """Per part (main, each recorded part, embeddings): its scheme and module count."""
         q = self.quantization
-        counts = dict.fromkeys(["main", "layer", *q.parts], 0)
+        counts = dict.fromkeys(["main", "layer", "row-blocks", *q.parts], 0)
         for name in self.quantized_modules:
             counts[q.part_of(name)] += 1
         rows = [{"part": "main", "scheme": scheme_label(q.scheme), "modules": counts["main"]}]
         rows += [{"part": k, "scheme": scheme_label(p.scheme), "modules": counts[k],
                   "why": p.why} for k, p in q.parts.items()]
-        rows += self.layer_schemes()
+        rows += self.layer_schemes() + self.row_block_rows()
+        if q.allocation.get("float"):
+            rows.append({"part": "kept bf16", "scheme": "bf16",
+                         "modules": len(q.allocation["float"]),
+                         "names": list(q.allocation["float"])})
         if q.embeddings:
             rows.append({"part": "embeddings", "scheme": f"int{q.embedding_bits} rows",
                          "modules": len(q.embeddings), "names": list(q.embeddings)})
@@ -244,14 +282,29 @@ class ArtifactManifest:
         return [{"part": "per-layer", "scheme": label, "modules": len(names), "names": names}
                 for label, names in groups.items()]
 
+    def row_block_rows(self) -> list[dict[str, Any]]:
+        """Row-blocked linears, one row each: {part, scheme, modules, names, rows}."""
+        out = []
+        for name in self.quantized_modules:
+            rb = self.quantization.row_blocks.get(name)
+            if rb is not None:
+                out.append({"part": "row-blocks", "modules": 1, "names": [name],
+                            "scheme": f"{scheme_label(rb.hi)} rows [0, {rb.hi_rows}) + "
+                                      f"{scheme_label(rb.lo)} rest",
+                            "hi_rows": rb.hi_rows,
+                            "permutation": f"folded into {rb.consumer}" if rb.consumer
+                            else "index gather"})
+        return out
+
     def with_files(self, files: dict[str, str]) -> ArtifactManifest:
         """Return a copy recording these file hashes."""
         return replace(self, files=dict(files))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML document."""
-        version = LAYERS_VERSION if self.quantization.needs_layers_version() \
-            else self.format_version
+        q = self.quantization
+        version = METHOD_VERSION if q.needs_method_version() else \
+            LAYERS_VERSION if q.needs_layers_version() else self.format_version
         return {"format": FORMAT, "format_version": version,
                 "created": self.created, "model_config": config_to_dict(self.model_config),
                 "source": self.source.to_dict(), "quantization": self.quantization.to_dict(),

@@ -11,7 +11,8 @@ import torch
 
 from quantvla_ros.data.buffer import ObservationBuffer
 from quantvla_ros.data.sources import open_observations
-from quantvla_ros.quant.apply import QuantConfig, quantize_
+from quantvla_ros.quant.apply import QuantConfig
+from quantvla_ros.quant.apply_plan import apply_plan, plan_config
 from quantvla_ros.quant.artifact import save_artifact
 from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.quant.layouts import get_layout, select, select_embeddings
@@ -26,6 +27,12 @@ from quantvla_ros.quant.observe import LinearInputs, record_linear_inputs
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.source import PolicySource
+from quantvla_ros.workflows.methods import (
+    method_context,
+    method_record,
+    plan_method,
+    refine_method,
+)
 
 
 @dataclass
@@ -54,6 +61,11 @@ class QuantizeRequest:
     layers: dict[str, str] = field(default_factory=dict)
     # the family's deployment choices by name (PolicyFamily.options; unset: as declared)
     options: dict[str, str] = field(default_factory=dict)
+    # the post-training method (workflows/methods.py) and its byte budget, a fraction of the
+    # layout's bf16 bytes (None: the bytes of method quantvla at `bits`)
+    method: str = "quantvla"
+    budget: float | None = None
+    method_options: dict[str, str] = field(default_factory=dict)
 
 
 MIN_SAMPLES = 2  # at least one to calibrate on and one held out for `quantvla report`
@@ -115,12 +127,16 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     batches = prepare_batches(teacher, [buffer[i] for i in calib_idx], req.batch_size)
     inputs = None
     student = copy.deepcopy(teacher.model)
+    ctx = method_context(teacher, student, qcfg, req.budget, batches, req.method_options, log)
+    plan = plan_method(req.method, ctx)
+    qcfg = plan_config(qcfg, plan)
     if qcfg.needs_calibration():
         inputs = LinearInputs(percentile=scheme.act_clip)
         with record_linear_inputs(teacher.model, select(student, qcfg.layout), inputs):
             teacher.family.sample(teacher.model, batches, inputs)  # pi: drops padding rows
     embeddings = tuple(select_embeddings(student, qcfg.layout))
-    names = quantize_(student, qcfg, inputs, progress=progress)
+    names = apply_plan(student, qcfg, plan, inputs, progress=progress)
+    refined = refine_method(req.method, ctx, student, plan)
     log(f"quantized {len(names)} linears to {scheme.bits}"
         + (f", {', '.join(embeddings)} to int{qcfg.embedding_bits()} rows" if embeddings
            else ""))
@@ -135,7 +151,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
             parts={p.name: PartRecord(p.include, p.scheme(scheme), p.why)
                    for p in qcfg.layout.parts},
             embeddings=embeddings, embedding_bits=qcfg.embedding_bits() if embeddings else None,
-            layers=dict(qcfg.layers)),
+            layers=dict(qcfg.layers), **method_record(req.method, ctx, plan, refined)),
         quantized_modules=tuple(names),
         balance=BalanceRecord(config=req.balance.to_dict(), **balance),
         calibration={**buffer.summary(), "spec": req.calib,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest
+from quantvla_ros.quant.manifest import ArtifactError, ArtifactManifest, method_summary
 from quantvla_ros.runtime.family import PolicyOptions
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.source import PolicySource, PolicySourceError, checkpoint_digest
@@ -110,6 +110,7 @@ def build_report(artifact, calib: str, device="cpu", precision="fp32", batch_siz
     return {
         "artifact": str(artifact), "bits": manifest.bits,
         "preset": manifest.quantization.preset, "parts": manifest.parts_summary(),
+        **method_summary(manifest),
         "source": manifest.source.to_dict(), "balance_config": balance.config,
         "calibration": {"spec": calib, "synthetic": bool(summary.get("synthetic")),
                         "source": summary.get("source"), "held_out_samples": len(held),

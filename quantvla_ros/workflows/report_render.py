@@ -47,9 +47,16 @@ def to_markdown(r: dict) -> str:
     if r.get("balance_config"):
         lines.append("- balance: " + ", ".join(f"{k} {v}" for k, v in r["balance_config"]
                                                  .items() if k not in ("atm", "ohb", "towers")))
+    if r.get("method", "quantvla") != "quantvla":
+        lines.append(f"- method: {r['method']}, budget {100 * r['budget']:.2f}% of the "
+                     f"layout's bf16 bytes ({r['budget_bytes']} bytes), stored {r['bytes']} "
+                     f"bytes ({100 * r['fraction']:.2f}%)")
     for p in r.get("parts", ()):
-        if p["part"] == "per-layer":  # linears whose scheme differs from the default
+        if p["part"] in ("per-layer", "kept bf16"):  # linears off the default scheme
             lines.append(f"- {p['scheme']}: " + ", ".join(f"`{n}`" for n in p["names"]))
+        elif p["part"] == "row-blocks":
+            lines.append(f"- `{p['names'][0]}`: {p['scheme']} (permutation "
+                         f"{p['permutation']})")
     if cal.get("note"):
         lines.append(f"- note: {cal['note']}")
     lines += [
