@@ -26,11 +26,68 @@ def param_count(cfg: ModelConfig) -> int:
 @torch.no_grad()
 def random_model(cfg: ModelConfig, seed: int = 0, device="cpu",
                  dtype=torch.float32) -> nn.Module:
-    """Build a seeded random-weight model: same seed, device and dtype -> same weights."""
-    model = build_meta(cfg).to_empty(device=device)
+    """Build a seeded random-weight model: same seed, device and dtype -> same weights.
+
+    Weights are drawn in float32 and then cast, so a bf16 model holds the fp32 model's
+    values rounded; in another dtype than float32 they are drawn a slice of the model at a
+    time, so the float32 model never exists whole (`_init_in_slices`).
+    """
+    model = build_meta(cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
-    model_family(cfg).init_random(model, gen)
+    if dtype == torch.float32:
+        model = model.to_empty(device=device)
+        model_family(cfg).init_random(model, gen)
+    else:
+        _init_in_slices(model, gen, device, dtype)
     return cast_floating(model, dtype).eval()
+
+
+INIT_SLICE_BYTES = 256 << 20  # float32 bytes drawn per pass of the family's init
+
+
+def _init_in_slices(model: nn.Module, gen, device, dtype: torch.dtype) -> None:
+    """Run the family's init on a few float32 parameters at a time (the rest on meta).
+
+    Meta tensors take no draws from the generator, so each parameter gets exactly the values
+    the whole-model init gives it; it is cast to ``dtype`` (norms float32) before the next.
+    """
+    keep = fp32_tensor_names(model)
+    for module in model.modules():
+        for n, b in module._buffers.items():
+            if b is not None:
+                module._buffers[n] = torch.empty_like(b, device=device)
+    where: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for n, p in module._parameters.items():
+            if p is not None:
+                where.setdefault(id(p), []).append((module, n))
+    params = list(model.named_parameters())
+    done: dict[int, nn.Parameter] = {}
+
+    def put(p, value):
+        for module, n in where[id(p)]:
+            module._parameters[n] = value
+
+    i = 0
+    while i < len(params):
+        chunk, size = [], 0
+        while i < len(params) and (not chunk or size < INIT_SLICE_BYTES):
+            chunk.append(params[i])
+            size += params[i][1].numel() * 4
+            i += 1
+        drawn = {}
+        for _, p in chunk:
+            drawn[id(p)] = nn.Parameter(torch.empty(p.shape, device=device),
+                                        requires_grad=p.requires_grad)
+            put(p, drawn[id(p)])
+        model_family(model.cfg).init_random(model, gen)
+        for name, p in chunk:
+            real = where[id(p)][0][0]._parameters[where[id(p)][0][1]]
+            done[id(p)] = nn.Parameter(real.data.to(torch.float32 if name in keep else dtype),
+                                       requires_grad=p.requires_grad)
+            put(p, p)  # back to meta: the next passes must not draw it again
+    for _, p in params:
+        put(p, done[id(p)])
 
 
 def fp32_tensor_names(model: torch.nn.Module) -> frozenset[str]:

@@ -6,6 +6,7 @@ footprint sizes, built here so both follow exactly what quantize_ stores.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +67,38 @@ def empty_quantized(module: nn.Module, scheme: QuantScheme | None = None,
                        device="meta", dtype=dtype)
 
 
+def student_of(model: nn.Module) -> nn.Module:
+    """Return a copy of the module tree that shares every parameter and buffer with ``model``.
+
+    `quantize_` replaces the student's layers by packed ones and never writes a shared tensor
+    in place (`own_tensors` first), so the student costs only its packed bytes and ``model``
+    stays the float teacher.
+    """
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, shared)
+
+
+def own_tensors(module: nn.Module) -> None:
+    """Give ``module`` its own copies of its parameters and buffers (before an in-place write)."""
+    for m in module.modules():
+        for n, p in m._parameters.items():
+            if p is not None:
+                m._parameters[n] = nn.Parameter(p.detach().clone(),
+                                                requires_grad=p.requires_grad)
+        for n, b in m._buffers.items():
+            if b is not None:
+                m._buffers[n] = b.clone()
+
+
+def _absorbed(linear: nn.Module, s: torch.Tensor) -> nn.Module:
+    """Return a private float copy of ``linear`` with smoothing ``s`` absorbed, as `absorb`."""
+    out = copy.copy(linear)
+    out._parameters = dict(linear._parameters)
+    out._parameters["weight"] = nn.Parameter(
+        (linear.weight.float() * s[None, :]).to(linear.weight.dtype), requires_grad=False)
+    return out
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
@@ -93,6 +126,7 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
     chosen = set(names)
     divisor: dict[str, torch.Tensor] = {}  # what each chosen linear's input is divided by
     folded: set[str] = set()
+    absorbed: dict[str, torch.Tensor] = {}
     if config.smooth_alpha is not None:
         for norm_name, consumers in norm_groups(model):
             if not chosen.intersection(consumers):
@@ -100,9 +134,15 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
             linears = [model.get_submodule(c) for c in consumers]
             s = smoothing_factors(_absmax_of(inputs, consumers), [m.weight for m in linears],
                                   config.smooth_alpha).to(linears[0].weight.device)
-            fold_into_norm(model.get_submodule(norm_name), s)
+            norm = model.get_submodule(norm_name)
+            own_tensors(norm)  # a student shares its tensors with the float teacher
+            fold_into_norm(norm, s)
             for c, m in zip(consumers, linears, strict=True):
-                absorb(m, s)
+                if c in chosen:
+                    absorbed[c] = s  # taken when packed: one float copy at a time
+                else:
+                    own_tensors(m)
+                    absorb(m, s)
                 divisor[c] = s
             folded.update(consumers)
         # The kernel divides by a buffer factor after the Hadamard rotation, which would be
@@ -114,6 +154,8 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
                                                   config.smooth_alpha).to(w.device)
     for name in (progress(names) if progress else names):
         linear, scheme = model.get_submodule(name), per_module[name]
+        if name in absorbed:
+            linear = _absorbed(linear, absorbed[name])
         x = None
         if scheme.clip_search:
             x = _recorded(inputs.rows, name).to(linear.weight.device)

@@ -3,8 +3,9 @@
 The safetensors file holds packed integer weights and scales of the quantized linears and
 embeddings and the float remainder of the model, under our module names. Loading builds the
 module tree on the meta device, swaps in empty QuantLinears (each with its part's scheme)
-and QuantEmbeddings and assigns the stored tensors: the float weights of quantized layers
-never exist.
+and QuantEmbeddings and assigns the stored tensors, each copied from the memory-mapped file
+into its device and dtype alone (models/mapped.py): the float weights of quantized layers
+never exist, and the host never holds the file beside the model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 
 from quantvla_ros.data.atomic import folder_atomic
 from quantvla_ros.models.build import build_meta, compute_dtype, fp32_tensor_names, tensor_dtype
+from quantvla_ros.models.mapped import MappedFile, write_file
 from quantvla_ros.models.registry import normalizer_from_tensors
 from quantvla_ros.models.statistics import IdentityStatistics
 from quantvla_ros.quant.apply import _set_module, empty_quantized
@@ -37,8 +39,7 @@ def save_artifact(model, folder, manifest: ArtifactManifest,
     """Write the artifact folder atomically (an existing one is swapped out in one step)."""
     folder = Path(folder)
     with folder_atomic(folder) as tmp:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        write_file(model.state_dict(), tmp / WEIGHTS, metadata={"format": "pt"})
         if normalizer is not None and normalizer.mode != "identity":
             stats, meta = normalizer.to_tensors()
             save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in stats.items()},
@@ -81,7 +82,7 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
         raise ArtifactError(f"{folder}: missing {WEIGHTS}")
     if verify and manifest.files.get(WEIGHTS) != sha256_file(path):
         raise ArtifactError(f"{path}: sha256 does not match the manifest (corrupt or edited)")
-    with safe_open(str(path), "pt", device="cpu") as f:
+    with MappedFile(path) as f:
         keys = set(f.keys())
         model, cfg = _quantized_skeleton(manifest, keys)
         expected = model.state_dict()
@@ -92,14 +93,13 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
                                 + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
         state = {}
         for k, meta in expected.items():
-            t = f.get_tensor(k)
-            if tuple(t.shape) != tuple(meta.shape) or t.dtype != meta.dtype and \
-                    not (t.is_floating_point() and meta.is_floating_point()):
-                raise ArtifactError(f"{path}: tensor {k} is {t.dtype} {tuple(t.shape)}, "
+            shape, stored = f.shape(k), f.dtype(k)
+            if shape != tuple(meta.shape) or stored != meta.dtype and \
+                    not (stored.is_floating_point and meta.is_floating_point()):
+                raise ArtifactError(f"{path}: tensor {k} is {stored} {shape}, "
                                     f"expected {meta.dtype} {tuple(meta.shape)}")
-            keep = not t.is_floating_point() or k.endswith(_KEEP_FP32)
-            state[k] = t.to(device=device, dtype=None if keep else
-                            tensor_dtype(k, t.dtype, dtype, fp32))
+            keep = not stored.is_floating_point or k.endswith(_KEEP_FP32)
+            state[k] = f.get(k, device, None if keep else tensor_dtype(k, stored, dtype, fp32))
     model.load_state_dict(state, assign=True)
     out_dtype = compute_dtype(model)
     for m in model.modules():

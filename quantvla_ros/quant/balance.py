@@ -162,10 +162,15 @@ def scale_rows(linear, factor: torch.Tensor) -> None:
     if isinstance(linear, QuantLinear):
         linear.scale_output_channels(factor)
         return
+    # New tensors, not copy_: a quantization student shares its float tensors with the
+    # teacher (quant.apply.student_of), which must stay unchanged.
     f = factor.to(linear.weight.device, torch.float64)
-    linear.weight.copy_((linear.weight.double() * f[:, None]).to(linear.weight.dtype))
-    if linear.bias is not None:
-        linear.bias.copy_((linear.bias.double() * f).to(linear.bias.dtype))
+    for name in ("weight", "bias"):
+        p = getattr(linear, name)
+        if p is not None:
+            scaled = p.double() * (f[:, None] if name == "weight" else f)
+            setattr(linear, name, torch.nn.Parameter(scaled.to(p.dtype),
+                                                     requires_grad=p.requires_grad))
 
 
 

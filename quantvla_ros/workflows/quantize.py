@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +125,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
     log(f"calibrating on {len(calib_idx)} samples ({len(held_idx)} held out for the report)")
     batches = prepare_batches(teacher, [buffer[i] for i in calib_idx], req.batch_size)
     inputs = None
-    student = copy.deepcopy(teacher.model)
+    student = student_of(teacher.model)  # shares the float tensors: packed bytes only
     ctx = method_context(teacher, student, qcfg, req.budget, batches, req.method_options, log)
     plan = plan_method(req.method, ctx)
     qcfg = plan_config(qcfg, plan)

@@ -28,6 +28,7 @@ from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, ActionHeadConfig, GrootConfig
 from quantvla_ros.models.groot.normalization import GrootNormalizer, read_lerobot_stats
 from quantvla_ros.models.groot.shapes import ShapeError, config_from_shapes, folder_special_ids
+from quantvla_ros.models.mapped import MappedFile
 
 WEIGHTS, INDEX, CONFIG = files.WEIGHTS, files.INDEX, files.CONFIG
 METADATA = "experiment_cfg/metadata.json"
@@ -134,10 +135,11 @@ def read_state(folder, expected: dict[str, tuple[int, ...]], cfg: GrootConfig,
         for name in expected:
             info = found[name]
             if info.file not in handles:
-                handles[info.file] = safe_open(str(info.file), "pt", device="cpu")
-            t = handles[info.file].get_tensor(info.key)
-            cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
-            state[name] = t.to(device=device, dtype=cast)
+                handles[info.file] = MappedFile(info.file)
+            f = handles[info.file]
+            stored = f.dtype(info.key)
+            state[name] = f.get(info.key, device, dtype if dtype is not None and
+                                stored.is_floating_point else stored)
     finally:
         handles.clear()
     return state

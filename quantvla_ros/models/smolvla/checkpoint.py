@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
+from quantvla_ros.models.mapped import MappedFile
 from quantvla_ros.models.siglip import VisionConfig
 from quantvla_ros.models.smolvla.config import (
     SMOLVLM2_TEXT,
@@ -179,12 +180,12 @@ def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
     model = build_meta(cfg)
     _check_keys(model, read_shapes(folder))
     fp32, state = fp32_tensor_names(model), {}
-    with safe_open(str(folder / WEIGHTS), "pt", device="cpu") as f:
+    with MappedFile(folder / WEIGHTS) as f:
         keys = {from_lerobot_name(k): k for k in f.keys()}
         for ours in model.state_dict():
-            t = f.get_tensor(keys[ours])
-            state[ours] = t.to(device=device, dtype=tensor_dtype(ours, t.dtype, dtype, fp32)
-                               if t.is_floating_point() else t.dtype)
+            stored = f.dtype(keys[ours])
+            state[ours] = f.get(keys[ours], device, tensor_dtype(ours, stored, dtype, fp32)
+                                if stored.is_floating_point else stored)
     model.load_state_dict(state, assign=True)
     return model.eval(), cfg, read_stats(folder)
 
