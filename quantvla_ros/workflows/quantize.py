@@ -10,7 +10,7 @@ import torch
 
 from quantvla_ros.data.buffer import ObservationBuffer
 from quantvla_ros.data.sources import open_observations
-from quantvla_ros.quant.apply import QuantConfig
+from quantvla_ros.quant.apply import QuantConfig, student_of
 from quantvla_ros.quant.apply_plan import apply_plan, plan_config
 from quantvla_ros.quant.artifact import save_artifact
 from quantvla_ros.quant.balance import BalanceConfig
