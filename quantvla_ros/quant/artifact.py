@@ -112,3 +112,19 @@ def load_artifact(folder, device="cpu", dtype: torch.dtype | None = None, verify
             meta = f.metadata() or {}
         normalizer = normalizer_from_tensors(stats, meta, cfg)
     return model.eval(), cfg, normalizer, manifest
+
+
+def load_bytes(folder, dtype: torch.dtype | None = None) -> int:
+    """Return the bytes `load_artifact(folder, dtype=dtype)` holds (headers only, no data)."""
+    folder = Path(folder)
+    manifest = ArtifactManifest.read(folder)
+    with MappedFile(folder / WEIGHTS) as f:
+        model, _ = _quantized_skeleton(manifest, set(f.keys()))
+        fp32 = fp32_tensor_names(model)
+        total = 0
+        for k, meta in model.state_dict().items():
+            stored = f.dtype(k) if k in f.entries else meta.dtype
+            keep = not stored.is_floating_point or k.endswith(_KEEP_FP32)
+            out = stored if keep else tensor_dtype(k, stored, dtype, fp32)
+            total += meta.numel() * torch.empty((), dtype=out).element_size()
+    return total

@@ -49,6 +49,7 @@ from quantvla_ros.ros.settings import (
 from quantvla_ros.ros.worker import LatestWorker
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.source import PolicySource, PolicySourceError
+from quantvla_ros.workflows.memory_fit import check_fits, load_need
 
 NODE_NAME = "quantvla_node"
 LOG_THROTTLE_S = 2.0  # one line per problem kind per 2 s at most
@@ -71,6 +72,8 @@ def load_policy(s: InferenceSettings) -> Policy:
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:
+        # refused before loading when it cannot fit (MemoryFitError says need and free)
+        check_fits(load_need(source, s.precision), s.device, f"loading {s.policy!r}")
         policy = Policy.load(source, device=s.device, precision=s.precision, **s.options)
     except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -26,6 +26,7 @@ from quantvla_ros.quant.observe import LinearInputs, record_linear_inputs
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.runtime.source import PolicySource
+from quantvla_ros.workflows.memory_fit import check_fits, quantize_need
 from quantvla_ros.workflows.methods import (
     method_context,
     method_record,
@@ -110,6 +111,9 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
                         hadamard=req.hadamard, act_clip=req.act_clip)
     source = PolicySource.resolve(req.source, seed=req.seed)
     identity = source.identity()  # refuses an artifact as the source, before any work
+    check_fits(quantize_need(source, req.precision, scheme, req.preset, req.include,
+                             req.exclude), req.device,
+               f"quantizing {req.source} ({req.precision} teacher, {req.bits})")
     teacher = Policy.load(source, device=req.device, precision=req.precision, **req.options)
     layers = {name: parse_bits(bits, group_size=req.group_size, clip_search=req.clip_search,
                                hadamard=req.hadamard, act_clip=req.act_clip)
@@ -164,8 +168,11 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
 def quantize_hook(source: str = "pi05-tiny", bits: str = "w4a8", preset: str = "quantvla",
                   seed: int = 0, device: str = "cpu", log=print, options: dict | None = None):
     """Build a `(buffer_path, out_dir) -> artifact path` hook for the calibration node / demo."""
-    parse_bits(bits)  # fail at start-up, not after a recording
-    get_layout(preset, family=PolicySource.resolve(source, seed=seed).family())
+    scheme = parse_bits(bits)  # fail at start-up, not after a recording
+    resolved = PolicySource.resolve(source, seed=seed)
+    get_layout(preset, family=resolved.family())
+    check_fits(quantize_need(resolved, "fp32", scheme, preset), device,
+               f"quantizing {source} (fp32 teacher, {bits}) after the recording")
 
     def run(buffer_path: Path, out_dir: Path) -> Path:
         req = QuantizeRequest(source=source, calib=str(buffer_path), bits=bits, preset=preset,
