@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from quantvla_ros.cli import bench_launches_cmd, bench_sass_cmd
+from quantvla_ros.cli import bench_launches_cmd, bench_memory_cmd, bench_sass_cmd
 from quantvla_ros.cli.options import add_option_args, options_of
 from quantvla_ros.cli.output import print_json
 from quantvla_ros.workflows.bench_e2e import bench_e2e
@@ -48,6 +48,7 @@ def register(sub) -> None:
     k.set_defaults(handler=run_kernels)
     bench_sass_cmd.register(kinds)
     bench_launches_cmd.register(kinds)
+    bench_memory_cmd.register(kinds)
 
 
 def run_e2e(args) -> int:
