@@ -121,3 +121,19 @@ def test_calibration_hook_refuses_at_start_and_keeps_the_buffer(tmp_path, monkey
     with pytest.raises(MemoryFitError, match="needs about"):
         hook(buffer, tmp_path / "out")
     assert _digests(buffer) == before and not (tmp_path / "out").exists()
+
+
+def test_inspect_prints_the_needs_the_check_uses(capsys):
+    """`quantvla inspect` shows the same quantize need the up-front check compares."""
+    import json
+
+    from quantvla_ros.cli.main import main
+
+    assert main(["inspect", "--model", "pi05-tiny", "--json"]) == 0
+    peaks = json.loads(capsys.readouterr().out)["expected_peaks"]
+    source, scheme = PolicySource.resolve("pi05-tiny"), parse_bits("w4a8")
+    for precision in ("bf16", "fp32"):
+        assert peaks[f"quantize_{precision}"] == quantize_need(source, precision, scheme,
+                                                               "quantvla")
+    assert main(["inspect", "--model", "pi05-tiny"]) == 0
+    assert "expected peak memory" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from quantvla_ros.cli.output import human_bytes, print_json, print_table
 from quantvla_ros.cli.quantize_cmd import add_layout_args
 from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.registry import family_of, get_config, read_checkpoint_config
-from quantvla_ros.quant.footprint import inspect_layout
+from quantvla_ros.quant.footprint import inspect_layout, peak_estimates
 from quantvla_ros.quant.layouts import get_layout, scheme_label
 from quantvla_ros.quant.manifest import ArtifactManifest, method_summary
 from quantvla_ros.quant.scheme import parse_bits
@@ -36,7 +36,9 @@ def run(args) -> int:
     scheme = parse_bits(args.bits, group_size=args.group_size)
     layout = get_layout(None if args.preset == "custom" else args.preset,
                         args.include, args.exclude, family=family_of(cfg))
-    r = inspect_layout(build_meta(cfg), layout, scheme)
+    model = build_meta(cfg)
+    r = inspect_layout(model, layout, scheme)
+    r["expected_peaks"] = peak_estimates(model, r)
     if args.json:
         print_json(r)
         return 0
@@ -60,6 +62,11 @@ def run(args) -> int:
           f"({r['never_executed_params'] / 1e6:.1f}M parameters, "
           f"{human_bytes(r['never_executed_params'] * 2)} bf16; a full checkpoint is "
           f"{human_bytes(r['checkpoint_bytes_bf16'])} bf16)")
+    peaks = r["expected_peaks"]
+    print(f"  expected peak memory (docs/memory.md): load + one inference "
+          f"{human_bytes(peaks['load_bf16'])} (bf16); quantize "
+          f"{human_bytes(peaks['quantize_bf16'])} (bf16 teacher), "
+          f"{human_bytes(peaks['quantize_fp32'])} (fp32 teacher)")
     return 0
 
 
