@@ -147,3 +147,19 @@ class Daptq:
 
 
 METHOD = Daptq()
+
+
+def stored_layout_bytes(model: nn.Module, names) -> int:
+    """Exact bytes the linears ``names`` of a built / loaded model store in deployment.
+
+    Integer buffers and the float32-kept scales (``weight_scale``, ``smooth``, ``act_clip``)
+    at their element size; float remainders (bf16 linears, biases, CSRC's d) at bf16, as
+    quant/budget.py counts a plan.
+    """
+    total = 0
+    for name in names:
+        for key, t in model.get_submodule(name).state_dict().items():
+            fp32 = key.endswith(("weight_scale", "smooth", "act_clip"))
+            size = BF16 if t.is_floating_point() and not fp32 else t.element_size()
+            total += t.numel() * size
+    return total
