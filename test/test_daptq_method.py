@@ -67,14 +67,18 @@ def test_label_free_method_never_reads_recorded_actions():
     Poisoned.read = set()
     student = Policy.from_config("pi05-tiny", seed=0).model
     qcfg = QuantConfig(parse_bits("w4a8"), get_layout("quantvla"))
-    ctx = method_context(teacher, student, qcfg, 0.35, poisoned,
+    # no budget: quantvla's bytes, where CSRC's biases have no room (csrc_bias=auto: g only)
+    ctx = method_context(teacher, student, qcfg, None, poisoned,
                          {**FAST, "states": "paper"}, log=lambda *_: None)
     plan = METHOD.plan(ctx)
+    assert plan.record["csrc_bias"] is False and not plan.keep_float
+    assert plan.record["bytes_with_csrc_bias"] == ctx.budget_bytes
     from quantvla_ros.quant.apply_plan import apply_plan
 
     apply_plan(student, qcfg, plan)
     refined = METHOD.refine(ctx, student, plan)
-    assert refined["csrc"]["interface"]
+    assert refined["csrc"]["interface"] and refined["csrc"]["bias"] is False
+    assert all(student.get_submodule(n).bias is None for n in interface_names(student))
     assert "actions" not in Poisoned.read
     assert Poisoned.read <= {"images", "image_masks", "tokens", "token_masks", "state", "noise"}
     assert {"images", "noise"} <= Poisoned.read  # it did read the observations

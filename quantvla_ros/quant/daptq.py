@@ -18,7 +18,9 @@ Options (--method-option K=V; every one is recorded in the manifest's allocation
   states=fill|paper              candidate precisions (above)
   score_frames=N                 calibration frames the per-linear costs are measured on (16)
   csrc=paired|moments|off        the compensation's per-channel solver (paired)
-  csrc_bias=1|0                  fit d as a bias (1); 0 keeps g only, whose fold is free
+  csrc_bias=auto|1|0             fit d as a bias (1: its bf16 bytes count in the budget); 0
+                                 keeps g only, whose fold is free; auto (default): 1 where
+                                 the budget has room for the biases (not at quantvla's bytes)
   csrc_rank=R                    rank of the cross-channel map (0; > 0 needs float k / v)
 
 Nothing here reads recorded actions: the buffers hold none, and every reference is the
@@ -43,7 +45,7 @@ from quantvla_ros.quant.scheme import parse_bits
 
 BF16 = 2
 DEFAULTS = {"drift": "eq16", "states": "fill", "score_frames": "16", "csrc": "paired",
-            "csrc_bias": "1", "csrc_rank": "0"}
+            "csrc_bias": "auto", "csrc_rank": "0"}
 
 
 def options_of(ctx: MethodContext) -> dict[str, str]:
@@ -55,12 +57,14 @@ def options_of(ctx: MethodContext) -> dict[str, str]:
     return {**DEFAULTS, **ctx.options}
 
 
-def csrc_config(opts: dict[str, str]) -> CsrcConfig | None:
-    """Return the compensation's config (None: off)."""
+def csrc_config(opts: dict[str, str], bias: bool | None = None) -> CsrcConfig | None:
+    """Return the compensation's config (None: off); ``bias`` decides csrc_bias=auto."""
     if opts["csrc"] == "off":
         return None
-    return CsrcConfig(solver=opts["csrc"], bias=opts["csrc_bias"] == "1",
-                      rank=int(opts["csrc_rank"]))
+    if opts["csrc_bias"] not in ("auto", "0", "1"):
+        raise ValueError(f"daptq: csrc_bias is auto, 0 or 1, not {opts['csrc_bias']!r}")
+    fit_bias = opts["csrc_bias"] == "1" or (opts["csrc_bias"] == "auto" and bool(bias))
+    return CsrcConfig(solver=opts["csrc"], bias=fit_bias, rank=int(opts["csrc_rank"]))
 
 
 def candidate_states(ctx: MethodContext, fill: bool) -> dict[str, dict[str, object]]:
@@ -96,7 +100,7 @@ class Daptq:
     def plan(self, ctx: MethodContext) -> Plan:
         """Measure each candidate's drift-weighted cost per precision, allocate the budget."""
         opts = options_of(ctx)
-        csrc = csrc_config(opts)
+        csrc = csrc_config(opts, bias=True)
         batches = _score_batches(ctx.batches, int(opts["score_frames"]))
         teacher_chunks = ctx.sample(ctx.model, batches)[..., :ctx.action_dims]
         weights = parse_drift(opts["drift"], teacher_chunks)
@@ -115,6 +119,13 @@ class Daptq:
                    for n, st in states.items()}
         fixed = sum(option_bytes(ctx.model.get_submodule(n), s) + bias.get(n, 0)
                     for n, s in ctx.schemes.items() if n not in states)
+        floor = fixed + sum(min(o.bytes for o in opts_) for opts_ in options.values())
+        if bias and opts["csrc_bias"] == "auto" and floor > ctx.budget_bytes:
+            ctx.log("daptq: no room for CSRC's biases in the budget: g only")
+            fixed -= sum(bias[n] for n in bias if n not in states)
+            options = {n: [Option(o.state, o.bytes - bias.get(n, 0), o.error) for o in opts_]
+                       for n, opts_ in options.items()}
+            bias = {}
         chosen = allocate(options, ctx.budget_bytes - fixed)
         spent = fixed + sum(o.bytes for o in chosen.values())
         ctx.log(f"daptq: {spent} of {ctx.budget_bytes} budget bytes "
@@ -126,7 +137,8 @@ class Daptq:
             keep_float=tuple(sorted(n for n, o in chosen.items() if o.state == "bf16")))
         plan.record = {
             "solver": "exact knapsack over measured single-linear costs",
-            "options": opts, "drift_weights": [round(w, 6) for w in weights.tolist()],
+            "options": opts, "csrc_bias": bool(bias),
+            "drift_weights": [round(w, 6) for w in weights.tolist()],
             "score_frames": sum(b["noise"].shape[0] for b in batches),
             "bytes_with_csrc_bias": spent, "csrc_bias_bytes": sum(bias.values()),
             "left_bytes": ctx.budget_bytes - spent,
@@ -138,7 +150,7 @@ class Daptq:
 
     def refine(self, ctx: MethodContext, student: nn.Module, plan: Plan) -> dict:
         """Fit and fold CSRC at the interface of the quantized student."""
-        csrc = csrc_config(options_of(ctx))
+        csrc = csrc_config(options_of(ctx), bias=plan.record.get("csrc_bias"))
         if csrc is None:
             return {}
         _, rows = calibrate_csrc(ctx.model, student, ctx.batches, csrc, log=ctx.log)
