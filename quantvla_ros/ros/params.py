@@ -24,7 +24,10 @@ def declare(node, params: tuple[Param, ...]) -> None:
         if p.kind == "float":
             # An integer given for a double (`-p control_rate_hz:=10`) is accepted.
             descriptor.dynamic_typing = True
-        default = _TYPES[p.kind] if p.default is None else p.default
+        # An empty list has no element type for rclpy: declare it by type (unset), so
+        # parsing fills the table's default.
+        empty_list = p.kind == "str[]" and p.default == []
+        default = _TYPES[p.kind] if p.default is None or empty_list else p.default
         node.declare_parameter(p.name, default, descriptor)
 
 

@@ -1,0 +1,292 @@
+"""``libero_bridge``: a LIBERO task as a ROS 2 robot, for ``quantvla_node`` in closed loop.
+
+It runs the task in the simulator process the project already has (``.venv-libero`` behind a
+pipe), and is the robot a deployment would talk to:
+
+- publishes both cameras as upright rgb8 ``sensor_msgs/Image`` (the simulator side applies
+  LIBERO's 180-degree rotation, so the node applies none), every step the state as a
+  ``sensor_msgs/JointState`` named ``STATE_NAMES``, the task instruction (default QoS) once
+  the node listens, and ``/clock`` (the node runs on simulated time);
+- executes the newest ``JointTrajectory`` (``ACTION_NAMES``) point by point at its
+  ``time_from_start`` after the header stamp, skipping points whose time has passed, and
+  stops (gripper held) when no trajectory is current; a malformed trajectory is refused and
+  never executed (``trajectory_follower``);
+- reports each episode (success, steps, timing, latency from observation to trajectory
+  receipt, skipped points, the node's stale and dropped inputs) as one JSON line.
+
+Pacing: ``lockstep`` holds simulated time at each camera frame until the trajectory for it
+has arrived (the direct evaluation's protocol); ``realtime`` advances one control step per
+1 / control_rate_hz wall seconds whatever the node does, so inference latency costs steps.
+The clock arithmetic is in ``workflows.libero_ros_protocol``.
+
+    python -m quantvla_ros.ros.libero_bridge --ros-args -p task:=0 -p inits:=0-4
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from quantvla_ros.ros import params
+from quantvla_ros.ros.bridge_episode import EpisodeAborted, EpisodeRecord
+from quantvla_ros.ros.bridge_io import (
+    BRIDGE_PARAMS,
+    Lifecycle,
+    clock_msg,
+    image_msg,
+    input_counters,
+    joint_state_msg,
+    parse_inits,
+)
+from quantvla_ros.ros.trajectory_follower import Follower, TrajectoryRefused, parse_trajectory
+from quantvla_ros.workflows import libero_ros_protocol as proto
+
+NODE_NAME = "libero_bridge"
+CLOCK_REPEAT_S = 0.5  # lock-step: the clock is re-sent while waiting (it is best effort)
+
+
+class LiberoBridge(Node):
+    """The simulated robot (see the module docstring); episodes run on the caller's thread."""
+
+    def __init__(self, sim_factory=None, **kwargs) -> None:
+        """Declare parameters, create publishers and subscriptions."""
+        super().__init__(NODE_NAME, **kwargs)
+        params.declare(self, BRIDGE_PARAMS)
+        v = params.read(self, BRIDGE_PARAMS)
+        self.v = v
+        self.clock = proto.Clock(v["control_rate_hz"], v["actions_per_chunk"], v["pace"])
+        self.clock.check()
+        self._sim_factory = sim_factory or proto.LiberoClient
+        self._pubs = {view: self.create_publisher(Image, v[f"{view}_topic"], 10)
+                      for view in proto.VIEWS}
+        self._joint_pub = self.create_publisher(JointState, v["joint_state_topic"], 10)
+        self._instruction_pub = self.create_publisher(String, v["instruction_topic"], 10)
+        self._clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.create_subscription(JointTrajectory, v["trajectory_topic"], self._on_trajectory, 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._inbox: list = []  # (plan, receipt wall s, receipt sim ns)
+        self._refusals: list[str] = []
+        self.counters: dict[str, int] | None = None
+        self.clock_ns = 0
+        self.lifecycle = Lifecycle(self, v["managed_node"]) if v["managed_node"] else None
+
+    # ---- callbacks (executor thread) -------------------------------------------------------
+    def _on_trajectory(self, msg) -> None:
+        wall, sim_ns = time.perf_counter(), self.clock_ns
+        try:
+            plan = parse_trajectory(msg, proto.ACTION_NAMES, sim_ns)
+        except TrajectoryRefused as exc:
+            self.get_logger().error(f"refused trajectory: {exc}", throttle_duration_sec=2.0)
+            with self._arrived:
+                self._refusals.append(str(exc))
+                self._arrived.notify_all()
+            return
+        with self._arrived:
+            self._inbox.append((plan, wall, sim_ns))
+            self._arrived.notify_all()
+
+    def _on_diagnostics(self, msg) -> None:
+        counters = input_counters(msg)
+        if counters is not None:
+            self.counters = counters
+
+    # ---- publishing ------------------------------------------------------------------------
+    def publish_clock(self, t_ns: int) -> None:
+        """Advance the simulated clock (never backwards)."""
+        self.clock_ns = max(self.clock_ns, t_ns)
+        self._clock_pub.publish(clock_msg(self.clock_ns))
+
+    def publish_observation(self, obs: dict, t_ns: int) -> bool:
+        """Publish the state, and the cameras when ``obs`` has images; return True if it did."""
+        framed = all(view in obs for view in proto.VIEWS)
+        if framed:
+            for view in proto.VIEWS:
+                self._pubs[view].publish(image_msg(obs[view], t_ns, view))
+        self._joint_pub.publish(joint_state_msg(obs["state"], t_ns))
+        return framed
+
+    def publish_instruction(self, text: str, timeout: float = 30.0) -> None:
+        """Publish the instruction once the node's subscription is matched."""
+        deadline = time.monotonic() + timeout
+        while self._instruction_pub.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                raise EpisodeAborted(f"no subscriber on {self.v['instruction_topic']} "
+                                     f"after {timeout:.0f} s")
+            time.sleep(0.05)
+        self._instruction_pub.publish(String(data=text))
+
+    # ---- the node's lifecycle --------------------------------------------------------------
+    def bring_up_node(self) -> None:
+        """Configure and activate the managed node at the activation clock, or wait for it."""
+        timeout = self.v["node_timeout_s"]
+        deadline = time.monotonic() + timeout
+        while self._clock_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.publish_clock(self.clock.activation_clock_ns)
+        if self.lifecycle is None:
+            return
+        if not self.lifecycle.change("configure", timeout):
+            raise RuntimeError(f"{self.v['managed_node']} failed to configure (see its log)")
+        self.publish_clock(self.clock.activation_clock_ns)
+        time.sleep(0.2)  # the node must hold the activation clock when its timer is made
+        if not self.lifecycle.change("activate", 60.0):
+            raise RuntimeError(f"{self.v['managed_node']} failed to activate")
+
+    def shut_down_node(self) -> None:
+        """Deactivate and shut down the managed node (its process then exits)."""
+        if self.lifecycle is None:
+            return
+        for label in ("deactivate", "shutdown"):
+            try:
+                self.lifecycle.change(label, 30.0)
+            except TimeoutError as exc:
+                self.get_logger().warning(f"{label}: {exc}")
+
+    # ---- plans -------------------------------------------------------------------------------
+    def _take(self, episode) -> None:
+        """Move arrived trajectories into the episode; a refusal aborts it."""
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            refusals, self._refusals = self._refusals, []
+        if refusals:
+            episode.refused += len(refusals)
+            raise EpisodeAborted(f"refused trajectory: {refusals[0]}")
+        for plan, wall, sim_ns in inbox:
+            episode.receive(plan, wall, sim_ns)
+
+    def _wait_for_plan(self, episode, stamp_ns: int) -> None:
+        """Lock-step: hold simulated time until the trajectory for ``stamp_ns`` is here."""
+        deadline = time.monotonic() + self.v["stall_timeout_s"]
+        while True:
+            self._take(episode)
+            if episode.has_plan_for(stamp_ns):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EpisodeAborted(
+                    f"no trajectory for the observation at {stamp_ns / 1e9:.3f} s within "
+                    f"{self.v['stall_timeout_s']:g} s: the node stopped publishing")
+            with self._arrived:
+                if not self._inbox and not self._refusals:
+                    self._arrived.wait(min(left, CLOCK_REPEAT_S))
+            self.publish_clock(stamp_ns)  # the tick again, in case a best-effort copy was lost
+
+    # ---- one episode -------------------------------------------------------------------------
+    def run_episode(self, sim, init: int) -> dict:
+        """Run one episode from fixed init state ``init``; return its report."""
+        v, clock = self.v, self.clock
+        limit = proto.step_limit(v["suite"], v["max_steps"])
+        obs = sim.reset(v["suite"], v["task"], init=init, resolution=v["resolution"],
+                        settle=v["settle_steps"])
+        rec = EpisodeRecord(v["task"], init, str(obs["instruction"]), self.counters,
+                            clock.step_ns)
+        with self._lock:
+            self._inbox, self._refusals = [], []
+        follower = Follower(len(proto.ACTION_NAMES), hold=(proto.GRIPPER_INDEX,),
+                            initial=(proto.INITIAL_GRIPPER,), limit=proto.ACTION_LIMIT)
+        rec.follower = follower
+        self.publish_instruction(rec.instruction)
+        time.sleep(0.2)  # reliable, but the node must have taken it before its first tick
+        t = clock.first_tick_after(self.clock_ns) - clock.frame_lead_ns
+        first_frame, frame_every = t, clock.actions_per_chunk * clock.step_ns
+        lockstep = clock.pace == "lockstep"
+        try:
+            self._frame(obs, t, rec, lockstep)
+            wall0, done = time.perf_counter(), bool(obs["done"])
+            while rec.steps < limit and not done:
+                if lockstep and t in rec.frame_walls:
+                    self._wait_for_plan(rec, t)
+                elif not lockstep:
+                    time.sleep(max(0.0, wall0 + (t - first_frame) / 1e9 - time.perf_counter()))
+                    self._take(rec)
+                    rec.check_stall(v["stall_timeout_s"])
+                action, _ = follower.command(t)
+                render = (t + clock.step_ns - first_frame) % frame_every == 0
+                obs = sim.step(action, render=render)
+                rec.steps, t, done = rec.steps + 1, t + clock.step_ns, bool(obs["done"])
+                if render:
+                    self._frame(obs, t, rec, lockstep)
+                else:
+                    self.publish_observation(obs, t)
+                    self.publish_clock(t)
+            rec.success = done
+            rec.realtime_lag_s = (time.perf_counter() - wall0) - (t - first_frame) / 1e9
+        except EpisodeAborted as exc:
+            rec.error = str(exc)
+            self.get_logger().error(f"task {v['task']} init {init}: {exc}")
+        rec.finish(self.counters)
+        return rec
+
+    def _frame(self, obs: dict, t: int, rec, lockstep: bool) -> None:
+        """Publish a camera frame (and the state), then the clock."""
+        self.publish_observation(obs, t)
+        rec.frame_walls[t] = time.perf_counter()
+        rec.frames.append(obs[proto.VIEWS[0]])
+        if lockstep:
+            time.sleep(self.v["frame_delay_s"])
+        self.publish_clock(t)
+
+    def run(self) -> list[dict]:
+        """Bring the node up, run every episode, write the reports; return them."""
+        v = self.v
+        reports = []
+        sim = self._sim_factory()
+        try:
+            self.bring_up_node()
+            for init in parse_inits(v["inits"]):
+                rec = self.run_episode(sim, init)
+                report = rec.report()
+                reports.append(report)
+                self.get_logger().info(json.dumps(report))
+                if v["report_path"]:
+                    with open(v["report_path"], "a", encoding="utf-8") as f:
+                        f.write(json.dumps(report) + "\n")
+                if v["frames_path"] and rec.frames:
+                    np.save(Path(f"{v['frames_path']}_init{init}.npy"), np.stack(rec.frames))
+        finally:
+            self.shut_down_node()
+            sim.close()
+        return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bridge's episodes; exit 0 when every episode has a report."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = LiberoBridge()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    code = 0
+    try:
+        node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        code = 130
+    except Exception as exc:  # reported, and the exit code tells the caller
+        node.get_logger().error(f"bridge failed: {exc!r}")
+        code = 1
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
