@@ -17,6 +17,9 @@ from quantvla_ros.workflows.libero_eval import (
     evaluate,
     load_done,
 )
+from quantvla_ros.workflows.libero_ros_eval import evaluate_through_ros, ros_label
+from quantvla_ros.workflows.libero_ros_protocol import PACES
+from quantvla_ros.workflows.libero_ros_summary import ros_summary, ros_table
 from quantvla_ros.workflows.libero_summary import (
     bar_chart,
     markdown_table,
@@ -59,6 +62,16 @@ def register(sub) -> None:
     q.add_argument("--out", metavar="DIR", help="episodes.jsonl (resumable), summary.json, "
                                                 "table.md, success.png")
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    q.add_argument("--through-ros", action="store_true",
+                   help="run each episode through ROS 2: libero_bridge (the simulated robot) "
+                        "and quantvla_node as processes on their own ROS domain")
+    q.add_argument("--pace", default="lockstep",
+                   help="through ROS: lockstep, realtime, or both comma-separated")
+    q.add_argument("--compare-direct", action="store_true",
+                   help="through ROS: also run the policies directly, first in the table")
+    q.add_argument("--stall-timeout", type=float, default=60.0,
+                   help="through ROS: seconds without a trajectory that end an episode as "
+                        "stalled (retried once, never counted)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(handler=run)
 
@@ -116,6 +129,23 @@ def camera_map(text: str, slots: tuple[str, ...]) -> dict[str, str]:
     return pairs
 
 
+def through_ros_plan(args, policies: dict, protocol: Protocol) -> dict:
+    """Return the ROS runs' paces, their labels (direct first if compared) and sources."""
+    paces = [p.strip() for p in args.pace.split(",") if p.strip()]
+    if not paces or any(p not in PACES for p in paces):
+        raise ValueError(f"--pace {args.pace!r}: give {' or '.join(PACES)} (comma-separated)")
+    if protocol.noise_scale != 1.0 or protocol.render_every_step:
+        raise ValueError("--through-ros runs the node's noise and LIBERO's camera schedule: "
+                         "--noise-scale and --render-every-step are not supported there")
+    sources = {}
+    for label, spec in zip(policies, args.policy, strict=True):
+        src, precision = parse_policy(spec)
+        sources[label] = (str(Path(src).resolve()) if Path(src).exists() else src, precision)
+    labels = [ros_label(label, pace) for label in policies for pace in paces]
+    return {"paces": paces, "sources": sources,
+            "labels": ([*policies] if args.compare_direct else []) + labels}
+
+
 def run(args) -> int:
     """Evaluate; print the table (or JSON) and write the files under --out / --video."""
     ok, why = libero_available()
@@ -148,16 +178,29 @@ def run(args) -> int:
     episodes = episodes_for(tasks, inits, args.seed)
     out = Path(args.out) if args.out else None
     done = load_done(out)
+    ros = through_ros_plan(args, policies, protocol) if args.through_ros else None
+    labels = ros["labels"] if ros else list(policies)
     bar = EpisodeProgress(sum((label, ep.task, ep.init, ep.seed) not in done
-                              for ep in episodes for label in policies))
+                              for ep in episodes for label in labels))
     keep = args.video_episodes if args.video else 0
-    results = evaluate(policies, episodes, protocol, cameras, LiberoClient, args.workers, out,
-                       keep, on_result=bar)
-    summary = summarize(results, list(policies))
+    results = []
+    if ros is None or args.compare_direct:
+        results += evaluate(policies, episodes, protocol, cameras, LiberoClient, args.workers,
+                            out, keep, on_result=bar)
+    if ros is not None:
+        results += evaluate_through_ros(
+            ros["sources"], episodes, protocol, cameras, ros["paces"], args.workers, out, keep,
+            on_result=bar, threads=args.threads, stall_timeout_s=args.stall_timeout)
+    summary = summarize(results, labels)
     summary["protocol"] = {**vars(protocol), "step_limit": protocol.step_limit,
                            "episodes": len(episodes), "seed": args.seed}
     summary["sources"] = {label: p.source for label, p in policies.items()}
     table = markdown_table(summary)
+    if ros is not None:
+        direct = next(iter(policies)) if args.compare_direct else None
+        summary["ros"] = ros_summary(results, labels, direct)
+        summary["protocol"]["through_ros"] = {"paces": ros["paces"], "noise": "sequence"}
+        table += ros_table(summary["ros"])
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         (out / "table.md").write_text(table)

@@ -38,7 +38,10 @@ BRIDGE_PARAMS = (
     Param("trajectory_topic", "str", proto.TRAJECTORY_TOPIC, "JointTrajectory to execute."),
     Param("managed_node", "str", "quantvla_node",
           "Lifecycle node the bridge configures and activates (and shuts down at the end); "
-          "empty: wait until it is active (started by a launch file)."),
+          "empty: none (the trajectories come from elsewhere)."),
+    Param("autostarted", "bool", False,
+          "The managed node is configured and activated by someone else (a launch file): "
+          "only wait until it is active, and leave it running at the end."),
     Param("node_timeout_s", "float", 600.0, "Longest wait for the node to become active."),
     Param("stall_timeout_s", "float", 60.0,
           "Wall seconds without a trajectory after which the episode is reported as a "

@@ -140,6 +140,12 @@ class LiberoBridge(Node):
         self.publish_clock(self.clock.activation_clock_ns)
         if self.lifecycle is None:
             return
+        if self.v["autostarted"]:
+            while self.lifecycle.state(timeout) != "active":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.v['managed_node']} not active after {timeout} s")
+                time.sleep(0.5)
+            return
         if not self.lifecycle.change("configure", timeout):
             raise RuntimeError(f"{self.v['managed_node']} failed to configure (see its log)")
         self.publish_clock(self.clock.activation_clock_ns)
@@ -149,7 +155,7 @@ class LiberoBridge(Node):
 
     def shut_down_node(self) -> None:
         """Deactivate and shut down the managed node (its process then exits)."""
-        if self.lifecycle is None:
+        if self.lifecycle is None or self.v["autostarted"]:
             return
         for label in ("deactivate", "shutdown"):
             try:

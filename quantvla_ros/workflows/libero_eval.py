@@ -89,6 +89,7 @@ class EpisodeResult:
     error: str | None = None
     instruction: str = ""
     frames: list = field(default_factory=list, repr=False)  # agentview frames, for videos
+    ros: dict | None = None  # through ROS: the bridge's latency, skipped points, stale inputs
 
     def record(self) -> dict:
         """Return the JSON line of this result (frames left out)."""

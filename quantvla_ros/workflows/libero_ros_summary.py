@@ -1,0 +1,84 @@
+"""What the ROS path adds to a LIBERO summary.
+
+Latency, skipped points, stale and dropped inputs, and the per-episode wall-time overhead
+against the direct run of the same episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def _total(values) -> int | None:
+    values = [v for v in values if v is not None]
+    return int(sum(values)) if values else None
+
+
+def ros_summary(results, labels: Sequence[str], direct: str | None = None) -> dict:
+    """Return latency and input counters per ROS label over its scored episodes.
+
+    If ``direct`` names a direct run in ``results``: the paired mean wall-time overhead per
+    episode, and how many episodes ended alike (outcome and steps).
+    """
+    by_key = {(r.policy, r.task, r.init, r.seed): r for r in results}
+    out = {}
+    for label in labels:
+        mine = [r for r in results if r.policy == label and r.ros and r.success is not None]
+        if not mine:
+            continue
+        ros = [r.ros for r in mine]
+        entry = {
+            "episodes": len(mine),
+            "latency_ms_p50_median": _median(x.get("latency_ms_p50") for x in ros),
+            "latency_ms_max": max((x.get("latency_ms_max") or 0.0) for x in ros),
+            "skipped_points_mean": float(np.mean([x.get("skipped_points", 0) for x in ros])),
+            "stopped_steps_mean": float(np.mean([x.get("stopped_steps", 0) for x in ros])),
+            "dropped_observations": _total(x.get("dropped_observations") for x in ros),
+            "stale_inputs": _total(x.get("stale_inputs") for x in ros),
+            "bad_inputs": _total(x.get("bad_inputs") for x in ros),
+            "wall_s_mean": float(np.mean([r.wall_s for r in mine])),
+            "bridge_episode_s_mean": float(np.mean([x.get("wall_s", 0.0) for x in ros])),
+        }
+        if direct is not None:
+            pairs = [(r.wall_s, by_key[(direct, r.task, r.init, r.seed)].wall_s) for r in mine
+                     if (direct, r.task, r.init, r.seed) in by_key]
+            if pairs:
+                entry["overhead_s_per_episode"] = float(np.mean([a - b for a, b in pairs]))
+                same = [r for r in mine if (direct, r.task, r.init, r.seed) in by_key]
+                entry["same_outcome_and_steps"] = sum(
+                    by_key[(direct, r.task, r.init, r.seed)].success == r.success
+                    and by_key[(direct, r.task, r.init, r.seed)].steps == r.steps for r in same)
+                entry["paired_with_direct"] = len(same)
+        out[label] = entry
+    return out
+
+
+def ros_table(ros: dict) -> str:
+    """Return a markdown table of :func:`ros_summary`."""
+    if not ros:
+        return ""
+    lines = ["", "| through ROS | episodes | latency p50 (ms) | max (ms) | skipped points / ep "
+             "| stopped steps / ep | dropped | stale | wall s / ep | overhead s / ep "
+             "| same outcome + steps as direct |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, spec=".1f"):
+        return "-" if v is None else format(v, spec)
+
+    for label, e in ros.items():
+        same = (f"{e['same_outcome_and_steps']}/{e['paired_with_direct']}"
+                if "paired_with_direct" in e else "-")
+        lines.append(
+            f"| {label} | {e['episodes']} | {fmt(e['latency_ms_p50_median'], '.0f')} "
+            f"| {fmt(e['latency_ms_max'], '.0f')} | {e['skipped_points_mean']:.1f} "
+            f"| {e['stopped_steps_mean']:.1f} | {fmt(e['dropped_observations'], 'd')} "
+            f"| {fmt(e['stale_inputs'], 'd')} | {e['wall_s_mean']:.1f} "
+            f"| {fmt(e.get('overhead_s_per_episode'))} | {same} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""libero_bridge over real rclpy with a fake simulator and a scripted policy node.
+
+Lock-step: every frame's trajectory is executed point by point at its time; a NaN point or
+wrong joint names end the episode as refused before anything of it is executed; a node that
+stops publishing ends it as stalled. Neither is ever scored. The driver side: a crashed node
+process is reported with its exit code, retried once and never counted.
+"""
+
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from builtin_interfaces.msg import Duration  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from quantvla_ros.ros.libero_bridge import LiberoBridge  # noqa: E402
+from quantvla_ros.workflows import libero_ros_eval as ros_eval  # noqa: E402
+from quantvla_ros.workflows import libero_ros_protocol as proto  # noqa: E402
+from quantvla_ros.workflows.libero_eval import Episode, Protocol  # noqa: E402
+
+STEP = 50_000_000
+
+
+class FakeSim:
+    """The LiberoClient calls the bridge makes; records every executed action."""
+
+    def __init__(self, success_after: int | None = None):
+        self.actions, self.success_after = [], success_after
+
+    def _obs(self, render: bool) -> dict:
+        obs = {"state": np.arange(8, dtype=np.float32) / 10, "instruction": "pick it up",
+               "done": self.success_after is not None
+               and len(self.actions) >= self.success_after}
+        if render:
+            obs.update(agentview=np.full((8, 8, 3), len(self.actions), np.uint8),
+                       wrist=np.zeros((8, 8, 3), np.uint8))
+        return obs
+
+    def reset(self, suite, task, *, init, resolution, settle):
+        self.actions = []
+        return self._obs(True)
+
+    def step(self, action, render=True):
+        self.actions.append(np.asarray(action, np.float64))
+        return self._obs(render)
+
+    def close(self):
+        pass
+
+
+class ScriptedPolicy:
+    """Answers each scene frame with a 5-point trajectory stamped like the frame.
+
+    Point i of the k-th trajectory commands 0.01 * (10 k + i) on the six motion dims.
+    ``fault(k)`` may return "nan", "names" or "silent" for the k-th frame.
+    """
+
+    def __init__(self, context, fault=lambda k: None):
+        self.node = rclpy.create_node("scripted_policy", context=context)
+        self.pub = self.node.create_publisher(JointTrajectory, proto.TRAJECTORY_TOPIC, 10)
+        self.node.create_subscription(Image, proto.CAMERA_TOPICS["agentview"], self._on, 10)
+        self.node.create_subscription(String, proto.INSTRUCTION_TOPIC, self._on_text, 10)
+        self.count, self.fault, self.instructions = 0, fault, []
+
+    def _on_text(self, msg):
+        self.instructions.append(msg.data)
+
+    def _on(self, msg):
+        k, self.count = self.count, self.count + 1
+        fault = self.fault(k)
+        if fault == "silent":
+            return
+        out = JointTrajectory(header=msg.header, joint_names=list(proto.ACTION_NAMES))
+        if fault == "names":
+            out.joint_names[0] = "shoulder"
+        for i in range(5):
+            value = float("nan") if fault == "nan" and i == 2 else 0.01 * (10 * k + i)
+            out.points.append(JointTrajectoryPoint(
+                positions=[value] * 6 + [1.0], time_from_start=Duration(nanosec=(i + 1) * STEP)))
+        self.pub.publish(out)
+
+
+def run_bridge(fault=lambda k: None, max_steps=12, success_after=None, stall=3.0):
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(np.random.default_rng().integers(150, 230)))
+    sim = FakeSim(success_after)
+    overrides = [Parameter("managed_node", value=""), Parameter("max_steps", value=max_steps),
+                 Parameter("stall_timeout_s", value=stall), Parameter("node_timeout_s", value=1.0),
+                 Parameter("frame_delay_s", value=0.0)]
+    try:
+        bridge = LiberoBridge(sim_factory=lambda: sim, context=context,
+                              parameter_overrides=overrides)
+        policy = ScriptedPolicy(context, fault)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(bridge)
+        executor.add_node(policy.node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        [report] = bridge.run()
+        executor.shutdown()
+        assert policy.instructions == ["pick it up"]
+        return report, sim.actions
+    finally:
+        context.try_shutdown()
+
+
+def test_lockstep_executes_each_point_at_its_step():
+    report, actions = run_bridge(max_steps=12)
+    assert report["success"] is False and report["error"] is None
+    assert report["steps"] == 12 and report["chunks"] == 3
+    assert report["skipped_points"] == 0 and report["stopped_steps"] == 0
+    motion = [a[0] for a in actions]
+    expected = [0.01 * (10 * (s // 5) + s % 5) for s in range(12)]
+    np.testing.assert_allclose(motion, expected, rtol=0, atol=1e-12)
+    assert all(a[6] == 1.0 for a in actions)
+    assert report["latency_ms_p50"] is not None and report["late_steps_mean"] == 0
+
+
+def test_success_ends_the_episode():
+    report, actions = run_bridge(max_steps=40, success_after=7)
+    assert report["success"] is True and report["steps"] == 7 and len(actions) == 7
+
+
+@pytest.mark.parametrize("fault", ["nan", "names"])
+def test_a_malformed_trajectory_is_refused_and_never_executed(fault):
+    report, actions = run_bridge(lambda k: fault if k == 1 else None, max_steps=20)
+    assert report["success"] is None and "refused trajectory" in report["error"]
+    assert report["refused"] == 1
+    assert len(actions) == 5  # the first chunk only: nothing of the refused one ran
+    assert all(np.isfinite(a).all() for a in actions)
+
+
+def test_a_node_that_stops_publishing_is_reported_as_stalled():
+    report, actions = run_bridge(lambda k: "silent" if k >= 1 else None, stall=1.0)
+    assert report["success"] is None and "stopped publishing" in report["error"]
+    assert len(actions) == 5
+
+
+def test_a_crashed_node_process_is_reported_retried_once_and_not_counted(tmp_path):
+    crash = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
+    wait = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(ros_eval.RosEpisodeError, match="quantvla_node exited with code 3"):
+        ros_eval.run_processes(crash, wait, {}, tmp_path, tmp_path / "r.jsonl", 120)
+
+    calls = []
+
+    def crashing_episode(*args, **kwargs):
+        calls.append(args[3])
+        raise ros_eval.RosEpisodeError("quantvla_node exited with code 3 during the episode")
+
+    original = ros_eval.run_episode_through_ros
+    ros_eval.run_episode_through_ros = crashing_episode
+    try:
+        [result] = ros_eval.evaluate_through_ros(
+            {"p": ("p", "fp32")}, [Episode(0, 0, 0)], Protocol(), {"agentview": "base_0_rgb"},
+            ["lockstep"], out=tmp_path)
+    finally:
+        ros_eval.run_episode_through_ros = original
+    assert len(calls) == 2
+    assert result.success is None and result.attempts == 2 and "code 3" in result.error
+    line = json.loads((tmp_path / "episodes.jsonl").read_text())
+    assert line["success"] is None and line["policy"] == "p@ros-lockstep"
