@@ -146,13 +146,19 @@ class PolicyFamily(ABC):
         everything before the flow steps (vision and language), "denoise" the steps.
         """
 
-    @abstractmethod
     def fuse_projections(self, model) -> dict[str, int]:
-        """Merge quantized projections that share an input, in place; counts per kind."""
+        """Merge quantized projections that share an input, in place; counts per kind.
 
-    @abstractmethod
+        The default leaves the modules as they are: a family without fused blocks.
+        """
+        return {}
+
     def prepare_for_inference(self, model) -> dict[str, int]:
-        """Swap float blocks for their fused-kernel forms, in place; counts per kind."""
+        """Swap float blocks for their fused-kernel forms, in place; counts per kind.
+
+        The default leaves the modules as they are (eager PyTorch plus the integer GEMMs).
+        """
+        return {}
 
     @abstractmethod
     def launch_probe(self, cfg: ModelConfig) -> LaunchProbe:

@@ -152,14 +152,6 @@ class GrootFamily(PolicyFamily):
         sync()
         return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
 
-    def fuse_projections(self, model):
-        """Leave GR00T's modules as they are: no fused GR00T blocks are built yet."""
-        return {}
-
-    def prepare_for_inference(self, model):
-        """Leave GR00T's modules as they are (eager PyTorch plus the integer GEMMs)."""
-        return {}
-
     def launch_probe(self, cfg):
         """Vision, LLM and VL self-attention layers, and DiT cross + self block pairs."""
 

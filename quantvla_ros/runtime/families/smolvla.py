@@ -90,14 +90,6 @@ class SmolVLAFamily(PolicyFamily):
         sync()
         return actions, (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
 
-    def fuse_projections(self, model):
-        """Leave SmolVLA's modules as they are: no fused SmolVLA blocks are built yet."""
-        return {}
-
-    def prepare_for_inference(self, model):
-        """Leave SmolVLA's modules as they are (eager PyTorch plus the integer GEMMs)."""
-        return {}
-
     def launch_probe(self, cfg):
         """Vision layers and (self, cross) layer pairs of backbone and expert together."""
 
