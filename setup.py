@@ -32,6 +32,7 @@ setup(
             "quantvla = quantvla_ros.cli.main:main",
             "quantvla_node = quantvla_ros.ros.inference_node:main",
             "calibration_node = quantvla_ros.ros.calibration_node:main",
+            "libero_bridge = quantvla_ros.ros.libero_bridge:main",
         ],
     },
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
-FILES = ["quantvla.launch.py", "calibrate.launch.py"]
+FILES = ["quantvla.launch.py", "calibrate.launch.py", "libero_bridge.launch.py"]
 
 
 @pytest.mark.parametrize("name", FILES)
