@@ -56,6 +56,12 @@ def test_weighted_error_by_hand():
     w = torch.tensor([2.0, 1.0])
     # (2 * 0.25 + 1 * 1) / (2 * 1 + 1 * 4) = 1.5 / 6
     assert weighted_error(student, teacher, noise, w) == pytest.approx(0.25)
+    # median over frames: one flipped frame (error 100x) does not set the cost
+    t3, z3 = teacher.repeat(3, 1, 1), noise.repeat(3, 1, 1)
+    s3 = student.repeat(3, 1, 1)
+    s3[2, 0, 0] = 11.0  # (2 * 100 + 1) / 6 in that frame
+    assert weighted_error(s3, t3, z3, w, "median") == pytest.approx(0.25)
+    assert weighted_error(s3, t3, z3, w) == pytest.approx((1.5 * 2 + 201) / 18)
 
 
 def _brute(options, budget):

@@ -17,6 +17,7 @@ Options (--method-option K=V; every one is recorded in the manifest's allocation
   drift=eq16|uniform|w1,...,wJ   action-dim weights (default eq16 on the teacher's chunks)
   states=fill|paper              candidate precisions (above)
   score_frames=N                 calibration frames the per-linear costs are measured on (16)
+  cost=pooled|median             a linear's cost over those frames (daptq_allocate.py)
   csrc=paired|moments|off        the compensation's per-channel solver (paired)
   csrc_bias=auto|1|0             fit d as a bias (1: its bf16 bytes count in the budget); 0
                                  keeps g only, whose fold is free; auto (default): 1 where
@@ -45,7 +46,7 @@ from quantvla_ros.quant.scheme import parse_bits
 
 BF16 = 2
 DEFAULTS = {"drift": "eq16", "states": "fill", "score_frames": "16", "csrc": "paired",
-            "csrc_bias": "auto", "csrc_rank": "0"}
+            "csrc_bias": "auto", "csrc_rank": "0", "cost": "pooled"}
 
 
 def options_of(ctx: MethodContext) -> dict[str, str]:
@@ -109,7 +110,8 @@ class Daptq:
         quantized = {n: {s: sch for s, sch in st.items() if sch is not None}
                      for n, st in states.items()}
         # the teacher is changed one linear at a time and restored (never left modified)
-        errors = single_layer_errors(ctx.model, batches, ctx.sample, quantized, weights)
+        errors = single_layer_errors(ctx.model, batches, ctx.sample, quantized, weights,
+                                     reduce=opts["cost"])
         bias = {n: BF16 * ctx.model.get_submodule(n).out_features
                 for n in interface_names(ctx.model)
                 if n in ctx.schemes and csrc is not None and csrc.bias

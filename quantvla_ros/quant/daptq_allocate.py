@@ -70,16 +70,23 @@ def parse_drift(spec: str, teacher_actions: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_error(student: torch.Tensor, teacher: torch.Tensor, noise: torch.Tensor,
-                   weights: torch.Tensor) -> float:
+                   weights: torch.Tensor, reduce: str = "pooled") -> float:
     """Drift-weighted squared error over the teacher's weighted displacement energy.
 
     Chunks [N, H, >=J] in model space; the first J = len(weights) dims are the robot's.
+    ``pooled`` sums both over frames first; ``median`` takes the median of the per-frame
+    ratios, so that one frame whose gripper flips (the teacher sat near the switch) cannot
+    decide a linear's cost alone.
     """
     j = len(weights)
     w = weights.double()
-    err = ((student[..., :j] - teacher[..., :j]).double() ** 2 * w).sum()
-    disp = ((teacher[..., :j] - noise[..., :j]).double() ** 2 * w).sum()
-    return float(err / disp.clamp_min(1e-30))
+    err = ((student[..., :j] - teacher[..., :j]).double() ** 2 * w).flatten(1).sum(1)
+    disp = ((teacher[..., :j] - noise[..., :j]).double() ** 2 * w).flatten(1).sum(1)
+    if reduce == "median":
+        return float((err / disp.clamp_min(1e-30)).median())
+    if reduce != "pooled":
+        raise ValueError(f"reduce is pooled or median, not {reduce!r}")
+    return float(err.sum() / disp.sum().clamp_min(1e-30))
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -91,7 +98,7 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 def single_layer_errors(model: nn.Module, batches: list[dict],
                         sample: Callable[[nn.Module, list[dict]], torch.Tensor],
                         states: dict[str, dict[str, QuantScheme]], weights: torch.Tensor,
-                        progress=None) -> dict[str, dict[str, float]]:
+                        progress=None, reduce: str = "pooled") -> dict[str, dict[str, float]]:
     """Return, per linear and quantized state, `weighted_error` with only it quantized.
 
     ``states`` maps each candidate linear to {state name: scheme}. The model is changed one
@@ -107,7 +114,8 @@ def single_layer_errors(model: nn.Module, batches: list[dict],
         try:
             for state, scheme in options.items():
                 _set(model, name, QuantLinear.from_float(orig, scheme))
-                out[name][state] = weighted_error(sample(model, batches), ref, noise, weights)
+                out[name][state] = weighted_error(sample(model, batches), ref, noise, weights,
+                                                  reduce)
         finally:
             _set(model, name, orig)
     return out

@@ -201,15 +201,16 @@ def _rel(zf: torch.Tensor, z: torch.Tensor) -> float:
 
 @torch.no_grad()
 def calibrate_csrc(teacher: nn.Module, student: nn.Module, batches: list[dict],
-                   cfg: CsrcConfig = CsrcConfig(), runtime: bool = False,
-                   log=None) -> tuple[dict[str, ChannelMap], list[dict]]:
+                   cfg: CsrcConfig = CsrcConfig(), runtime: bool = False, log=None,
+                   names: list[str] | None = None) -> tuple[dict[str, ChannelMap], list[dict]]:
     """Fit and fold the maps layer by layer (each fit sees the earlier layers corrected).
 
     ``runtime`` installs `Compensated` wrappers instead of folding (for a low-rank map on
     integer weights, to measure what it would buy). Returns the maps and, per linear, the
     relative interface error ||z - z_fp|| / ||z_fp|| before and after, and g's range.
+    ``names`` restricts the fit to some of the interface linears (ablations).
     """
-    names = interface_names(student)
+    names = names or interface_names(student)
     ref = interface_outputs(teacher, batches, names)
     maps, rows = {}, []
     for layer in sorted({n.split(".")[2] for n in names}, key=int):
