@@ -1,0 +1,143 @@
+"""QVLA on pi05-micro: the label-free oracle, its first-order rows, and the whole method."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from quantvla_ros.quant.apply import QuantConfig
+from quantvla_ros.quant.artifact import load_artifact
+from quantvla_ros.quant.balance import BalanceConfig
+from quantvla_ros.quant.footprint import stored_bytes
+from quantvla_ros.quant.layouts import get_layout
+from quantvla_ros.quant.qlinear import QuantLinear
+from quantvla_ros.quant.qvla import option_schemes, units_of
+from quantvla_ros.quant.row_blocks import RowBlockLinear
+from quantvla_ros.quant.scheme import parse_bits
+from quantvla_ros.quant.sensitivity import action_error, row_errors, unit_errors
+from quantvla_ros.runtime.policy import Policy
+from quantvla_ros.workflows.methods import method_context
+from quantvla_ros.workflows.quantize import (
+    QuantizeRequest,
+    open_buffer_for,
+    prepare_batches,
+    quantize_policy,
+)
+
+GATE = "expert.layers.0.mlp.gate_proj"
+
+
+class Poisoned(dict):
+    """Model inputs that fail loudly if anything reads a recorded action from them."""
+
+    def __getitem__(self, key):
+        if "action" in key:
+            raise AssertionError(f"the label-free oracle read {key!r}")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+@pytest.fixture(scope="module")
+def micro():
+    policy = Policy.from_config("pi05-micro", seed=0)
+    batches = prepare_batches(policy, list(open_buffer_for(policy, "synthetic:4")), 4)
+    qcfg = QuantConfig(parse_bits("w4a8", group_size=0), get_layout("quantvla", family="pi"))
+    ctx = method_context(policy, copy.deepcopy(policy.model), qcfg, None, batches,
+                         log=lambda *_: None)
+    return policy, ctx
+
+
+def test_units_pair_gate_and_up():
+    names = ["a.q_proj", "m.gate_proj", "m.up_proj", "m.down_proj", "n.up_proj"]
+    assert units_of(names) == [("a.q_proj",), ("m.gate_proj", "m.up_proj"),
+                               ("m.down_proj",), ("n.up_proj",)]
+
+
+def test_oracle_never_reads_recorded_actions(micro):
+    """Batches carrying a poisoned (NaN, read-guarded) action field give the clean costs."""
+    policy, ctx = micro
+    schemes = option_schemes(ctx)
+    units = [(GATE, GATE.replace("gate", "up")), ("backbone.layers.0.self_attn.v_proj",)]
+    _, clean = unit_errors(ctx, units, schemes)
+    clean_rows = row_errors(ctx, [GATE], schemes, probes=1)
+    poisoned = copy.copy(ctx)
+    poisoned.batches = [Poisoned({**b, "actions": torch.full((len(b["state"]), 50, 32),
+                                                             float("nan"))})
+                        for b in ctx.batches]
+    _, dirty = unit_errors(poisoned, units, schemes)
+    dirty_rows = row_errors(poisoned, [GATE], schemes, probes=1)
+    assert dirty == clean and all(math.isfinite(v) for u in clean.values() for v in u.values())
+    for o in schemes:
+        assert torch.equal(dirty_rows[GATE][o], clean_rows[GATE][o])
+
+
+class OneRow(nn.Module):
+    """The float linear with output row `row` taken from a quantized copy (finite difference)."""
+
+    def __init__(self, linear, quantized, row):
+        super().__init__()
+        self.linear, self.quantized, self.row = linear, quantized, row
+
+    def forward(self, x):
+        y = self.linear(x)
+        y[..., self.row] = self.quantized(x)[..., self.row]
+        return y
+
+
+def test_first_order_row_error_matches_the_single_row_finite_difference(micro):
+    """s[c] (probes) against quantizing row c alone at W4A8 and rerunning the sampler."""
+    policy, ctx = micro
+    schemes = option_schemes(ctx)
+    s4 = row_errors(ctx, [GATE], schemes, probes=16)[GATE]["w4a8"]
+    model = copy.deepcopy(ctx.model)
+    ref = ctx.sample(model, ctx.batches)
+    float_gate = model.expert.layers[0].mlp.gate_proj
+    q = QuantLinear.from_float(float_gate, schemes["w4a8"][GATE])
+    ratios = []
+    for row in torch.argsort(s4, descending=True)[:3].tolist():
+        model.expert.layers[0].mlp.gate_proj = OneRow(float_gate, q, row)
+        exact = action_error(ctx.sample(model, ctx.batches), ref, ctx.action_dims)
+        ratios.append(float(s4[row]) / exact)
+    assert all(0.5 < r < 2.0 for r in ratios), ratios
+
+
+def test_qvla_quantize_spends_the_budget_and_loads(tmp_path, capsys):
+    """quantize --method qvla: within 1% of the asked bytes, exact bytes as loaded, runs."""
+    req = QuantizeRequest(source="pi05-tiny", calib="synthetic:8", preset="expert_mlp",
+                          balance=BalanceConfig(atm=False, ohb=False), method="qvla",
+                          budget=0.4, method_options={"probes": "2"})
+    manifest = quantize_policy(req, tmp_path / "q", log=lambda *_: None)
+    a = manifest.quantization.allocation
+    assert manifest.quantization.method == "qvla" and manifest.quantization.budget == 0.4
+    assert 0.99 * a["budget_bytes"] <= a["bytes"] <= a["budget_bytes"]
+    assert manifest.quantization.row_blocks  # the row-level top-up ran
+    model, *_ = load_artifact(tmp_path / "q")
+    teacher = Policy.from_config("pi05-tiny", seed=0).model
+    stored = 0
+    for name in (*manifest.quantized_modules, *a["float"]):
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Linear):
+            stored += sum(p.numel() for p in teacher.get_submodule(name).parameters()) * 2
+        else:
+            stored += sum(t.numel() * (2 if t.is_floating_point() and not k.endswith("scale")
+                                       else t.element_size())
+                          for k, t in m.state_dict().items())
+    assert stored == a["bytes"]
+    kinds = {type(model.get_submodule(n)) for n in manifest.quantized_modules}
+    assert kinds <= {QuantLinear, RowBlockLinear}
+    assert stored_bytes(model) > 0
+    # the deployed (fused) path runs the row blocks and agrees with the unfused load
+    fused = Policy.from_artifact(tmp_path / "q")
+    plain = Policy.from_artifact(tmp_path / "q", fuse=False)
+    obs = list(open_buffer_for(fused, "synthetic:2"))[0]
+    a_fused, a_plain = fused.infer(obs).actions, plain.infer(obs).actions
+    assert abs(a_fused - a_plain).max() < 1e-4
+    from quantvla_ros.cli.main import main
+
+    assert main(["inspect", "--artifact", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "method qvla: budget 40.00%" in out and "folded into" in out
