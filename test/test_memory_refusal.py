@@ -11,7 +11,13 @@ from quantvla_ros.data.sources import open_observations
 from quantvla_ros.models.build import random_model
 from quantvla_ros.models.registry import get_config
 from quantvla_ros.quant.balance import BalanceConfig
-from quantvla_ros.quant.footprint import LOAD_MARGIN, QUANTIZE_MARGIN, inspect_layout, state_bytes
+from quantvla_ros.quant.footprint import (
+    INFER_MARGIN,
+    LOAD_MARGIN,
+    QUANTIZE_MARGIN,
+    inspect_layout,
+    state_bytes,
+)
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.scheme import parse_bits
 from quantvla_ros.runtime.policy import Policy
@@ -47,6 +53,8 @@ def test_load_need_is_what_loading_holds(artifact, precision):
     policy = Policy.load(str(artifact), precision=precision, fuse=False)
     assert load_need(PolicySource.resolve(str(artifact)), precision) \
         == held_bytes(policy.model) + LOAD_MARGIN
+    assert load_need(PolicySource.resolve(str(artifact)), precision, infer=True) \
+        == held_bytes(policy.model) + INFER_MARGIN
     policy = Policy.load("pi05-tiny", precision=precision)
     assert load_need(PolicySource.resolve("pi05-tiny"), precision) \
         == held_bytes(policy.model) + LOAD_MARGIN
@@ -94,7 +102,7 @@ def test_inference_node_load_refuses(artifact, monkeypatch):
     settings = parse_inference({**defaults(INFERENCE_PARAMS), "policy": str(artifact),
                                 "camera_topics": ["/c"], "camera_slots": ["base_0_rgb"],
                                 "joint_names": ["a"]})
-    with pytest.raises(ConfigureError, match=r"needs about 1\.\d GiB on cpu"):
+    with pytest.raises(ConfigureError, match=r"and running it needs about 2\.\d GiB on cpu"):
         load_policy(settings)
 
 

@@ -63,8 +63,8 @@ def run(args) -> int:
           f"{human_bytes(r['never_executed_params'] * 2)} bf16; a full checkpoint is "
           f"{human_bytes(r['checkpoint_bytes_bf16'])} bf16)")
     peaks = r["expected_peaks"]
-    print(f"  expected peak memory (docs/memory.md): load + one inference "
-          f"{human_bytes(peaks['load_bf16'])} (bf16); quantize "
+    print(f"  expected peak memory (docs/memory.md): load {human_bytes(peaks['load_bf16'])}, "
+          f"with one inference {human_bytes(peaks['infer_bf16'])} (bf16); quantize "
           f"{human_bytes(peaks['quantize_bf16'])} (bf16 teacher), "
           f"{human_bytes(peaks['quantize_fp32'])} (fp32 teacher)")
     return 0

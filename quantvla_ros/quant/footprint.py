@@ -101,10 +101,12 @@ def inspect_layout(model: nn.Module, layout: Layout, scheme: QuantScheme) -> dic
 
 
 # What a process holds beyond its model's tensors: interpreter and torch (about 0.4 GB
-# resident here), one 64 MiB load slice, one chunk's activations (load); calibration batches,
-# recorded statistics and the bf16 -> float32 copy of the layer being packed (quantize). The
-# issue-24 targets, measured to hold on full-size pi05 and GR00T N1.5 (docs/memory.md).
+# resident here) and one 64 MiB load slice (load); plus one chunk's activations and the
+# reference kernels' temporaries (one inference: 1.8 GiB measured on full-size GR00T N1.5);
+# calibration batches, recorded statistics and the bf16 -> float32 copy of the layer being
+# packed (quantize). Measured on full-size pi05 and GR00T N1.5: docs/memory.md.
 LOAD_MARGIN = 1 << 30
+INFER_MARGIN = 2 << 30
 QUANTIZE_MARGIN = 2 << 30
 
 
@@ -119,12 +121,13 @@ def state_bytes(model: nn.Module, dtype: torch.dtype) -> int:
 def peak_estimates(model: nn.Module, report: dict) -> dict:
     """Return expected peaks (bytes) of load + one inference and quantize (`inspect_layout`).
 
-    Load (with one inference) holds the quantized model at bf16 plus LOAD_MARGIN; quantize
-    holds the float teacher, the packed layers beside it and QUANTIZE_MARGIN (the student
-    shares the teacher's other tensors).
+    Load holds the quantized model at bf16 plus LOAD_MARGIN (INFER_MARGIN with one
+    inference); quantize holds the float teacher, the packed layers beside it and
+    QUANTIZE_MARGIN (the student shares the teacher's other tensors).
     """
     return {
         "load_bf16": report["total_bytes"] + LOAD_MARGIN,
+        "infer_bf16": report["total_bytes"] + INFER_MARGIN,
         "quantize_bf16": report["total_bytes_bf16"] + report["quantized_bytes"]
         + QUANTIZE_MARGIN,
         "quantize_fp32": state_bytes(model, torch.float32) + report["quantized_bytes"]

@@ -73,7 +73,8 @@ def load_policy(s: InferenceSettings) -> Policy:
         raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
     try:
         # refused before loading when it cannot fit (MemoryFitError says need and free)
-        check_fits(load_need(source, s.precision), s.device, f"loading {s.policy!r}")
+        check_fits(load_need(source, s.precision, infer=True), s.device,
+                   f"loading {s.policy!r} and running it")
         policy = Policy.load(source, device=s.device, precision=s.precision, **s.options)
     except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

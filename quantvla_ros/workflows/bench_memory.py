@@ -82,7 +82,8 @@ def bench_memory(source: str, artifact, bits: str = "w4a8", preset: str | None =
         rows.append({**run_phase("quantize", **kw), "need": need})
     for phase in ("load", "infer"):
         if phase in phases:
-            need = load_need(PolicySource.resolve(str(artifact)), precision)
+            need = load_need(PolicySource.resolve(str(artifact)), precision,
+                             infer=phase == "infer")
             rows.append({**run_phase(phase, **kw), "need": need})
     out = {"source": source, "artifact": str(artifact), "bits": bits, "preset": preset,
            "precision": precision, "device": device, "rows": rows}

@@ -18,6 +18,7 @@ from quantvla_ros.models.build import build_meta
 from quantvla_ros.models.registry import get_config, read_checkpoint_config
 from quantvla_ros.quant.artifact import load_bytes
 from quantvla_ros.quant.footprint import (
+    INFER_MARGIN,
     LOAD_MARGIN,
     QUANTIZE_MARGIN,
     inspect_layout,
@@ -70,14 +71,15 @@ def available(device: str) -> tuple[int, str]:
     return free, "free GPU memory"
 
 
-def load_need(source: PolicySource, precision: str = "fp32") -> int:
-    """Return the bytes loading ``source`` at ``precision`` needs, margin included."""
+def load_need(source: PolicySource, precision: str = "fp32", infer: bool = False) -> int:
+    """Return the bytes loading ``source`` at ``precision`` (and one inference) needs."""
     dtype = resolve_dtype(precision)
+    margin = INFER_MARGIN if infer else LOAD_MARGIN
     if source.kind == "artifact":
-        return load_bytes(source.path, dtype) + LOAD_MARGIN
+        return load_bytes(source.path, dtype) + margin
     cfg = read_checkpoint_config(source.path) if source.kind == "checkpoint" \
         else get_config(source.name)
-    return state_bytes(build_meta(cfg), dtype) + LOAD_MARGIN
+    return state_bytes(build_meta(cfg), dtype) + margin
 
 
 def quantize_need(source: PolicySource, precision: str, scheme: QuantScheme,
