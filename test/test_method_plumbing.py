@@ -126,3 +126,32 @@ def test_fixed_plan_artifact_round_trip(tmp_path, monkeypatch):
         total += (option_bytes(teacher.get_submodule(name), None) if isinstance(m, nn.Linear)
                   else stored_bytes(m))
     assert total == q.allocation["bytes"]
+
+
+def test_report_and_inspect_show_method_budget_and_row_blocks(tmp_path, monkeypatch, capsys):
+    """The report's markdown and `inspect --artifact` name method, budget, blocks, bf16."""
+    monkeypatch.setattr(methods, "method_named", lambda name: FixedPlan())
+    req = QuantizeRequest(source="pi05-tiny", calib="synthetic:4", balance=OFF,
+                          method="fixed", budget=0.5)
+    manifest = quantize_policy(req, tmp_path / "a", log=lambda *_: None)
+    from quantvla_ros.cli.main import main
+    from quantvla_ros.quant.manifest import method_summary
+    from quantvla_ros.workflows.report_render import to_markdown
+
+    err = {"rel_l2_vs_displacement": 0.1, "sqnr_db": 20.0, "robot_rms_per_joint": [0.1],
+           "robot_max_abs_per_joint": [0.2], "rel_l2_vs_actions_incl_noise": 0.05,
+           "per_sample": [], "per_step_rel_l2_vs_displacement": []}
+    r = {"artifact": "a", "bits": "w4a8", "preset": "quantvla", "source": {"model": "m"},
+         "parts": manifest.parts_summary(), **method_summary(manifest),
+         "calibration": {"held_out_samples": 1, "spec": "synthetic:4", "synthetic": True},
+         "action_error": err, "action_error_without_balance": err, "layers": [],
+         "per_step_after": []}
+    text = to_markdown(r)
+    assert "- method: fixed, budget 50.00% of the layout's bf16 bytes" in text
+    assert "row-blocks w8a8 + w4a8 rows (2)" in text
+    assert ("- `expert.layers.0.mlp.gate_proj`: w8a8 per-channel rows [0, 64) + w4a8 g128 "
+            "rest (permutation folded into expert.layers.0.mlp.down_proj)") in text
+    assert "- bf16: `backbone.layers.0.self_attn.k_proj`" in text
+    assert main(["inspect", "--artifact", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "method fixed: budget 50.00%" in out and "kept bf16: 1 modules at bf16" in out

@@ -91,8 +91,9 @@ def _artifact(args) -> int:
               f"bytes ({r['budget_bytes']} bytes); stored {r['bytes']} bytes "
               f"({100 * r['fraction']:.2f}%)")
     for p in r["parts"]:
-        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}"
-              + (f", permutation {p['permutation']}" if "permutation" in p else ""))
+        print(f"  {p['part']}: {p['modules']} modules at {p['scheme']}")
+    for p in r.get("row_blocks", ()):
+        print(f"  {p['names'][0]}: {p['scheme']}, permutation {p['permutation']}")
     if r["differing"]:
         print("\nlinears whose scheme differs from the default:")
         print_table(r["differing"], ["name", "part", "scheme"])

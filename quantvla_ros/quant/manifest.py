@@ -230,7 +230,7 @@ def method_summary(m: ArtifactManifest) -> dict[str, Any]:
     """Return method, budget and the allocation's byte figures (for inspect and the report)."""
     q = m.quantization
     a = q.allocation
-    return {"method": q.method, "budget": q.budget,
+    return {"method": q.method, "budget": q.budget, "row_blocks": m.row_block_rows(),
             **{k: a[k] for k in ("budget_bytes", "bytes", "bf16_bytes", "fraction") if k in a}}
 
 
@@ -262,7 +262,10 @@ class ArtifactManifest:
         rows = [{"part": "main", "scheme": scheme_label(q.scheme), "modules": counts["main"]}]
         rows += [{"part": k, "scheme": scheme_label(p.scheme), "modules": counts[k],
                   "why": p.why} for k, p in q.parts.items()]
-        rows += self.layer_schemes() + self.row_block_rows()
+        rows += self.layer_schemes()
+        if counts["row-blocks"]:
+            rows.append({"part": "row-blocks", "scheme": "w8a8 + w4a8 rows",
+                         "modules": counts["row-blocks"]})
         if q.allocation.get("float"):
             rows.append({"part": "kept bf16", "scheme": "bf16",
                          "modules": len(q.allocation["float"]),

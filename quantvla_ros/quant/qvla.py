@@ -136,7 +136,12 @@ class Qvla:
                 plan.layers.update({n: schemes[label][n] for n in u
                                     if schemes[label][n] != ctx.schemes[n]})
             cost += unit_cost
+            if hi.get(i):  # which original rows (neurons) run at W8A8
+                record_rows = {"rows_w8a8": sorted(ladders[i].order[:hi[i]].tolist())}
+            else:
+                record_rows = {}
             record.append({"linears": list(u), "w8a8": exact[u][W8], "w4a8": exact[u][W4],
+                           **record_rows,
                            "first_order_rowsum_w8a8": _sum(rows, u, W8),
                            "first_order_rowsum_w4a8": _sum(rows, u, W4),
                            "choice": label, "bytes": unit_bytes, "cost": unit_cost})

@@ -54,9 +54,8 @@ def to_markdown(r: dict) -> str:
     for p in r.get("parts", ()):
         if p["part"] in ("per-layer", "kept bf16"):  # linears off the default scheme
             lines.append(f"- {p['scheme']}: " + ", ".join(f"`{n}`" for n in p["names"]))
-        elif p["part"] == "row-blocks":
-            lines.append(f"- `{p['names'][0]}`: {p['scheme']} (permutation "
-                         f"{p['permutation']})")
+    for p in r.get("row_blocks", ()):
+        lines.append(f"- `{p['names'][0]}`: {p['scheme']} (permutation {p['permutation']})")
     if cal.get("note"):
         lines.append(f"- note: {cal['note']}")
     lines += [
