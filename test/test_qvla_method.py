@@ -141,3 +141,20 @@ def test_qvla_quantize_spends_the_budget_and_loads(tmp_path, capsys):
     assert main(["inspect", "--artifact", str(tmp_path / "q")]) == 0
     out = capsys.readouterr().out
     assert "method qvla: budget 40.00%" in out and "folded into" in out
+
+
+def test_costs_cache_is_read_only_for_the_same_fingerprint(micro, tmp_path):
+    """costs=FILE: a second plan with the same inputs reads the costs; other probes measure."""
+    from quantvla_ros.quant.qvla import measure
+
+    _, ctx = micro
+    schemes = option_schemes(ctx)
+    units = units_of(list(ctx.schemes))
+    pairs = [u for u in units if len(u) == 2]
+    cache = str(tmp_path / "costs.pt")
+    first = measure(ctx, units, pairs, schemes, 1, cache)
+    again = measure(ctx, units, pairs, schemes, 1, cache)
+    assert first[2].startswith("measured") and again[2].startswith("read from")
+    assert again[0] == first[0]
+    assert all(torch.equal(again[1][n][o], first[1][n][o]) for n in first[1] for o in schemes)
+    assert measure(ctx, units, pairs, schemes, 2, cache)[2].startswith("measured")

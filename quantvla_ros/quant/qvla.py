@@ -14,12 +14,17 @@ What the byte grid leaves is then spent row by row (quant/qvla_rows.py `top_up`)
 stored bytes land within one row's bytes of the budget whenever a gate / up unit is at
 W4A8 or mixed.
 
-Options (--method-option): solver=dp|greedy, row_blocks=1|0, probes=R (4), block=ROWS.
+Options (--method-option): solver=dp|greedy, row_blocks=1|0, probes=R (4), block=ROWS,
+costs=FILE (measure once for a budget sweep: read when its fingerprint matches).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from quantvla_ros.quant.allocate import Option, solve_dp, solve_greedy, totals
 from quantvla_ros.quant.budget import option_bytes
@@ -84,18 +89,12 @@ class Qvla:
             raise ValueError(f"qvla: solver is dp or greedy, got {solver!r}")
         units = units_of(list(ctx.schemes))
         schemes = option_schemes(ctx)
-        ctx.log(f"qvla: exact action error of {len(units)} units at w8a8 / w4a8 "
-                f"({2 * len(units)} sampler runs over {len(ctx.batches)} batches)")
-        _, exact = unit_errors(ctx, units, schemes)
         rows_ok = (opts.get("row_blocks", "1") != "0" and supports_row_errors(ctx.model)
                    and not any(s.clip_search or s.act_clip is not None
                                for s in ctx.schemes.values()))
         pairs = [u for u in units if len(u) == 2] if rows_ok else []
-        rows = {}
-        if pairs:
-            ctx.log(f"qvla: first-order row errors of {len(pairs)} gate / up pairs")
-            rows = row_errors(ctx, [n for u in pairs for n in u], schemes,
-                              probes=int(opts.get("probes", 4)))
+        exact, rows, source = measure(ctx, units, pairs, schemes, int(opts.get("probes", 4)),
+                                      opts.get("costs"))
         items, ladders = [], {}
         for i, u in enumerate(units):
             mods = [ctx.model.get_submodule(n) for n in u]
@@ -153,7 +152,7 @@ class Qvla:
             "cost_unit": "mean squared action error vs the float teacher (model space, robot "
                          "dims), summed over units",
             "calibration_batches": len(ctx.batches), "probes": int(opts.get("probes", 4))
-            if pairs else 0,
+            if pairs else 0, "costs": source,
             "units": record,
         }
         return plan
@@ -161,6 +160,47 @@ class Qvla:
     def refine(self, ctx: MethodContext, student, plan: Plan) -> dict:
         """QVLA changes nothing after quantization (ATM / OHB follow as usual)."""
         return {}
+
+
+def measure(ctx, units, pairs, schemes, probes: int, cache: str | None):
+    """Return (exact unit errors, first-order row errors, where they came from).
+
+    `cache` (--method-option costs=FILE) lets a budget sweep measure once: a file whose
+    fingerprint (teacher tensors, calibration inputs, schemes, probes) matches is read,
+    anything else is measured and written there.
+    """
+    key = fingerprint(ctx, units, pairs, schemes, probes)
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache)
+        if saved.get("fingerprint") == key:
+            ctx.log(f"qvla: costs read from {cache}")
+            return ({u: saved["exact"]["|".join(u)] for u in units}, saved["rows"],
+                    f"read from {cache} ({key[:12]})")
+    ctx.log(f"qvla: exact action error of {len(units)} units at w8a8 / w4a8 "
+            f"({2 * len(units)} sampler runs over {len(ctx.batches)} batches)")
+    _, exact = unit_errors(ctx, units, schemes)
+    rows = {}
+    if pairs:
+        ctx.log(f"qvla: first-order row errors of {len(pairs)} gate / up pairs")
+        rows = row_errors(ctx, [n for u in pairs for n in u], schemes, probes=probes)
+    if cache:
+        torch.save({"fingerprint": key, "exact": {"|".join(u): v for u, v in exact.items()},
+                    "rows": rows}, cache)
+    return exact, rows, f"measured ({key[:12]})"
+
+
+def fingerprint(ctx, units, pairs, schemes, probes: int) -> str:
+    """Return a sha256 over what the costs depend on."""
+    h = hashlib.sha256(repr((units, pairs, schemes, probes, ctx.action_dims)).encode())
+    for k, t in ctx.model.state_dict().items():
+        h.update(k.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for b in ctx.batches:
+        for k in sorted(b):
+            if isinstance(b[k], torch.Tensor):
+                h.update(k.encode())
+                h.update(b[k].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _sum(rows, unit, option) -> float | None:
