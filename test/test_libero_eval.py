@@ -117,21 +117,6 @@ def test_protocol_pairing_and_rendering(policies):
     assert not torch.equal(a[0], a[-1])  # and it differs between chunks / episodes
 
 
-def test_noise_scale_multiplies_the_paired_noise(micro_checkpoint):
-    """noise_scale 0 starts every chunk from zeros; 0.5 halves the same draws as at 1."""
-    drawn = {}
-    for scale in (1.0, 0.5, 0.0):
-        rec = Recorder(Policy.load(str(micro_checkpoint)))
-        protocol = Protocol(max_steps=6, actions_per_chunk=3, resolution=56, noise_scale=scale)
-        evaluate({"a": rec}, episodes_for([0], [1], seed=3), protocol, CAMERAS,
-                 lambda: FakeSim(goal=1e9), workers=1)
-        drawn[scale] = rec.noises
-    assert len(drawn[1.0]) == 2 and float(drawn[1.0][0].abs().max()) > 0.1
-    for full, half, zero in zip(drawn[1.0], drawn[0.5], drawn[0.0], strict=True):
-        torch.testing.assert_close(half, 0.5 * full, rtol=0, atol=1e-7)
-        assert float(zero.abs().max()) == 0.0
-
-
 def test_crash_is_retried_then_reported_not_counted(policies, tmp_path):
     protocol = Protocol(max_steps=6, resolution=56)
     flaky = {(0, 0)}  # crashes once: the retry on a fresh simulator succeeds

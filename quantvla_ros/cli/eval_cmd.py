@@ -49,9 +49,10 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="base of the per-episode noise seeds")
     q.add_argument("--actions-per-chunk", type=int, default=5, help="replan after this many")
     q.add_argument("--max-steps", type=int, help="step limit (default: the suite's)")
-    q.add_argument("--noise-scale", type=float, default=1.0,
-                   help="multiply the denoising start noise (0: start each chunk from the "
-                        "mean, deterministic; default 1)")
+    q.add_argument("--noise-scale", type=float,
+                   help="serve every policy with this start-noise scale (0: each chunk starts "
+                        "from the noise's mean, deterministic; 1: sampling; default: what "
+                        "each policy declares)")
     q.add_argument("--render-every-step", action="store_true",
                    help="render the cameras on every step, not only where the policy looks")
     q.add_argument("--cameras", default="",
@@ -134,7 +135,8 @@ def through_ros_plan(args, policies: dict, protocol: Protocol) -> dict:
     paces = [p.strip() for p in args.pace.split(",") if p.strip()]
     if not paces or any(p not in PACES for p in paces):
         raise ValueError(f"--pace {args.pace!r}: give {' or '.join(PACES)} (comma-separated)")
-    if protocol.noise_scale != 1.0 or protocol.render_every_step:
+    if args.noise_scale is not None or protocol.render_every_step:
+        # The node serves the noise scale its policy declares; no override reaches it yet.
         raise ValueError("--through-ros runs the node's noise and LIBERO's camera schedule: "
                          "--noise-scale and --render-every-step are not supported there")
     sources = {}
@@ -162,11 +164,13 @@ def run(args) -> int:
         raise ValueError(f"--threads {args.threads}: need at least 1")
     torch.set_num_threads(args.threads)
     policies = load_policies(args.policy, args.device)
+    if args.noise_scale is not None:
+        for policy in policies.values():
+            policy.set_noise_scale(args.noise_scale)
     first = next(iter(policies.values()))
     cameras = camera_map(args.cameras, first.cfg.cameras)
     protocol = Protocol(suite=args.suite, actions_per_chunk=args.actions_per_chunk,
                         max_steps=args.max_steps, render_every_step=args.render_every_step,
-                        noise_scale=args.noise_scale,
                         resolution=max(p.cfg.vision.image_size for p in policies.values()))
     with LiberoClient() as sim:
         tasks_info = sim.tasks(args.suite)
@@ -195,6 +199,7 @@ def run(args) -> int:
     summary["protocol"] = {**vars(protocol), "step_limit": protocol.step_limit,
                            "episodes": len(episodes), "seed": args.seed}
     summary["sources"] = {label: p.source for label, p in policies.items()}
+    summary["noise_scales"] = {label: p.noise_scale for label, p in policies.items()}
     table = markdown_table(summary)
     if ros is not None:
         direct = next(iter(policies)) if args.compare_direct else None

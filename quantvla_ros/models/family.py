@@ -11,12 +11,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from torch import nn
+
+
+def check_noise_scale(value: float) -> None:
+    """Reject a declared noise scale that is negative or not finite."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"noise_scale {value!r}: expected a finite number >= 0 (1 samples "
+                         "the learned distribution, 0 starts every chunk from its mean)")
 
 
 class ModelConfig(Protocol):
@@ -26,6 +34,7 @@ class ModelConfig(Protocol):
     name: str
     variant: str  # a family's sub-kind ("pi0", "pi05", "groot-n15"); recorded in reports
     cameras: tuple[str, ...]  # the camera slots, in model order
+    noise_scale: float  # the denoising start noise's scale the source declares (1: sampling)
 
     @property
     def vision(self) -> Any:

@@ -12,6 +12,7 @@ import torch
 
 from quantvla_ros.data.observation import Observation, ObservationError
 from quantvla_ros.models.build import compute_dtype, random_model
+from quantvla_ros.models.family import check_noise_scale
 from quantvla_ros.models.registry import ModelConfig, get_config
 from quantvla_ros.models.statistics import ACTION_KEY, STATE_KEY, IdentityStatistics
 from quantvla_ros.quant.artifact import load_artifact
@@ -74,6 +75,11 @@ class Policy:
         self.state_dim = normalizer.dim(STATE_KEY)
         self.action_dim = normalizer.dim(ACTION_KEY) or self.cfg.action_dim
         self.options = PolicyOptions()  # the resolved choices (set by the family)
+        # Each chunk's start noise is multiplied by this: what the source declares, unless a
+        # caller (eval --noise-scale, a node parameter) sets another through `set_noise_scale`.
+        self.noise_scale = float(model.cfg.noise_scale)
+        if self.noise_scale != 1.0:
+            self.source += f" [noise scale {self.noise_scale:g}, declared by the source]"
         asked = PolicyOptions(options)
         self.family.check_options(self.cfg.name, asked)
         self.source += self.family.configure(self, asked)
@@ -149,6 +155,11 @@ class Policy:
         """Restart the noise stream: the same seed and observations give the same chunks."""
         self._gen = torch.Generator().manual_seed(seed)
 
+    def set_noise_scale(self, scale: float) -> None:
+        """Serve with another start-noise scale than the source declares (0: the mean)."""
+        check_noise_scale(scale)
+        self.noise_scale = float(scale)
+
     # ---- inference -------------------------------------------------------------------------
     def draw_noise(self, batch: int = 1) -> torch.Tensor:
         """Draw denoising start noise [batch, horizon, model action dim] from the stream."""
@@ -182,10 +193,15 @@ class Policy:
 
     @torch.no_grad()
     def infer(self, obs: Observation | Mapping, noise: torch.Tensor | None = None) -> PolicyOutput:
-        """Return the action chunk [horizon, action dim] for one observation, with timings."""
+        """Return the action chunk [horizon, action dim] for one observation, with timings.
+
+        ``noise`` (default: the next draw of the seeded stream) is standard normal; it is
+        scaled by `noise_scale` here, so every caller serves the same declared sampling.
+        """
         t0 = time.perf_counter()
         inputs = self.prepare(obs)
-        noise = (self.draw_noise() if noise is None else noise).to(self.device)
+        noise = (self.draw_noise() if noise is None else noise) * self.noise_scale
+        noise = noise.to(self.device)
         if self.fuse and not self._prepared:
             self.family.prepare_for_inference(self.model)
             self._prepared = True

@@ -49,9 +49,6 @@ class Protocol:
     max_steps: int | None = None  # None: the suite's limit (MAX_STEPS)
     resolution: int = 224
     render_every_step: bool = False
-    # Multiplies the denoising start noise: 1 samples the learned action distribution, 0 starts
-    # every chunk from its mean (deterministic given the observation; a sampling temperature).
-    noise_scale: float = 1.0
 
     @property
     def step_limit(self) -> int:
@@ -125,8 +122,7 @@ def run_episode(policy, sim: LiberoClient, label: str, episode: Episode, protoco
         if keep_frames:
             result.frames.append(obs["agentview"])
         t0 = time.perf_counter()
-        noise = torch.randn(shape, generator=gen) * protocol.noise_scale
-        chunk = policy.infer(to_observation(obs, cameras), noise=noise)
+        chunk = policy.infer(to_observation(obs, cameras), noise=torch.randn(shape, generator=gen))
         result.policy_ms += (time.perf_counter() - t0) * 1000.0
         result.chunks += 1
         todo = min(protocol.actions_per_chunk, len(chunk.actions), limit - result.steps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
+from quantvla_ros.models.family import check_noise_scale
 from quantvla_ros.models.siglip import VisionConfig
 
 
@@ -85,9 +86,11 @@ class GrootConfig:
     # projector slot / statistics tag, and the instruction quirk of GROOT.md §1.2.
     embodiment: str = "new_embodiment"
     instruction_repr: bool = True
+    noise_scale: float = 1.0  # denoising start noise scale when served (models.family)
 
     def __post_init__(self) -> None:
         """Reject configs whose parts disagree on widths or lack cameras."""
+        check_noise_scale(self.noise_scale)
         if self.llm.width != self.action_head.backbone_dim:
             raise ValueError("the LLM width must equal action_head.backbone_dim")
         if not 0 <= self.image_token_id < self.llm.vocab_size:

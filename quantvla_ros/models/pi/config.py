@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
+from quantvla_ros.models.family import check_noise_scale
 from quantvla_ros.models.names import lookup
 from quantvla_ros.models.siglip import VisionConfig
 
@@ -62,9 +63,13 @@ class PiConfig:
     # zero-padded to state_dim ("padded"), or no state at all ("none"); None = not declared
     # (the Policy then uses unpadded).
     state_prompt: str | None = None
+    # The denoising start noise is multiplied by this when served (1: sample; 0: start from
+    # the noise's mean, deterministic). A trained checkpoint may declare what serves it best.
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         """Reject unknown variants, towers with different layouts and configs without cameras."""
+        check_noise_scale(self.noise_scale)
         if self.variant not in ("pi0", "pi05"):
             raise ValueError(f"unknown variant {self.variant!r}: expected 'pi0' or 'pi05'")
         if self.state_prompt not in (None, *STATE_PROMPTS):

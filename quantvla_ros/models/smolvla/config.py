@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
+from quantvla_ros.models.family import check_noise_scale
 from quantvla_ros.models.names import lookup
 from quantvla_ros.models.siglip import VisionConfig
 
@@ -67,9 +68,11 @@ class SmolVLAConfig:
     max_period: float = 4.0
     rope_theta: float = 10_000.0  # lerobot's apply_rope, not the text config's rope_theta
     tokenizer_path: str | None = None
+    noise_scale: float = 1.0  # denoising start noise scale when served (models.family)
 
     def __post_init__(self) -> None:
         """Reject towers lerobot's joint attention cannot run."""
+        check_noise_scale(self.noise_scale)
         b, e = self.backbone, self.expert
         if (b.num_heads, b.num_kv_heads, b.head_dim) != (e.num_heads, e.num_kv_heads,
                                                          e.head_dim):
