@@ -2,13 +2,16 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from quantvla_ros.workflows.eval_stats import (
+    Z95,
     McNemarResult,
     binomial_two_sided_half,
     mcnemar_exact,
     mcnemar_from_counts,
+    paired_difference_interval,
     wilson_interval,
 )
 
@@ -77,3 +80,41 @@ def test_mcnemar_rejects_unpaired_and_large_n_is_exact():
     assert mcnemar_from_counts(500, 500).p_value == 1.0
     p = mcnemar_from_counts(400, 600).p_value
     assert 0.0 < p < 1e-9
+
+
+def test_paired_difference_interval_reduces_and_agrees_with_wald_at_large_n():
+    # Uncorrelated outcomes (both * neither == a_only * b_only, phi = 0): each end combines
+    # the two Wilson half-widths in quadrature (Newcombe's method for independent samples).
+    low, high = paired_difference_interval(3, 3, 3, 3)
+    w_low, w_high = wilson_interval(6, 12)
+    half = math.hypot(0.5 - w_low, w_high - 0.5)
+    assert low == pytest.approx(-half, abs=1e-12) and high == pytest.approx(half, abs=1e-12)
+    # At n = 40000 the score interval meets the Wald interval of the paired difference.
+    both, a_only, b_only, neither = 20000, 6000, 4000, 10000
+    n = both + a_only + b_only + neither
+    diff = (a_only - b_only) / n
+    se = math.sqrt((a_only + b_only) / n - diff**2) / math.sqrt(n)
+    low, high = paired_difference_interval(both, a_only, b_only, neither)
+    assert low == pytest.approx(diff - Z95 * se, abs=1e-3)
+    assert high == pytest.approx(diff + Z95 * se, abs=1e-3)
+
+
+def test_paired_difference_interval_covers_about_95_percent():
+    """Monte Carlo: 200 pairs with 25% discordance and a 6-point true difference."""
+    rng = np.random.default_rng(0)
+    cells = np.array([0.55, 0.155, 0.095, 0.20])  # both, a only, b only, neither
+    truth = cells[1] - cells[2]
+    draws = rng.multinomial(200, cells, size=3000)
+    covered = 0
+    for both, a_only, b_only, neither in draws:
+        low, high = paired_difference_interval(int(both), int(a_only), int(b_only),
+                                               int(neither))
+        covered += low <= truth <= high
+    assert 0.93 <= covered / len(draws) <= 0.97
+
+
+def test_paired_difference_interval_rejects_bad_counts():
+    with pytest.raises(ValueError, match="non-negative"):
+        paired_difference_interval(1, -1, 0, 0)
+    with pytest.raises(ValueError, match="positive total"):
+        paired_difference_interval(0, 0, 0, 0)

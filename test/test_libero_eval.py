@@ -14,6 +14,7 @@ import torch
 from quantvla_ros.cli.eval_cmd import camera_map, parse_indices, parse_policy
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.sim.client import SimServerError
+from quantvla_ros.workflows.eval_stats import paired_difference_interval
 from quantvla_ros.workflows.libero_eval import (
     EPISODES_FILE,
     Episode,
@@ -161,8 +162,14 @@ def test_summary_table_and_chart(tmp_path):
     assert (paired["only_base"], paired["only_this"]) == (3, 1)
     assert paired["mcnemar_p"] == pytest.approx(0.625)
     assert paired["difference"] == pytest.approx(-0.2)
+    # both solved inits 0-4, neither init 8: Newcombe's paired interval of q - fp
+    assert paired["difference95"] == pytest.approx(
+        list(paired_difference_interval(5, 1, 3, 1)), abs=1e-12)
+    assert paired["difference95"][0] < -0.2 < paired["difference95"][1] < 0.2
     table = markdown_table(s)
     assert "| fp | 80% [49, 94] | 10 |" in table and "p=0.625" in table
+    lo, hi = (round(100 * x) for x in paired["difference95"])
+    assert f"-20 pts [{lo:+d}, {hi:+d}] (+1 / -3" in table
     assert bar_chart(s, tmp_path / "c.png").stat().st_size > 1000
 
 

@@ -77,3 +77,26 @@ def mcnemar_from_counts(a_only: int, b_only: int, n: int | None = None) -> McNem
     if total < a_only + b_only:
         raise ValueError(f"n={total} is less than the discordant pairs")
     return McNemarResult(total, a_only, b_only, binomial_two_sided_half(a_only, a_only + b_only))
+
+
+def paired_difference_interval(both: int, a_only: int, b_only: int, neither: int,
+                               z: float = Z95) -> tuple[float, float]:
+    """Return the 95% interval of rate(A) - rate(B) from paired outcomes.
+
+    Newcombe's hybrid score interval for paired proportions (Stat. Med. 1998, method 10): the
+    two Wilson intervals combined with the correlation phi of the 2x2 table, so it stays in
+    [-1, 1] and behaves at small discordant counts where the Wald interval does not.
+    """
+    counts = (both, a_only, b_only, neither)
+    if min(counts) < 0 or sum(counts) == 0:
+        raise ValueError(f"paired counts must be non-negative with a positive total: {counts}")
+    n = sum(counts)
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    l1, u1 = wilson_interval(both + a_only, n, z)
+    l2, u2 = wilson_interval(both + b_only, n, z)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    phi = (both * neither - a_only * b_only) / math.sqrt(margins) if margins else 0.0
+    low = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    diff = p1 - p2
+    return max(-1.0, diff - low), min(1.0, diff + high)

@@ -1,4 +1,4 @@
-"""Summaries of paired LIBERO results: success with Wilson intervals, McNemar, table, chart.
+"""Summaries of paired LIBERO results: Wilson intervals, paired differences, McNemar, charts.
 
 Crashed episodes (``success`` None) are listed and left out of every rate; a paired
 comparison uses only the episodes both policies finished.
@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantvla_ros.workflows.eval_stats import mcnemar_exact, wilson_interval
+from quantvla_ros.workflows.eval_stats import (
+    mcnemar_exact,
+    paired_difference_interval,
+    wilson_interval,
+)
 
 
 def _rate(outcomes: list[bool]) -> dict:
@@ -43,9 +47,13 @@ def summarize(results, policies: Sequence[str]) -> dict:
                  if k[0] == base and (label, *k[1:]) in by_key]
         pairs = [(a, b) for a, b in pairs if a.success is not None and b.success is not None]
         test = mcnemar_exact([a.success for a, _ in pairs], [b.success for _, b in pairs])
+        both = sum(a.success and b.success for a, b in pairs)
+        interval = (paired_difference_interval(both, test.b_only, test.a_only,
+                                               test.n - both - test.a_only - test.b_only)
+                    if test.n else (-1.0, 1.0))
         out["paired"][label] = {"vs": base, "episodes": test.n, "only_base": test.a_only,
                                 "only_this": test.b_only, "difference": -test.difference,
-                                "mcnemar_p": test.p_value}
+                                "difference95": list(interval), "mcnemar_p": test.p_value}
     return out
 
 
@@ -56,15 +64,20 @@ def _pct(rate: dict) -> str:
     return f"{100 * rate['rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
+def _pts(fraction: float) -> str:
+    return f"{100 * fraction + 0.0:+.0f}"
+
+
 def markdown_table(summary: dict) -> str:
     """Return the summary as markdown: one row per policy, totals and per-task rates."""
     tasks = list(summary["tasks"])
-    head = ("| policy | success (95% Wilson) | n | crashed | vs first (McNemar p) | "
+    head = ("| policy | success (95% Wilson) | n | crashed | vs first (95%; McNemar p) | "
             + " | ".join(f"task {t}" for t in tasks) + " |")
     rows = [head, "|" + "---|" * (5 + len(tasks))]
     for label, s in summary["policies"].items():
         paired = summary["paired"].get(label)
-        vs = (f"{100 * paired['difference'] + 0.0:+.0f} pts (+{paired['only_this']} / "
+        vs = (f"{_pts(paired['difference'])} pts [{_pts(paired['difference95'][0])}, "
+              f"{_pts(paired['difference95'][1])}] (+{paired['only_this']} / "
               f"-{paired['only_base']}, p={paired['mcnemar_p']:.3g})" if paired else "-")
         per = " | ".join(f"{r['successes']}/{r['episodes']}" for r in s["per_task"].values())
         rows.append(f"| {label} | {_pct(s['total'])} | {s['total']['episodes']} | "
