@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from quantvla_ros.models.build import compute_dtype
 from quantvla_ros.quant.qlinear import QuantLinear
 
 # the producers of the prefix keys / values the action expert reads (pi0 / pi0.5 names)
@@ -144,8 +145,12 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold_(model: nn.Module, name: str, cmap: ChannelMap) -> None:
-    """Fold ``cmap`` into linear ``name`` in place (no runtime op is added)."""
+def fold_(model: nn.Module, name: str, cmap: ChannelMap,
+          dtype: torch.dtype = torch.float32) -> None:
+    """Fold ``cmap`` into linear ``name`` in place (no runtime op is added).
+
+    A new bias of an integer linear gets ``dtype`` (the model's activation dtype).
+    """
     lin = model.get_submodule(name)
     if isinstance(lin, QuantLinear):
         if cmap.lr_u is not None:
@@ -153,7 +158,7 @@ def fold_(model: nn.Module, name: str, cmap: ChannelMap) -> None:
                              "weights (use rank 0, or keep the linear float)")
         lin.scale_output_channels(cmap.g)  # also scales an existing bias
         if cmap.d.abs().max() > 0:
-            dtype = lin.bias.dtype if lin.bias is not None else torch.float32
+            dtype = lin.bias.dtype if lin.bias is not None else dtype
             base = lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
             lin.bias = (base.to(cmap.d) + cmap.d).to(dtype=dtype, device=lin.weight_q.device)
         return
@@ -211,6 +216,7 @@ def calibrate_csrc(teacher: nn.Module, student: nn.Module, batches: list[dict],
     ``names`` restricts the fit to some of the interface linears (ablations).
     """
     names = names or interface_names(student)
+    dtype = compute_dtype(student)
     ref = interface_outputs(teacher, batches, names)
     maps, rows = {}, []
     for layer in sorted({n.split(".")[2] for n in names}, key=int):
@@ -225,7 +231,7 @@ def calibrate_csrc(teacher: nn.Module, student: nn.Module, batches: list[dict],
             if runtime:
                 _set(student, n, Compensated(student.get_submodule(n), cmap))
             else:
-                fold_(student, n, cmap)
+                fold_(student, n, cmap, dtype)
             maps[n] = cmap
             if log:
                 r = rows[-1]
