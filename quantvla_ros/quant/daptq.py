@@ -17,7 +17,9 @@ Options (--method-option K=V; every one is recorded in the manifest's allocation
   drift=eq16|uniform|w1,...,wJ   action-dim weights (default eq16 on the teacher's chunks)
   states=fill|paper              candidate precisions (above)
   score_frames=N                 calibration frames the per-linear costs are measured on (16)
-  cost=pooled|median             a linear's cost over those frames (daptq_allocate.py)
+  cost=median|pooled             a linear's cost over those frames: the median of per-frame
+                                 errors (default; pooled sums let one frame's gripper flip
+                                 set the cost: docs/method.md, DA-PTQ)
   csrc=paired|moments|off        the compensation's per-channel solver (paired)
   csrc_bias=auto|1|0             fit d as a bias (1: its bf16 bytes count in the budget); 0
                                  keeps g only, whose fold is free; auto (default): 1 where
@@ -46,7 +48,7 @@ from quantvla_ros.quant.scheme import parse_bits
 
 BF16 = 2
 DEFAULTS = {"drift": "eq16", "states": "fill", "score_frames": "16", "csrc": "paired",
-            "csrc_bias": "auto", "csrc_rank": "0", "cost": "pooled"}
+            "csrc_bias": "auto", "csrc_rank": "0", "cost": "median"}
 
 
 def options_of(ctx: MethodContext) -> dict[str, str]:
