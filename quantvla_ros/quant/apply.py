@@ -7,6 +7,7 @@ footprint sizes, built here so both follow exactly what quantize_ stores.
 from __future__ import annotations
 
 import copy
+import ctypes
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,12 @@ from quantvla_ros.quant.qembedding import QuantEmbedding
 from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.scheme import QuantScheme
 from quantvla_ros.quant.smoothing import absorb, fold_into_norm, norm_groups, smoothing_factors
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018 (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,17 @@ def _absorbed(linear: nn.Module, s: torch.Tensor) -> nn.Module:
     return out
 
 
+def release_freed() -> None:
+    """Hand freed heap memory back to the kernel (glibc; elsewhere nothing).
+
+    Packing leaves each layer's packed tensors between the freed temporaries of the next, and
+    glibc keeps such holes: 16 W4A8 layers of 8192 x 2048 grew the resident set by 2.6x their
+    packed bytes without this, by exactly those bytes with it (2026-12-06).
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
@@ -167,6 +185,7 @@ def quantize_(model: nn.Module, config: QuantConfig, inputs: LinearInputs | None
             clip = _recorded(inputs.clip, name).to(linear.weight.device)
         _set_module(model, name, QuantLinear.from_float(linear, scheme, x_calib=x,
                                                         smooth=smooth, act_clip=clip))
+        release_freed()
     for name in select_embeddings(model, config.layout):
         _set_module(model, name, QuantEmbedding.from_float(model.get_submodule(name),
                                                            config.embedding_bits()))
