@@ -206,18 +206,8 @@ def evaluate(policies: dict[str, object], episodes: Sequence[Episode], protocol:
 
     ``video_episodes``: keep the frames of each policy's first this-many episodes.
     """
-    done = load_done(out)
-    wanted = set(episodes)
-    results = [EpisodeResult(**r) for r in done.values()
-               if r["policy"] in policies and Episode(r["task"], r["init"], r["seed"]) in wanted]
-    jobs = [(label, ep, k < video_episodes) for k, ep in enumerate(episodes)
-            for label in policies if (label, ep.task, ep.init, ep.seed) not in done]
+    results, jobs = pending_jobs(policies, episodes, out, video_episodes)
     pool = SimulatorPool(sim_factory)
-    lock = threading.Lock()
-    log = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log = (out / EPISODES_FILE).open("a")
 
     def job(label: str, ep: Episode, keep: bool) -> EpisodeResult:
         def failed(error: str, attempts: int) -> EpisodeResult:
@@ -228,9 +218,42 @@ def evaluate(policies: dict[str, object], episodes: Sequence[Episode], protocol:
                                           keep), failed)
 
     try:
+        return run_jobs(jobs, job, workers, out, results, on_result)
+    finally:
+        pool.close()
+
+
+def pending_jobs(labels, episodes: Sequence[Episode], out: Path | None,
+                 video_episodes: int = 0) -> tuple[list[EpisodeResult], list[tuple]]:
+    """Return (the results ``out`` already holds for these labels and episodes, the jobs left).
+
+    A job is (label, episode, keep frames); episode-major, so a partial run pairs every label.
+    """
+    done = load_done(out)
+    wanted = set(episodes)
+    results = [EpisodeResult(**r) for r in done.values()
+               if r["policy"] in labels and Episode(r["task"], r["init"], r["seed"]) in wanted]
+    jobs = [(label, ep, k < video_episodes) for k, ep in enumerate(episodes)
+            for label in labels if (label, ep.task, ep.init, ep.seed) not in done]
+    return results, jobs
+
+
+def run_jobs(jobs: list[tuple], job: Callable[..., EpisodeResult], workers: int,
+             out: Path | None, results: list[EpisodeResult],
+             on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Run ``job(*j)`` for every job on ``workers`` threads; return ``results`` with theirs.
+
+    Each result is appended to ``out``'s episodes.jsonl as it finishes (what makes runs
+    resumable) and passed to ``on_result``.
+    """
+    lock = threading.Lock()
+    log = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        log = (out / EPISODES_FILE).open("a")
+    try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as executor:
-            futures = [executor.submit(job, *j) for j in jobs]
-            for future in as_completed(futures):
+            for future in as_completed([executor.submit(job, *j) for j in jobs]):
                 result = future.result()
                 with lock:
                     results.append(result)
@@ -242,5 +265,4 @@ def evaluate(policies: dict[str, object], episodes: Sequence[Episode], protocol:
     finally:
         if log is not None:
             log.close()
-        pool.close()
     return results

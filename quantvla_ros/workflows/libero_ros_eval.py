@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,11 @@ import yaml
 
 from quantvla_ros.workflows import libero_ros_protocol as proto
 from quantvla_ros.workflows.libero_eval import (
-    EPISODES_FILE,
     Episode,
     EpisodeResult,
     Protocol,
-    load_done,
+    pending_jobs,
+    run_jobs,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -193,18 +192,9 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
     """
     labels = {ros_label(label, pace): (src, prec, pace)
               for label, (src, prec) in sources.items() for pace in paces}
-    done = load_done(out)
-    wanted = set(episodes)
-    results = [EpisodeResult(**r) for r in done.values()
-               if r["policy"] in labels and Episode(r["task"], r["init"], r["seed"]) in wanted]
-    jobs = [(label, ep, k < video_episodes) for k, ep in enumerate(episodes)
-            for label in labels if (label, ep.task, ep.init, ep.seed) not in done]
+    results, jobs = pending_jobs(labels, episodes, out, video_episodes)
     base = 120 + os.getpid() % 80 if domain_base is None else domain_base
     local, lock, counter = threading.local(), threading.Lock(), [0]
-    log = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        log = (out / EPISODES_FILE).open("a")
 
     def domain() -> int:
         if not hasattr(local, "domain"):
@@ -226,18 +216,4 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
         return EpisodeResult(label, ep.task, ep.init, ep.seed, None, attempts=2,
                              error=" | ".join(errors))
 
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as executor:
-            for future in as_completed([executor.submit(job, *j) for j in jobs]):
-                result = future.result()
-                with lock:
-                    results.append(result)
-                    if log is not None:
-                        log.write(json.dumps(result.record()) + "\n")
-                        log.flush()
-                if on_result is not None:
-                    on_result(result)
-    finally:
-        if log is not None:
-            log.close()
-    return results
+    return run_jobs(jobs, job, workers, out, results, on_result)
