@@ -78,11 +78,7 @@ class QuantLinear(nn.Module):
         if scheme.clip_search and x_calib is not None:
             clip = search_clip(w, q.transform_input(x_calib).float(), scheme.w_bits,
                                scheme.group_size, fake=q.format.fake_quantize)
-        packed = q.format.pack(w, scheme.group_size, clip)
-        q.weight_q.copy_(packed.weight_q)
-        q.weight_scale.copy_(packed.weight_scale)
-        if packed.group_scale is not None:
-            q.weight_group_scale.copy_(packed.group_scale)
+        q.store_packed(q.format.pack(w, scheme.group_size, clip))
         if act_clip is not None:
             q.act_clip.copy_(act_clip)
         if linear.bias is not None:
@@ -98,6 +94,13 @@ class QuantLinear(nn.Module):
     def progressive(self) -> bool:
         """W4A8 stores K-half packed weights with two-level (float x int8) scales."""
         return self.format.name == "w4a8"
+
+    def store_packed(self, packed) -> None:
+        """Copy a `WeightFormat.pack` result into this layer's weight buffers."""
+        self.weight_q.copy_(packed.weight_q)
+        self.weight_scale.copy_(packed.weight_scale)
+        if packed.group_scale is not None:
+            self.weight_group_scale.copy_(packed.group_scale)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return x as the kernel quantizes it: rotated if Hadamard is on, before smoothing."""

@@ -63,11 +63,7 @@ class RowBlockLinear(nn.Module):
                 device=w.device, dtype=w.dtype)
         h = spec.hi_rows
         for block, rows in ((m.hi, w[:h]), (m.lo, w[h:])):
-            packed = block.format.pack(rows.float(), block.scheme.group_size)
-            block.weight_q.copy_(packed.weight_q)
-            block.weight_scale.copy_(packed.weight_scale)
-            if packed.group_scale is not None:
-                block.weight_group_scale.copy_(packed.group_scale)
+            block.store_packed(block.format.pack(rows.float(), block.scheme.group_size))
         if b is not None:
             m.bias.copy_(b)
         if m.out_index is not None:
