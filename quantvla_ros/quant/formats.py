@@ -96,8 +96,8 @@ class WeightFormat:
         raise NotImplementedError
 
     def matmul(self, x_q, x_scale, weight_q, weight_scale, group_scale, *, group_size,
-               out_dtype):
-        """Scaled GEMM of already quantized int8 rows (x_q [M, K], x_scale [M])."""
+               out_dtype, bias=None):
+        """Scaled GEMM of already quantized int8 rows (x_q [M, K], x_scale [M]) (+ bias)."""
         raise NotImplementedError(f"{self.name} takes no pre-quantized int8 rows")
 
     def stored_bytes(self, n: int, k: int, group_size: int | None) -> int:
@@ -128,9 +128,9 @@ class W8A8(WeightFormat):
                                     group_size=group_size, smooth=smooth)
 
     def matmul(self, x_q, x_scale, weight_q, weight_scale, group_scale, *, group_size,
-               out_dtype):
+               out_dtype, bias=None):
         """int8 x int8 GEMM of pre-quantized rows."""
-        return dispatch.matmul_w8a8(x_q, x_scale, weight_q, weight_scale,
+        return dispatch.matmul_w8a8(x_q, x_scale, weight_q, weight_scale, bias=bias,
                                     group_size=group_size, out_dtype=out_dtype)
 
 
@@ -197,11 +197,11 @@ class W4A8(WeightFormat):
                                     group_scale=group_scale)
 
     def matmul(self, x_q, x_scale, weight_q, weight_scale, group_scale, *, group_size,
-               out_dtype):
+               out_dtype, bias=None):
         """int8 x K-half int4 GEMM of pre-quantized rows."""
         return dispatch.matmul_w4a8(x_q, x_scale, weight_q, weight_scale,
                                     group_scale=group_scale, group_size=group_size,
-                                    out_dtype=out_dtype)
+                                    bias=bias, out_dtype=out_dtype)
 
 
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (W8A8(), W4A8(), W4A4())}

@@ -13,8 +13,10 @@ nothing about fusions.
 - Each block also takes the previous block's deferred residual `h + out * gate`
   (models/layers.add_residual) into that kernel: `project` / `deferred` (joint_forward).
 
-Packed weights and per-row scales concatenate along N, so fusing is exact bookkeeping. The
-separate projections are dropped; artifacts always store them unfused.
+Packed weights, per-row scales and biases (zeros for a projection without one) concatenate
+along N, so fusing is exact bookkeeping. The gate/up GEMM has no bias epilogue, so gate / up
+fuse only without biases. The separate projections are dropped; artifacts always store them
+unfused.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ from quantvla_ros.quant.qlinear import QuantLinear
 
 
 def _cat_weights(module: nn.Module, linears: list[QuantLinear]) -> None:
+    """Concatenate packed weights and scales along N; biases too (zeros where one has none).
+
+    `module.bias` is None when no linear has a bias (e.g. DA-PTQ's CSRC d folds one into
+    the backbone's k / v projections only).
+    """
     module.register_buffer("weight_q", torch.cat([q.weight_q for q in linears]))
     module.register_buffer("weight_scale", torch.cat([q.weight_scale for q in linears]))
     group = [q.weight_group_scale for q in linears]
     module.register_buffer("weight_group_scale",
                            torch.cat(group) if group[0] is not None else None)
+    biases = [q.bias for q in linears]
+    ref = next((b for b in biases if b is not None), None)
+    module.register_buffer("bias", None if ref is None else torch.cat(
+        [b.to(ref) if b is not None else torch.zeros(q.out_features).to(ref)
+         for q, b in zip(linears, biases, strict=True)]))
 
 
 def _group(module: nn.Module) -> dict:
@@ -99,7 +111,7 @@ class NormQuantProjections(nn.Module):
                                  **_group(self))
             return h, y.reshape(*lead, y.shape[-1]), gate
         y = format_of(self.scheme).matmul(q, s, self.weight_q, self.weight_scale,
-                                          self.weight_group_scale,
+                                          self.weight_group_scale, bias=self.bias,
                                           group_size=self.scheme.group_size, out_dtype=h.dtype)
         return h, tuple(part.reshape(*lead, part.shape[-1])
                         for part in y.split(self.splits, -1)), gate
@@ -227,13 +239,16 @@ class AdaNormGateUp(nn.Module):
         return h, (self.mlp.quantized(q, s, h.shape[:-1], h.dtype), mod.gate)
 
 
-def fusable(linears: list[nn.Module]) -> bool:
-    """Quantized alike, int8 activations, nothing applied to x before the kernel."""
+def fusable(linears: list[nn.Module], bias: bool = True) -> bool:
+    """Quantized alike, int8 activations, nothing applied to x before the kernel.
+
+    `bias=False`: also no bias (the gate/up GEMM has no bias epilogue).
+    """
     if not all(isinstance(q, QuantLinear) for q in linears):
         return False
     first = linears[0].scheme
     return all(q.scheme == first and q.scheme.a_bits == 8 and not q.hadamard_block
-               and q.bias is None and q.smooth is None and q.act_clip is None
+               and (bias or q.bias is None) and q.smooth is None and q.act_clip is None
                for q in linears)
 
 
@@ -259,7 +274,8 @@ def fuse_projections(model: nn.Module) -> dict[str, int]:
             if not isinstance(mlp_block, MLPBlock):
                 continue
             mlp = mlp_block.mlp
-            if not isinstance(mlp, GeGLU) or not fusable([mlp.gate_proj, mlp.up_proj]):
+            if not isinstance(mlp, GeGLU) or not fusable([mlp.gate_proj, mlp.up_proj],
+                                                           bias=False):
                 continue
             if isinstance(mlp_block.norm, RMSNorm):
                 layer.swap_mlp_block(NormGateUp(mlp_block))

@@ -6,8 +6,8 @@ RoPE + in-place KV write as `PiModel.ops`:
 
 - residual add + (ada)RMSNorm in one kernel (kernels/norm_kernels.add_norm): joint_forward
   defers each block's residual into the next norm;
-- q/k/v (and gate/up) of plain float linears concatenated into one GEMM, with a one-kernel
-  GeGLU activation after the gate/up GEMM;
+- q/k/v (and gate/up) of plain float linears concatenated into one GEMM (biases too, zeros
+  for a linear without one), with a one-kernel GeGLU activation after the gate/up GEMM;
 - RoPE of q and k with the key/value cache write in one kernel (kernels/rope_kernels.py).
 
 It lives here, not in models/ (which imports nothing of the package) nor quant/ (these are
@@ -59,13 +59,22 @@ def fused_add_norm(norm: nn.Module, h: torch.Tensor, res, cond):
     return h, y, None
 
 
-def _concat(linears: list[nn.Module]) -> torch.Tensor | None:
-    """One [sum N, K] weight for plain bias-free float linears of one dtype, else None."""
-    if not all(type(m) is nn.Linear and m.bias is None for m in linears):
-        return None
+def _concat(linears: list[nn.Module]):
+    """(one [sum N, K] weight, its bias or None) for plain float linears of one dtype.
+
+    Biases concatenate with zeros for a linear without one (DA-PTQ's CSRC d may give k / v
+    one); (None, None) when the linears cannot be concatenated.
+    """
+    if not all(type(m) is nn.Linear for m in linears):
+        return None, None
     if len({(m.weight.dtype, m.weight.device) for m in linears}) != 1:
-        return None
-    return torch.cat([m.weight.detach() for m in linears])
+        return None, None
+    bias = None
+    if any(m.bias is not None for m in linears):
+        w = linears[0].weight
+        bias = torch.cat([m.bias.detach().to(w) if m.bias is not None else
+                          w.new_zeros(m.out_features) for m in linears])
+    return torch.cat([m.weight.detach() for m in linears]), bias
 
 
 class FusedNorm(nn.Module):
@@ -101,14 +110,15 @@ class FusedAttentionInput(nn.Module):
         names = ("k_proj", "v_proj") if attn.kv_only else ("q_proj", "k_proj", "v_proj")
         linears = [getattr(attn, n) for n in names]
         self.splits = [m.out_features for m in linears]
-        weight = _concat(linears)
+        weight, bias = _concat(linears)
         self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
         self.projs = nn.ModuleList(linears) if weight is None else None
 
     def _outputs(self, x: torch.Tensor):
         if self.weight is None:
             return [p(x) for p in self.projs]
-        return F.linear(x, self.weight).split(self.splits, -1)
+        return F.linear(x, self.weight, self.bias).split(self.splits, -1)
 
     def project(self, h: torch.Tensor, res, cond):
         """Return (h + res, q [B, H, S, D], k, v [B, KVH, S, D], gate)."""
@@ -140,8 +150,10 @@ class FusedMLPBlock(nn.Module):
         super().__init__()
         mlp = block.mlp
         self.norm = block.norm
-        weight = _concat([mlp.gate_proj, mlp.up_proj]) if isinstance(mlp, GeGLU) else None
+        weight, bias = _concat([mlp.gate_proj, mlp.up_proj]) if isinstance(mlp, GeGLU) \
+            else (None, None)
         self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
         if weight is None:
             self.mlp = mlp
         else:
@@ -152,7 +164,7 @@ class FusedMLPBlock(nn.Module):
         h, x, gate = fused_add_norm(self.norm, h, res, cond)
         if self.weight is None:
             return h, (self.mlp(x), gate)
-        return h, (self.down_proj(norm_kernels.geglu(F.linear(x, self.weight))), gate)
+        return h, (self.down_proj(norm_kernels.geglu(F.linear(x, self.weight, self.bias))), gate)
 
     def forward(self, h: torch.Tensor, cond):
         """Return h plus the (gated) MLP of its norm, as `MLPBlock`."""
