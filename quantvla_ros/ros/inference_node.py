@@ -25,20 +25,24 @@ import gc
 import sys
 import time
 
-import numpy as np
 import rclpy
 import torch
-from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
-from quantvla_ros.data.observation import Observation, ObservationError
+from quantvla_ros.data.observation import ObservationError
 from quantvla_ros.ros import diagnostics as diag
 from quantvla_ros.ros import params
-from quantvla_ros.ros.convert import ns_to_sec_nsec
 from quantvla_ros.ros.inputs import Assembled, InputHub
+from quantvla_ros.ros.node_output import diagnostics, trajectory
+from quantvla_ros.ros.node_policy import (  # noqa: F401 - re-exported
+    ConfigureError,
+    _blank_observation,
+    load_policy,
+    warm_up,
+)
 from quantvla_ros.ros.noise import policy_noise
 from quantvla_ros.ros.settings import (
     INFERENCE_PARAMS,
@@ -48,8 +52,6 @@ from quantvla_ros.ros.settings import (
 )
 from quantvla_ros.ros.worker import LatestWorker
 from quantvla_ros.runtime.policy import Policy
-from quantvla_ros.runtime.source import PolicySource, PolicySourceError
-from quantvla_ros.workflows.memory_fit import check_fits, load_need
 
 NODE_NAME = "quantvla_node"
 LOG_THROTTLE_S = 2.0  # one line per problem kind per 2 s at most
@@ -57,78 +59,6 @@ DIAGNOSTICS_PERIOD_S = 1.0
 
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
-
-
-class ConfigureError(Exception):
-    """A reason to fail the configure transition (logged, never raised out of it)."""
-
-
-def load_policy(s: InferenceSettings) -> Policy:
-    """Load and check the policy for these settings, or raise ConfigureError saying why."""
-    try:
-        source = PolicySource.resolve(s.policy, seed=s.seed)
-    except PolicySourceError as exc:
-        raise ConfigureError(f"cannot load policy {s.policy!r}: {exc}") from exc
-    if s.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigureError(f"device {s.device!r} requested but CUDA is not available")
-    try:
-        # refused before loading when it cannot fit (MemoryFitError says need and free)
-        check_fits(load_need(source, s.precision, infer=True), s.device,
-                   f"loading {s.policy!r} and running it")
-        policy = Policy.load(source, device=s.device, precision=s.precision, **s.options)
-    except Exception as exc:  # CheckpointError, KeyError (unknown model), artifact errors, ...
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise ConfigureError(f"cannot load policy {s.policy!r}: {msg}") from exc
-    joints = len(s.inputs.joint_names)
-    unknown = [c.slot for c in s.inputs.cameras if c.slot not in policy.cfg.cameras]
-    if unknown:
-        raise ConfigureError(f"camera_slots {unknown} are not slots of this policy; it has "
-                             f"{list(policy.cfg.cameras)}")
-    outputs = len(s.output_names)
-    if policy.action_dim < outputs:
-        what = "action_names" if s.action_names else "joint_names"
-        raise ConfigureError(f"the policy outputs {policy.action_dim} action dims but "
-                             f"{what} lists {outputs}")
-    # Statistics fix the robot's state length; without them the policy zero-pads any length
-    # up to the model's state width.
-    if policy.state_dim is not None and policy.state_dim != joints:
-        raise ConfigureError(f"the policy's statistics describe a {policy.state_dim}-dim state "
-                             f"but joint_names lists {joints} joints")
-    if joints > policy.max_state_dim:
-        raise ConfigureError(f"the policy takes at most {policy.max_state_dim} state values but "
-                             f"joint_names lists {joints} joints")
-    if s.actions_per_chunk > policy.cfg.action_horizon:
-        raise ConfigureError(f"actions_per_chunk {s.actions_per_chunk} exceeds the policy's "
-                             f"action horizon {policy.cfg.action_horizon}")
-    # A family that needs every slot (GR00T) rejects a partial mapping here, not per message.
-    try:
-        policy.prepare(_blank_observation(policy, s))
-    except ObservationError as exc:
-        raise ConfigureError(f"camera_slots {list(s.inputs.slots)} do not suit this policy: "
-                             f"{exc}") from exc
-    return policy
-
-
-def _blank_observation(policy: Policy, s: InferenceSettings) -> Observation:
-    size = policy.cfg.vision.image_size
-    return Observation({c.slot: np.full((size, size, 3), 128, np.uint8) for c in s.inputs.cameras},
-                       np.zeros(len(s.inputs.joint_names), np.float32),
-                       s.inputs.default_instruction.strip() or "warm up")
-
-
-def trajectory(stamp_ns: int, joint_names, actions: np.ndarray,
-               control_rate_hz: float) -> JointTrajectory:
-    """Build a JointTrajectory: one point per row of ``actions`` [n, len(joint_names)]."""
-    msg = JointTrajectory()
-    sec, nsec = ns_to_sec_nsec(stamp_ns)
-    msg.header.stamp = Time(sec=sec, nanosec=nsec)
-    msg.joint_names = list(joint_names)
-    dt_ns = 1e9 / control_rate_hz
-    for i, row in enumerate(actions):
-        sec, nsec = ns_to_sec_nsec(round((i + 1) * dt_ns))
-        msg.points.append(JointTrajectoryPoint(
-            positions=[float(v) for v in row], time_from_start=Duration(sec=sec, nanosec=nsec)))
-    return msg
 
 
 class QuantVLANode(LifecycleNode):
@@ -181,7 +111,7 @@ class QuantVLANode(LifecycleNode):
         try:
             settings = parse_inference(params.read(self, INFERENCE_PARAMS))
             policy = load_policy(settings)
-            self._warm_up(policy, settings)
+            warm_up(policy, settings)
             self.settings, self.policy = settings, policy
             self._reset_stats()
             self._traj_pub = self.create_lifecycle_publisher(
@@ -209,11 +139,6 @@ class QuantVLANode(LifecycleNode):
         self.get_logger().error(f"configure failed: {reason}")
         self._teardown()
         return FAILURE
-
-    def _warm_up(self, policy: Policy, s: InferenceSettings) -> None:
-        obs = _blank_observation(policy, s)
-        for i in range(s.warmup_runs):
-            policy.infer(obs, noise=policy_noise(policy, s.seed, i))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the inference timer and diagnostics."""
@@ -338,38 +263,7 @@ class QuantVLANode(LifecycleNode):
 
     def diagnostics(self) -> DiagnosticArray:
         """Build the diagnostics message and clear the problems it reports."""
-        s, name = self.settings, self.get_name()
-        dropped = self._worker.dropped if self._worker else 0
-        values: dict[str, object] = {
-            "policy": s.policy, "device": s.device, "precision": s.precision,
-            "trajectories_published": self.published, "inferences": self.latency.count,
-        }
-        for label, stats in (("latency_ms", self.latency),
-                             ("observation_to_publish_ms", self.obs_to_publish)):
-            summary = stats.summary() or {}
-            for k, v in summary.items():
-                values[f"{label}_{k}"] = v
-        if s.device.startswith("cuda") and torch.cuda.is_available():
-            values["gpu_memory_allocated_mb"] = torch.cuda.memory_allocated(s.device) / 2**20
-            values["gpu_memory_reserved_mb"] = torch.cuda.memory_reserved(s.device) / 2**20
-        policy_problems = self.policy_problems.take()
-        level = max((p.level for p in policy_problems.values()), default=diag.OK)
-        lat = self.latency.summary()
-        text = "; ".join(p.message for p in policy_problems.values()) or (
-            f"p50 {lat['p50']:.1f} ms" if lat else "no inference yet")
-        totals = self.input_problems.totals
-        input_values: dict[str, object] = {
-            "dropped_observations": dropped, "stale_inputs": totals["stale"],
-            "bad_inputs": totals["bad"],
-        }
-        for slot, age in self._inputs.camera_ages().items():
-            input_values[f"frame_age_s.{slot}"] = "none" if age is None else age
-        now = self.get_clock().now().to_msg()
-        return diag.array(now, [
-            diag.status(f"{name}: policy", level, text, s.policy, values),
-            diag.problems_status(f"{name}: inputs", name, self.input_problems.take(),
-                                 input_values),
-        ])
+        return diagnostics(self)
 
 
 def main(argv: list[str] | None = None) -> int:
