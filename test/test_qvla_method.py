@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantvla_ros.quant.apply import QuantConfig
+from quantvla_ros.quant.apply import QuantConfig, _set_module
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.balance import BalanceConfig
 from quantvla_ros.quant.footprint import stored_bytes
@@ -16,7 +16,13 @@ from quantvla_ros.quant.qlinear import QuantLinear
 from quantvla_ros.quant.qvla import option_schemes, units_of
 from quantvla_ros.quant.row_blocks import RowBlockLinear
 from quantvla_ros.quant.scheme import parse_bits
-from quantvla_ros.quant.sensitivity import action_error, row_errors, unit_errors
+from quantvla_ros.quant.sensitivity import (
+    action_error,
+    frame_errors,
+    reduce_frames,
+    row_errors,
+    unit_errors,
+)
 from quantvla_ros.runtime.policy import Policy
 from quantvla_ros.workflows.methods import method_context
 from quantvla_ros.workflows.quantize import (
@@ -155,6 +161,66 @@ def test_costs_cache_is_read_only_for_the_same_fingerprint(micro, tmp_path):
     first = measure(ctx, units, pairs, schemes, 1, cache)
     again = measure(ctx, units, pairs, schemes, 1, cache)
     assert first[2].startswith("measured") and again[2].startswith("read from")
-    assert again[0] == first[0]
+    assert again[0].keys() == first[0].keys()
+    assert all(torch.equal(again[0][u][o], first[0][u][o]) for u in first[0] for o in schemes)
     assert all(torch.equal(again[1][n][o], first[1][n][o]) for n in first[1] for o in schemes)
     assert measure(ctx, units, pairs, schemes, 2, cache)[2].startswith("measured")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """pi05-tiny, the expert MLPs at W4A8, 6 synthetic frames in batches of 3."""
+    policy = Policy.from_config("pi05-tiny", seed=0)
+    batches = prepare_batches(policy, list(open_buffer_for(policy, "synthetic:6")), 3)
+    qcfg = QuantConfig(parse_bits("w4a8"), get_layout("expert_mlp", family="pi"))
+    ctx = method_context(policy, copy.deepcopy(policy.model), qcfg, 0.4, batches,
+                         log=lambda *_: None)
+    return ctx
+
+
+def test_frame_errors_reduce_to_the_pooled_and_the_median_cost(tiny):
+    """Per-frame errors: their mean is the pooled mse (the default cost), median per frame."""
+    ctx = tiny
+    schemes = option_schemes(ctx)
+    unit = (GATE, GATE.replace("gate", "up"))
+    ref, pooled = unit_errors(ctx, [unit], schemes)
+    _, median = unit_errors(ctx, [unit], schemes, cost="median")
+    model = copy.deepcopy(ctx.model)
+    for n in unit:
+        _set_module(model, n, QuantLinear.from_float(model.get_submodule(n),
+                                                     schemes["w4a8"][n]))
+    actions = ctx.sample(model, ctx.batches)
+    frames = frame_errors(actions, ref, ctx.action_dims)
+    assert frames.shape == (6,) and len({float(f) for f in frames}) == 6
+    assert math.isclose(pooled[unit]["w4a8"], action_error(actions, ref, ctx.action_dims),
+                        rel_tol=1e-12)
+    assert median[unit]["w4a8"] == float(frames.median()) == reduce_frames(frames, "median")
+    assert median[unit]["w4a8"] != pooled[unit]["w4a8"]
+    with pytest.raises(ValueError, match="pooled or median"):
+        reduce_frames(frames, "mean")
+
+
+def test_median_and_pooled_costs_come_from_one_measurement(tiny, tmp_path):
+    """cost=median reads the per-frame errors cost=pooled cached; each records the other."""
+    from quantvla_ros.quant.qvla import METHOD
+
+    cache = str(tmp_path / "costs.pt")
+    plans = {}
+    for cost in ("pooled", "median"):
+        ctx = copy.copy(tiny)
+        ctx.options = {"costs": cache, "probes": "1", "cost": cost}
+        plans[cost] = METHOD.plan(ctx).record
+    assert plans["pooled"]["costs"].startswith("measured")
+    assert plans["median"]["costs"].startswith("read from")
+    assert [plans[c]["cost_reduction"] for c in plans] == ["pooled", "median"]
+    for p, m in zip(plans["pooled"]["units"], plans["median"]["units"], strict=True):
+        assert p["other_cost"] == {"w8a8": m["w8a8"], "w4a8": m["w4a8"]}
+        assert m["other_cost"] == {"w8a8": p["w8a8"], "w4a8": p["w4a8"]}
+    assert any(p["w4a8"] != m["w4a8"] for p, m in zip(plans["pooled"]["units"],
+                                                         plans["median"]["units"], strict=True))
+    for record in plans.values():
+        assert 0.99 * tiny.budget_bytes <= record["planned_bytes"] <= tiny.budget_bytes
+    ctx = copy.copy(tiny)
+    ctx.options = {"costs": cache, "cost": "mean"}
+    with pytest.raises(ValueError, match="cost is pooled or median"):
+        METHOD.plan(ctx)

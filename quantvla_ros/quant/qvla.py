@@ -15,7 +15,10 @@ stored bytes land within one row's bytes of the budget whenever a gate / up unit
 W4A8 or mixed.
 
 Options (--method-option): solver=dp|greedy, row_blocks=1|0, probes=R (4), block=ROWS,
-costs=FILE (measure once for a budget sweep: read when its fingerprint matches).
+cost=pooled|median (how a unit's per-frame errors reduce over the calibration frames:
+the pooled mean squared error, the default, or the per-frame median), costs=FILE (measure
+once for a budget sweep: per-frame errors, read when the fingerprint matches, so either
+reduction comes from the one measurement).
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ from quantvla_ros.quant.budget import option_bytes
 from quantvla_ros.quant.plan import MethodContext, Plan
 from quantvla_ros.quant.qvla_rows import block_options, ladder, top_up
 from quantvla_ros.quant.scheme import QuantScheme
-from quantvla_ros.quant.sensitivity import row_errors, supports_row_errors, unit_errors
+from quantvla_ros.quant.sensitivity import (
+    COSTS,
+    reduce_frames,
+    row_errors,
+    supports_row_errors,
+    unit_frame_errors,
+)
 
 W8, W4 = "w8a8", "w4a8"
 
@@ -87,14 +96,19 @@ class Qvla:
         solver = opts.get("solver", "dp")
         if solver not in ("dp", "greedy"):
             raise ValueError(f"qvla: solver is dp or greedy, got {solver!r}")
+        reduction = opts.get("cost", "pooled")
+        if reduction not in COSTS:
+            raise ValueError(f"qvla: cost is {' or '.join(COSTS)}, got {reduction!r}")
         units = units_of(list(ctx.schemes))
         schemes = option_schemes(ctx)
         rows_ok = (opts.get("row_blocks", "1") != "0" and supports_row_errors(ctx.model)
                    and not any(s.clip_search or s.act_clip is not None
                                for s in ctx.schemes.values()))
         pairs = [u for u in units if len(u) == 2] if rows_ok else []
-        exact, rows, source = measure(ctx, units, pairs, schemes, int(opts.get("probes", 4)),
-                                      opts.get("costs"))
+        frames, rows, source = measure(ctx, units, pairs, schemes,
+                                       int(opts.get("probes", 4)), opts.get("costs"))
+        exact = reduce_units(frames, reduction)
+        alt_cost = reduce_units(frames, COSTS[1 - COSTS.index(reduction)])
         items, ladders = [], {}
         for i, u in enumerate(units):
             mods = [ctx.model.get_submodule(n) for n in u]
@@ -140,7 +154,7 @@ class Qvla:
             else:
                 record_rows = {}
             record.append({"linears": list(u), "w8a8": exact[u][W8], "w4a8": exact[u][W4],
-                           **record_rows,
+                           "other_cost": alt_cost[u], **record_rows,
                            "first_order_rowsum_w8a8": _sum(rows, u, W8),
                            "first_order_rowsum_w4a8": _sum(rows, u, W4),
                            "choice": label, "bytes": unit_bytes, "cost": unit_cost})
@@ -149,8 +163,11 @@ class Qvla:
             "solver_only": {"bytes": solved[0], "cost": solved[1]},
             "other_solver": {"solver": "greedy" if solver == "dp" else "dp",
                              "bytes": alt[0], "cost": alt[1]},
-            "cost_unit": "mean squared action error vs the float teacher (model space, robot "
-                         "dims), summed over units",
+            "cost_reduction": reduction,
+            "cost_unit": ("median over frames of the per-frame" if reduction == "median"
+                          else "pooled") + " mean squared action error vs the float teacher "
+                         "(model space, robot dims), summed over units; other_cost: the other "
+                         "reduction of the same per-frame errors",
             "calibration_batches": len(ctx.batches), "probes": int(opts.get("probes", 4))
             if pairs else 0, "costs": source,
             "units": record,
@@ -163,30 +180,36 @@ class Qvla:
 
 
 def measure(ctx, units, pairs, schemes, probes: int, cache: str | None):
-    """Return (exact unit errors, first-order row errors, where they came from).
+    """Return (per-frame unit errors, first-order row errors, where they came from).
 
+    Per-frame errors: {unit: {option: float64 [frames]}} (`reduce_units` makes costs).
     `cache` (--method-option costs=FILE) lets a budget sweep measure once: a file whose
-    fingerprint (teacher tensors, calibration inputs, schemes, probes) matches is read,
-    anything else is measured and written there.
+    fingerprint (teacher tensors, calibration inputs, schemes, probes) matches and that
+    holds per-frame errors is read, anything else is measured and written there.
     """
     key = fingerprint(ctx, units, pairs, schemes, probes)
     if cache and Path(cache).is_file():
         saved = torch.load(cache)
-        if saved.get("fingerprint") == key:
+        if saved.get("fingerprint") == key and "frames" in saved:
             ctx.log(f"qvla: costs read from {cache}")
-            return ({u: saved["exact"]["|".join(u)] for u in units}, saved["rows"],
+            return ({u: saved["frames"]["|".join(u)] for u in units}, saved["rows"],
                     f"read from {cache} ({key[:12]})")
     ctx.log(f"qvla: exact action error of {len(units)} units at w8a8 / w4a8 "
             f"({2 * len(units)} sampler runs over {len(ctx.batches)} batches)")
-    _, exact = unit_errors(ctx, units, schemes)
+    _, frames = unit_frame_errors(ctx, units, schemes)
     rows = {}
     if pairs:
         ctx.log(f"qvla: first-order row errors of {len(pairs)} gate / up pairs")
         rows = row_errors(ctx, [n for u in pairs for n in u], schemes, probes=probes)
     if cache:
-        torch.save({"fingerprint": key, "exact": {"|".join(u): v for u, v in exact.items()},
+        torch.save({"fingerprint": key, "frames": {"|".join(u): v for u, v in frames.items()},
                     "rows": rows}, cache)
-    return exact, rows, f"measured ({key[:12]})"
+    return frames, rows, f"measured ({key[:12]})"
+
+
+def reduce_units(frames, cost: str) -> dict[tuple[str, ...], dict[str, float]]:
+    """Reduce per-frame errors to {unit: {option: cost}} (`pooled` mean or `median`)."""
+    return {u: {o: reduce_frames(e, cost) for o, e in per.items()} for u, per in frames.items()}
 
 
 def fingerprint(ctx, units, pairs, schemes, probes: int) -> str:

@@ -5,7 +5,10 @@ action is read: the context's batches are observations turned into model inputs)
 
 - `unit_errors`, exact: one unit (a linear, or gate + up together) at a time through the
   real integer path (QuantLinear: the deployment's weight and activation quantizers), every
-  other weight float; the mean squared action error over the robot's action dims.
+  other weight float; the mean squared action error over the robot's action dims, per
+  frame (`unit_frame_errors`), reduced over frames by `reduce_frames`: `pooled` (the mean,
+  i.e. the pooled mean squared error) or `median` (robust to a few frames whose actions
+  jump).
 - `row_errors`, first order per output row (QVLA's per-channel sensitivity, without the
   isotropy assumption; shared/QVLA-DAPTQ.md 3.1 step 1): backpropagate random probes
   <v, A> through the whole sampler; each call of a hooked linear adds sum_tokens G * dY per
@@ -40,25 +43,62 @@ def action_error(actions: torch.Tensor, reference: torch.Tensor, dims: int) -> f
     return float(d.pow(2).mean())
 
 
-@torch.no_grad()
-def unit_errors(ctx: MethodContext, units: list[tuple[str, ...]],
-                schemes: dict[str, dict[str, QuantScheme]], progress=None
-                ) -> tuple[torch.Tensor, dict[tuple[str, ...], dict[str, float]]]:
-    """Exact action error of each unit at each option: {unit: {option: mse}}.
+def frame_errors(actions: torch.Tensor, reference: torch.Tensor, dims: int) -> torch.Tensor:
+    """Per-frame mean squared error over the first `dims` action dims: float64 [N]."""
+    d = actions[..., :dims].double() - reference[..., :dims].double()
+    return d.pow(2).flatten(1).mean(1)
 
-    `schemes[option][linear]` is the scheme a linear gets at that option. Also returns the
-    teacher's chunk the errors are measured against.
+
+COSTS = ("pooled", "median")
+
+
+def reduce_frames(errors: torch.Tensor, cost: str) -> float:
+    """One cost from per-frame errors [N]: `pooled` (mean) or `median` (the lower middle).
+
+    Every frame holds the same number of action values, so `pooled` is the mean squared
+    error over all of them (`action_error`).
+    """
+    if cost == "pooled":
+        return float(errors.mean())
+    if cost == "median":
+        return float(errors.median())
+    raise ValueError(f"cost is {' or '.join(COSTS)}, not {cost!r}")
+
+
+def unit_errors(ctx: MethodContext, units: list[tuple[str, ...]],
+                schemes: dict[str, dict[str, QuantScheme]], progress=None,
+                cost: str = "pooled"
+                ) -> tuple[torch.Tensor, dict[tuple[str, ...], dict[str, float]]]:
+    """Exact action error of each unit at each option: {unit: {option: cost}}.
+
+    The per-frame errors of `unit_frame_errors`, reduced by `reduce_frames(., cost)`. Also
+    returns the teacher's chunk the errors are measured against.
+    """
+    reference, frames = unit_frame_errors(ctx, units, schemes, progress)
+    return reference, {u: {o: reduce_frames(e, cost) for o, e in per.items()}
+                       for u, per in frames.items()}
+
+
+@torch.no_grad()
+def unit_frame_errors(ctx: MethodContext, units: list[tuple[str, ...]],
+                      schemes: dict[str, dict[str, QuantScheme]], progress=None
+                      ) -> tuple[torch.Tensor, dict[tuple[str, ...], dict[str, torch.Tensor]]]:
+    """Exact per-frame action error of each unit at each option: {unit: {option: [N]}}.
+
+    `schemes[option][linear]` is the scheme a linear gets at that option; [N] is the mean
+    squared error of each calibration frame (`frame_errors`). Also returns the teacher's
+    chunk the errors are measured against.
     """
     model = shared_copy(ctx.model).eval()
     reference = ctx.sample(model, ctx.batches)
-    out: dict[tuple[str, ...], dict[str, float]] = {}
+    out: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
     for unit in (progress(units) if progress else units):
         floats = {n: model.get_submodule(n) for n in unit}
         out[unit] = {}
         for option, table in schemes.items():
             for n in unit:
                 _set_module(model, n, QuantLinear.from_float(floats[n], table[n]))
-            out[unit][option] = action_error(ctx.sample(model, ctx.batches), reference,
+            out[unit][option] = frame_errors(ctx.sample(model, ctx.batches), reference,
                                              ctx.action_dims)
         for n, m in floats.items():
             _set_module(model, n, m)
