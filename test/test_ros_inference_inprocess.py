@@ -122,6 +122,54 @@ def test_lifecycle_in_process(context, micro):
         node.destroy_node()
 
 
+def test_activate_starts_an_episode_with_the_parameters_set_since(context, micro):
+    """seed / noise_scale set while configured take effect at the next activate, without a
+    reload; a bad value fails that activate (the node lives on, inactive, model loaded)."""
+    import math
+
+    import torch
+
+    node = make_node(context, micro, noise="sequence", seed=5, trajectory_points=6)
+    try:
+        assert node.trigger_configure() == SUCCESS
+        declared, policy = node.policy.noise_scale, node.policy
+        assert node.trigger_activate() == SUCCESS and node.settings.seed == 5
+        assert node.trigger_deactivate() == SUCCESS
+        node.set_parameters([Parameter("seed", value=7), Parameter("noise_scale", value=0.0)])
+        assert node.trigger_activate() == SUCCESS
+        assert node.policy is policy and node.settings.seed == 7
+        assert node.policy.noise_scale == 0.0 and node.settings.points == 6
+        want = torch.Generator().manual_seed(7)
+        assert torch.equal(node._noise_gen.get_state(), want.get_state())
+        assert node.trigger_deactivate() == SUCCESS
+        node.set_parameters([Parameter("noise_scale", value=-1.0)])
+        assert node.trigger_activate() == SUCCESS and node.policy.noise_scale == declared
+        assert node.trigger_deactivate() == SUCCESS
+        node.set_parameters([Parameter("noise_scale", value=math.nan)])
+        assert node.trigger_activate() == FAILURE and "noise_scale" in node.last_error
+        assert node.policy is policy
+    finally:
+        node.destroy_node()
+
+
+def test_work_of_an_earlier_activation_is_dropped_and_takes_no_noise(context, micro):
+    """An observation submitted before deactivate but handled after the next activate must
+    neither publish nor take a draw of the new episode's noise sequence."""
+    node = make_node(context, micro, noise="sequence")
+    try:
+        assert node.trigger_configure() == SUCCESS
+        assert node.trigger_activate() == SUCCESS
+        earlier = node._epoch
+        assert node.trigger_deactivate() == SUCCESS
+        assert node.trigger_activate() == SUCCESS
+        state = node._noise_gen.get_state()
+        node._infer_and_publish((earlier, None))  # dropped before its observation is read
+        assert node.published == 0
+        assert bool((node._noise_gen.get_state() == state).all())
+    finally:
+        node.destroy_node()
+
+
 def published_and_expected(context, policy_source, cameras, chunk, stream_hz, count,
                            timeout_s, **overrides):
     """Serve ``policy_source`` on a node, stream until ``count`` trajectories arrive; return

@@ -7,13 +7,18 @@ Lifecycle:
 - configure: validate parameters, load the policy (``Policy.load``: checkpoint, artifact or
   named model), check it against the cameras and joints, warm it up, create publishers,
   subscriptions and the inference thread. Any failure returns FAILURE with the reason logged.
-- activate: start the inference timer (every actions_per_chunk / control_rate_hz seconds) and
-  1 Hz diagnostics. deactivate: stop both, discard a pending observation and any chunk still
-  in flight (nothing is published once deactivate returns).
+- activate: read ``seed``, ``noise`` and ``noise_scale`` again (a new episode sets them
+  through the parameter service), forget buffered inputs, restart the noise sequence, start
+  the inference timer (every actions_per_chunk / control_rate_hz seconds) and 1 Hz
+  diagnostics. deactivate: stop both, discard a pending observation, wait for the chunk in
+  hand and drop it (nothing is published once deactivate returns, and nothing of one
+  activation reaches the next). A deactivate / activate cycle is how a robot or an
+  evaluation starts a new episode on the loaded model.
 - cleanup / shutdown / error: stop the thread, destroy everything, free the model.
 
-Each trajectory holds ``actions_per_chunk`` points (the steps that run before the next
-inference replaces it), point i at (i + 1) / control_rate_hz, the first
+Each trajectory holds ``trajectory_points`` points (default ``actions_per_chunk``: the steps
+that run before the next inference replaces it; up to the action horizon, so a robot keeps
+moving when the next trajectory is late), point i at (i + 1) / control_rate_hz, the first
 len(action_names or joint_names) action dims, and the observation's anchor frame stamp in its
 header. Noise comes from (seed, stamp), so a chunk can be reproduced offline (or, with
 noise: sequence, from one seeded stream per activation).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from dataclasses import replace
 
 import rclpy
 import torch
@@ -45,6 +51,7 @@ from quantvla_ros.ros.node_policy import (  # noqa: F401 - re-exported
 )
 from quantvla_ros.ros.noise import policy_noise
 from quantvla_ros.ros.settings import (
+    ACTIVATION_PARAMS,
     INFERENCE_PARAMS,
     InferenceSettings,
     SettingsError,
@@ -54,6 +61,7 @@ from quantvla_ros.ros.worker import LatestWorker
 from quantvla_ros.runtime.policy import Policy
 
 NODE_NAME = "quantvla_node"
+IDLE_WAIT_S = 30.0  # deactivate waits this long at most for the chunk in hand
 LOG_THROTTLE_S = 2.0  # one line per problem kind per 2 s at most
 DIAGNOSTICS_PERIOD_S = 1.0
 
@@ -79,6 +87,8 @@ class QuantVLANode(LifecycleNode):
         self._timers = []
         self._loggers = {}
         self._noise_gen: torch.Generator | None = None
+        self._declared_noise_scale = 1.0
+        self._epoch = 0  # +1 at activate and deactivate: older work is dropped
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -112,6 +122,7 @@ class QuantVLANode(LifecycleNode):
             settings = parse_inference(params.read(self, INFERENCE_PARAMS))
             policy = load_policy(settings)
             warm_up(policy, settings)
+            self._declared_noise_scale = policy.noise_scale
             self.settings, self.policy = settings, policy
             self._reset_stats()
             self._traj_pub = self.create_lifecycle_publisher(
@@ -141,26 +152,40 @@ class QuantVLANode(LifecycleNode):
         return FAILURE
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Start the inference timer and diagnostics."""
-        s = self.settings
+        """Read the per-activation parameters, start the inference timer and diagnostics."""
+        try:
+            fresh = parse_inference(params.read(self, INFERENCE_PARAMS))
+        except SettingsError as exc:
+            self.last_error = str(exc)
+            self.get_logger().error(f"activate failed: {exc}")
+            return FAILURE
+        s = self.settings = replace(self.settings,
+                                    **{k: getattr(fresh, k) for k in ACTIVATION_PARAMS})
+        self.policy.set_noise_scale(s.noise_scale if s.noise_scale >= 0
+                                    else self._declared_noise_scale)
         self._inputs.reset()  # frames from before activation are stale anyway
         # noise "sequence": the k-th inference after activate takes the k-th draw (as the
         # direct LIBERO evaluation does), so a lock-step run pairs with it chunk for chunk.
         self._noise_gen = torch.Generator().manual_seed(s.seed)
+        self._epoch += 1
         self._active = True
         self._timers = [self.create_timer(s.inference_period_s, self._guarded_tick),
                         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)]
         self.get_logger().info(
-            f"active: inference every {s.inference_period_s:.3f} s, trajectories on "
-            f"{s.output_topic}")
+            f"active: inference every {s.inference_period_s:.3f} s, {s.points}-point "
+            f"trajectories on {s.output_topic}, seed {s.seed}, noise {s.noise}, noise scale "
+            f"{self.policy.noise_scale:g}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop inferring and publishing now."""
         self._active = False  # checked by the worker right before it publishes
+        self._epoch += 1
         self._destroy_timers()
         if self._worker is not None:
             self._worker.clear()
+            if not self._worker.wait_idle(IDLE_WAIT_S):
+                self.get_logger().warning(f"inference still busy after {IDLE_WAIT_S:g} s")
         self.get_logger().info("inactive: no more trajectories")
         return super().on_deactivate(state)
 
@@ -220,13 +245,14 @@ class QuantVLANode(LifecycleNode):
             return
         assembled = self._inputs.assemble()
         if assembled is not None:
-            self._worker.submit(assembled)
+            self._worker.submit((self._epoch, assembled))
 
-    def _infer_and_publish(self, item: Assembled) -> None:
+    def _infer_and_publish(self, job: tuple[int, Assembled]) -> None:
         """Worker thread: one chunk for one observation, published if still active."""
+        epoch, item = job
         policy, s = self.policy, self.settings
-        if policy is None or s is None or not self._active:
-            return
+        if policy is None or s is None or not self._active or epoch != self._epoch:
+            return  # from an earlier activation: must not take this one's noise
         try:
             out = policy.infer(item.obs, noise=self._noise(policy, s, item.stamp_ns))
         except ObservationError as exc:
@@ -235,8 +261,8 @@ class QuantVLANode(LifecycleNode):
         self.latency.add(out.timing_ms["total"])
         names = s.output_names
         msg = trajectory(item.stamp_ns, names,
-                         out.actions[: s.actions_per_chunk, : len(names)], s.control_rate_hz)
-        if not self._active:  # deactivated while inferring: drop the chunk
+                         out.actions[: s.points, : len(names)], s.control_rate_hz)
+        if not self._active or epoch != self._epoch:  # deactivated while inferring: drop it
             return
         self._traj_pub.publish(msg)
         self.published += 1

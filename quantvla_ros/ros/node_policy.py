@@ -58,6 +58,9 @@ def load_policy(s: InferenceSettings) -> Policy:
     if s.actions_per_chunk > policy.cfg.action_horizon:
         raise ConfigureError(f"actions_per_chunk {s.actions_per_chunk} exceeds the policy's "
                              f"action horizon {policy.cfg.action_horizon}")
+    if s.points > policy.cfg.action_horizon:
+        raise ConfigureError(f"trajectory_points {s.points} exceeds the policy's action "
+                             f"horizon {policy.cfg.action_horizon}")
     # A family that needs every slot (GR00T) rejects a partial mapping here, not per message.
     try:
         policy.prepare(_blank_observation(policy, s))

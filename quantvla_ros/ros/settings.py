@@ -99,15 +99,27 @@ INFERENCE_PARAMS = (
     Param("warmup_runs", "int", 2, "Inferences run at configure time before serving."),
     Param("seed", "int", 0,
           "Seed of the flow-matching noise (and of random weights for named models); the "
-          "noise of an observation depends only on (seed, observation stamp)."),
+          "noise of an observation depends only on (seed, observation stamp). Read again at "
+          "every activate (a new episode can set it through the parameter service)."),
     Param("action_names", "str[]", [],
           "Names of the published action dims, when they are not the joints of the state "
           "(e.g. end-effector deltas); empty = joint_names."),
     Param("noise", "str", "stamp",
           "stamp: an observation's noise comes from (seed, its stamp); sequence: the k-th "
           "inference after activate takes the k-th draw of a generator seeded with seed "
-          "(the direct LIBERO evaluation's noise, for paired comparisons)."),
+          "(the direct LIBERO evaluation's noise, for paired comparisons). Read again at "
+          "every activate."),
+    Param("noise_scale", "float", -1.0,
+          "Scale of the flow-matching start noise: 1 samples, 0 starts every chunk from the "
+          "noise's mean; negative = what the policy declares. Read again at every activate."),
+    Param("trajectory_points", "int", 0,
+          "Points per trajectory: 0 = actions_per_chunk; more (up to the policy's action "
+          "horizon) also publish the chunk beyond the next inference, so a robot keeps moving "
+          "when that inference is late (each new trajectory replaces the current one)."),
 )
+# Read at every activate, not only at configure (a deactivate / activate cycle starts an
+# episode with them: no reload of the model).
+ACTIVATION_PARAMS = ("seed", "noise", "noise_scale")
 NOISE_MODES = ("stamp", "sequence")
 
 CALIBRATION_PARAMS = (
@@ -178,6 +190,13 @@ class InferenceSettings:
     options: dict = field(default_factory=dict)  # the family's deployment choices, set ones
     action_names: tuple[str, ...] = ()
     noise: str = "stamp"
+    noise_scale: float = -1.0  # negative: the policy's declared scale
+    trajectory_points: int = 0  # 0: actions_per_chunk
+
+    @property
+    def points(self) -> int:
+        """Points per published trajectory."""
+        return self.trajectory_points or self.actions_per_chunk
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -299,6 +318,15 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         problems.append("policy must name a checkpoint / artifact folder or a model")
     if "noise" in v and v["noise"] not in NOISE_MODES:
         problems.append(f"noise must be stamp or sequence, got {v['noise']!r}")
+    if "noise_scale" in v and not math.isfinite(v["noise_scale"]):
+        problems.append(f"noise_scale must be finite, got {v['noise_scale']!r}")
+    points = v.get("trajectory_points", 0)
+    if points and points < v.get("actions_per_chunk", 1):
+        problems.append(f"trajectory_points must be 0 or >= actions_per_chunk "
+                        f"({v.get('actions_per_chunk')}), got {points}: the robot would stop "
+                        "between trajectories")
+    if points < 0:
+        problems.append(f"trajectory_points must be >= 0, got {points}")
     actions = list(v.get("action_names", []))
     if len(set(actions)) != len(actions) or any(not a.strip() for a in actions):
         problems.append(f"action_names must be distinct non-empty names, got {actions}")
@@ -309,6 +337,7 @@ def parse_inference(values: dict[str, Any]) -> InferenceSettings:
         output_topic=v["output_topic"], control_rate_hz=v["control_rate_hz"],
         actions_per_chunk=v["actions_per_chunk"], warmup_runs=v["warmup_runs"], seed=v["seed"],
         options=options, action_names=tuple(actions), noise=v["noise"],
+        noise_scale=v["noise_scale"], trajectory_points=v["trajectory_points"],
     )
 
 

@@ -47,20 +47,26 @@ class LatestWorker:
             if replaced:
                 self.dropped += 1
             self._pending, self._has_pending = item, True
-            self._cond.notify()
+            self._cond.notify_all()
             return not replaced
 
     def clear(self) -> None:
         """Forget a pending item (not counted as dropped: nobody wants it any more)."""
         with self._cond:
             self._pending, self._has_pending = None, False
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is handled or pending; return False after ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._busy or self._has_pending), timeout)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the thread after the item in hand; return True if it ended within ``timeout``."""
         with self._cond:
             self._stop = True
             self._pending, self._has_pending = None, False
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -81,3 +87,4 @@ class LatestWorker:
                 with self._cond:
                     self._busy = False
                     self.done += 1
+                    self._cond.notify_all()
