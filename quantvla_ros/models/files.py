@@ -39,3 +39,42 @@ def weight_files(folder) -> list[Path]:
     if (folder / WEIGHTS).is_file():
         return [folder / WEIGHTS]
     raise WeightFilesError(f"{folder}: no {INDEX} (sharded) and no {WEIGHTS}")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message says exactly why."""
+
+
+def require_checkpoint(folder) -> Path:
+    """Return ``folder`` as a Path if it holds config.json and model.safetensors."""
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: not a checkpoint folder (missing {name})")
+    return folder
+
+
+class PrefixRenames:
+    """Renames between lerobot's tensor names and ours that differ by a prefix only.
+
+    ``pairs`` is [(theirs, ours)] in the order tried; the last pair's ``ours`` must be "" so
+    every one of our names maps back.
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        """Keep ``pairs``; refuse a list whose last pair cannot map every name back."""
+        if not pairs or pairs[-1][1] != "":
+            raise ValueError("the last prefix pair must map to our empty prefix")
+        self.pairs = list(pairs)
+
+    def to_theirs(self, name: str) -> str:
+        """Map one of our parameter names to lerobot's."""
+        theirs, ours = next(p for p in self.pairs if name.startswith(p[1]))
+        return theirs + name[len(ours):]
+
+    def to_ours(self, key: str) -> str | None:
+        """Map a lerobot parameter name to ours; None if no prefix claims it."""
+        for theirs, ours in self.pairs:
+            if key.startswith(theirs):
+                return ours + key[len(theirs):]
+        return None

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta
+from quantvla_ros.models.files import CheckpointError
 from quantvla_ros.models.groot.config import GROOT_REGISTRY, ActionHeadConfig, GrootConfig
 from quantvla_ros.models.groot.normalization import GrootNormalizer, read_lerobot_stats
 from quantvla_ros.models.groot.shapes import ShapeError, config_from_shapes, folder_special_ids
@@ -44,10 +45,6 @@ _SHARD = "model-{:05d}-of-{:05d}.safetensors"
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
            "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool,
            "U8": torch.uint8, "I8": torch.int8}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message says exactly why."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
+from quantvla_ros.models.files import CheckpointError, PrefixRenames, require_checkpoint
 from quantvla_ros.models.mapped import MappedFile
 from quantvla_ros.models.pi.config import GEMMA_VARIANTS, GemmaConfig, PiConfig
 from quantvla_ros.models.pi.model import PiModel
@@ -36,46 +37,26 @@ VISION_HEADS, GEMMA_HEADS = "vision_num_heads", "gemma_num_heads"
 _SO400M_WIDTH, _SO400M_HEADS = 1152, 16
 _STATE_STEP = "pi05_prepare_state_tokenizer_processor_step"
 _PWE = "model.paligemma_with_expert."
-_PREFIXES = [
+_PREFIXES = PrefixRenames([
     (_PWE + "paligemma.model.vision_tower.", "vision."),
     (_PWE + "paligemma.model.multi_modal_projector.linear.", "projector."),
     (_PWE + "paligemma.model.language_model.", "backbone."),
     (_PWE + "gemma_expert.model.", "expert."),
     ("model.", ""),
-]
+])
 _LM_HEAD = _PWE + "paligemma.lm_head.weight"
 # Saved by lerobot, unused at inference (the backbone's is tied to its embedding).
 _IGNORED = {_LM_HEAD, _PWE + "gemma_expert.lm_head.weight"}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message says exactly why."""
-
-
-def to_lerobot_name(name: str) -> str:
-    """Map one of our parameter names to lerobot's."""
-    for theirs, ours in _PREFIXES:
-        if name.startswith(ours):
-            return theirs + name[len(ours):]
-    raise AssertionError(name)  # the last prefix ("") always matches
+to_lerobot_name = _PREFIXES.to_theirs
 
 
 def from_lerobot_name(key: str) -> str | None:
     """Map a lerobot (or openpi-converted) parameter name to ours; None if unknown."""
     if not key.startswith("model."):
         key = "model." + key  # openpi-converted files omit the leading "model."
-    for theirs, ours in _PREFIXES:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return None
-
-
-def _require(folder: Path) -> Path:
-    folder = Path(folder)
-    for name in (CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: not a checkpoint folder (missing {name})")
-    return folder
+    return _PREFIXES.to_ours(key)
 
 
 def read_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -220,7 +201,7 @@ def read_config(folder) -> tuple[PiConfig, dict]:
     For pi0.5 the config's `state_prompt` is what the folder declares: our own config block,
     else lerobot's saved preprocessor (see `read_state_prompt`), else None.
     """
-    folder = _require(folder)
+    folder = require_checkpoint(folder)
     raw = json.loads((folder / CONFIG).read_text())
     if "quantvla" in raw:
         cfg = PiConfig.from_dict(raw["quantvla"])
@@ -266,7 +247,7 @@ def _check_keys(model: PiModel, shapes: dict) -> None:
 
 def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
     """Load (model, config, normalizer). Built on meta and assigned: one copy of the weights."""
-    folder = _require(folder)
+    folder = require_checkpoint(folder)
     cfg, _ = read_config(folder)
     model = build_meta(cfg)
     _check_keys(model, read_shapes(folder))

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from quantvla_ros.models import files
 from quantvla_ros.models.build import build_meta, fp32_tensor_names, tensor_dtype
+from quantvla_ros.models.files import CheckpointError, PrefixRenames, require_checkpoint
 from quantvla_ros.models.mapped import MappedFile
 from quantvla_ros.models.siglip import VisionConfig
 from quantvla_ros.models.smolvla.config import (
@@ -34,44 +35,20 @@ from quantvla_ros.models.smolvla.normalization import STATS, SmolVLANormalizer, 
 WEIGHTS, CONFIG = files.WEIGHTS, files.CONFIG
 TEXT_HEADS, VISION_HEADS = "text_num_heads", "vision_num_heads"
 _VLM = "model.vlm_with_expert.vlm."
-_PREFIXES = [
+_PREFIXES = PrefixRenames([
     (_VLM + "model.vision_model.", "vision."),
     (_VLM + "model.connector.", "connector."),
     (_VLM + "model.text_model.", "backbone."),
     (_VLM + "lm_head.", "lm_head."),
     ("model.vlm_with_expert.lm_expert.", "expert."),
     ("model.", ""),
-]
+])
 _UNSUPPORTED = {"attention_mode": "cross_attn", "add_image_special_tokens": False,
                 "adapt_to_pi_aloha": False, "use_delta_joint_actions_aloha": False}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message says exactly why."""
-
-
-def to_lerobot_name(name: str) -> str:
-    """Map one of our parameter names to lerobot's."""
-    for theirs, ours in _PREFIXES:
-        if name.startswith(ours):
-            return theirs + name[len(ours):]
-    raise AssertionError(name)  # the last prefix ("") always matches
-
-
-def from_lerobot_name(key: str) -> str | None:
-    """Map a lerobot parameter name to ours; None if it is not a SmolVLA tensor."""
-    for theirs, ours in _PREFIXES:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return None
-
-
-def _require(folder) -> Path:
-    folder = Path(folder)
-    for name in (CONFIG, WEIGHTS):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: not a checkpoint folder (missing {name})")
-    return folder
+to_lerobot_name = _PREFIXES.to_theirs
+from_lerobot_name = _PREFIXES.to_ours  # None: not a SmolVLA tensor
 
 
 def read_shapes(folder) -> dict[str, tuple[int, ...]]:
@@ -153,7 +130,7 @@ def config_from_lerobot(raw: dict, shapes: dict, name: str) -> SmolVLAConfig:
 
 def read_config(folder) -> tuple[SmolVLAConfig, dict]:
     """Return the checkpoint's config and its raw config.json (ours rides under "quantvla")."""
-    folder = _require(folder)
+    folder = require_checkpoint(folder)
     raw = json.loads((folder / CONFIG).read_text())
     if "quantvla" in raw:
         return SmolVLAConfig.from_dict(raw["quantvla"]), raw
@@ -175,7 +152,7 @@ def _check_keys(model, shapes: dict) -> None:
 
 def load_checkpoint(folder, device="cpu", dtype: torch.dtype | None = None):
     """Load (model, config, normalizer): built on meta and assigned, one copy of the weights."""
-    folder = _require(folder)
+    folder = require_checkpoint(folder)
     cfg, _ = read_config(folder)
     model = build_meta(cfg)
     _check_keys(model, read_shapes(folder))
