@@ -37,6 +37,8 @@ def test_artifact_spends_the_budget_to_one_percent(tmp_path):
     # exact stored bytes (CSRC's biases included) within the budget and within 1% of it
     assert 0.99 * budget <= stored <= budget
     assert stored == alloc["bytes_with_csrc_bias"]
+    # the manifest's bytes are what is stored, CSRC's biases included (they were left out)
+    assert alloc["bytes"] == stored and alloc["refine_bytes"] == alloc["csrc_bias_bytes"] > 0
     # CSRC folded into the interface: its d is each k / v projection's bias
     k = model.get_submodule(interface_names(model)[0])
     assert isinstance(k, QuantLinear) and k.bias is not None

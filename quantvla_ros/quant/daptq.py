@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from quantvla_ros.quant.budget import option_bytes
+from quantvla_ros.quant.budget import (
+    option_bytes,
+    stored_layout_bytes,  # noqa: F401  (callers import it from here)
+)
 from quantvla_ros.quant.daptq_allocate import (
     Option,
     allocate,
@@ -114,15 +117,17 @@ class Daptq:
         # the teacher is changed one linear at a time and restored (never left modified)
         errors = single_layer_errors(ctx.model, batches, ctx.sample, quantized, weights,
                                      reduce=opts["cost"])
+        # d's bf16 bytes on every interface linear without a bias, in the layout or not
+        # (a float k / v outside it grows too): every stored byte counts in the budget
         bias = {n: BF16 * ctx.model.get_submodule(n).out_features
                 for n in interface_names(ctx.model)
-                if n in ctx.schemes and csrc is not None and csrc.bias
-                and ctx.model.get_submodule(n).bias is None}
+                if csrc is not None and csrc.bias and ctx.model.get_submodule(n).bias is None}
         options = {n: [Option(s, option_bytes(ctx.model.get_submodule(n), sch) + bias.get(n, 0),
                               errors[n].get(s, 0.0)) for s, sch in st.items()]
                    for n, st in states.items()}
         fixed = sum(option_bytes(ctx.model.get_submodule(n), s) + bias.get(n, 0)
                     for n, s in ctx.schemes.items() if n not in states)
+        fixed += sum(b for n, b in bias.items() if n not in ctx.schemes)
         floor = fixed + sum(min(o.bytes for o in opts_) for opts_ in options.values())
         if bias and opts["csrc_bias"] == "auto" and floor > ctx.budget_bytes:
             ctx.log("daptq: no room for CSRC's biases in the budget: g only")
@@ -163,19 +168,3 @@ class Daptq:
 
 
 METHOD = Daptq()
-
-
-def stored_layout_bytes(model: nn.Module, names) -> int:
-    """Exact bytes the linears ``names`` of a built / loaded model store in deployment.
-
-    Integer buffers and the float32-kept scales (``weight_scale``, ``smooth``, ``act_clip``)
-    at their element size; float remainders (bf16 linears, biases, CSRC's d) at bf16, as
-    quant/budget.py counts a plan.
-    """
-    total = 0
-    for name in names:
-        for key, t in model.get_submodule(name).state_dict().items():
-            fp32 = key.endswith(("weight_scale", "smooth", "act_clip"))
-            size = BF16 if t.is_floating_point() and not fp32 else t.element_size()
-            total += t.numel() * size
-    return total

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from quantvla_ros.quant.apply import QuantConfig
-from quantvla_ros.quant.budget import layout_bf16_bytes, plan_bytes
+from quantvla_ros.quant.budget import layout_bf16_bytes, method_bytes, plan_bytes
 from quantvla_ros.quant.plan import MethodContext, Plan
 from quantvla_ros.workflows.action_metrics import robot_affine
 
@@ -93,19 +93,23 @@ def refine_method(name: str, ctx: MethodContext, student: nn.Module, plan: Plan)
     return {} if method is None else dict(method.refine(ctx, student, plan) or {})
 
 
-def method_record(name: str, ctx: MethodContext, plan: Plan, refined: dict) -> dict[str, Any]:
+def method_record(name: str, ctx: MethodContext, plan: Plan, refined: dict,
+                  student: nn.Module) -> dict[str, Any]:
     """QuantizationRecord fields: method, budget, row blocks and the allocation record.
 
-    The allocation's `bytes` are the plan's exact stored bytes (what the artifact loader's
-    modules hold, float remainders at bf16), beside the budget's, so a reader sees how close
-    the method came.
+    The allocation's `bytes` are what the artifact stores for the layout, counted on the
+    quantized (and refined) student: packed weights, scales, float remainders at bf16,
+    and whatever refine added (DA-PTQ's CSRC d as biases, inside the layout or not;
+    `budget.method_bytes`); `refine_bytes` is that addition over the plan's bytes. Both sit
+    beside the budget's, so a reader sees how close the method came.
     """
     if name == "quantvla" and not plan.row_blocks:
         return {}
-    stored = plan_bytes(ctx.model, ctx.schemes, plan)
+    planned = plan_bytes(ctx.model, ctx.schemes, plan)
+    stored = method_bytes(student, ctx.model, ctx.schemes)
     record = {**plan.record, "budget_bytes": ctx.budget_bytes, "bf16_bytes": ctx.bf16_bytes,
-              "bytes": stored, "fraction": stored / ctx.bf16_bytes,
-              "float": sorted(plan.keep_float)}
+              "bytes": stored, "refine_bytes": stored - planned,
+              "fraction": stored / ctx.bf16_bytes, "float": sorted(plan.keep_float)}
     if refined:
         record["refine"] = refined
     return {"method": name, "budget": ctx.budget, "row_blocks": dict(plan.row_blocks),

@@ -154,7 +154,7 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
             parts={p.name: PartRecord(p.include, p.scheme(scheme), p.why)
                    for p in qcfg.layout.parts},
             embeddings=embeddings, embedding_bits=qcfg.embedding_bits() if embeddings else None,
-            layers=dict(qcfg.layers), **method_record(req.method, ctx, plan, refined)),
+            layers=dict(qcfg.layers), **method_record(req.method, ctx, plan, refined, student)),
         quantized_modules=tuple(names),
         balance=BalanceRecord(config=req.balance.to_dict(), **balance),
         calibration={**buffer.summary(), "spec": req.calib,
