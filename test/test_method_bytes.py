@@ -51,3 +51,13 @@ def test_method_bytes_count_a_bias_folded_into_a_float_linear_outside_the_layout
     fold_(student, V, _cmap(v.out_features))
     assert method_bytes(student, teacher, names) == before + 2 * v.out_features
     assert stored_layout_bytes(student, names) == before  # the layout alone misses them
+
+
+def test_folding_into_a_shared_float_linear_leaves_the_teacher_float():
+    """student_of shares the teacher's tensors: a fold must not write them in place."""
+    teacher, student, _ = _quantized_pair("expert_mlp")
+    want = teacher.get_submodule(V).weight.detach().clone()
+    fold_(student, V, _cmap(want.shape[0]))
+    assert torch.equal(teacher.get_submodule(V).weight, want)
+    assert teacher.get_submodule(V).bias is None
+    torch.testing.assert_close(student.get_submodule(V).weight, want * 1.1)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from quantvla_ros.models.build import compute_dtype
+from quantvla_ros.quant.apply import own_tensors
 from quantvla_ros.quant.qlinear import QuantLinear
 
 # the producers of the prefix keys / values the action expert reads (pi0 / pi0.5 names)
@@ -162,6 +163,7 @@ def fold_(model: nn.Module, name: str, cmap: ChannelMap,
             base = lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
             lin.bias = (base.to(cmap.d) + cmap.d).to(dtype=dtype, device=lin.weight_q.device)
         return
+    own_tensors(lin)  # a student shares the teacher's float tensors: never write them
     a = cmap.matrix().to(lin.weight.device)
     w = lin.weight.double()
     b = lin.bias.double() if lin.bias is not None else torch.zeros(len(a), dtype=a.dtype,
