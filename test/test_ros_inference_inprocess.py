@@ -170,6 +170,39 @@ def test_work_of_an_earlier_activation_is_dropped_and_takes_no_noise(context, mi
         node.destroy_node()
 
 
+def test_a_tick_missing_the_joint_state_is_served_when_it_arrives(context, micro):
+    """The anchor frame is in, its joint state is late: the tick finds the observation
+    incomplete, and the joint state's arrival (before the next tick) completes it. Lock-step
+    simulation needs this: its clock waits for that very trajectory, no next tick comes."""
+    from sensor_msgs.msg import Image, JointState
+
+    from quantvla_ros.ros.bridge_io import stamp
+    from quantvla_ros.ros.convert import rgb_to_image_fields
+
+    raw = [("/cam/base", "base_0_rgb"), ("/cam/wrist", "left_wrist_0_rgb")]
+    node = make_node(context, micro, raw, default_instruction="open the drawer")
+    try:
+        assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+        submitted = []
+        node._worker.submit = submitted.append
+        now = node.get_clock().now().nanoseconds
+        rgb = np.zeros((32, 32, 3), np.uint8)
+        for camera in node._inputs.subscriptions[:2]:  # both cameras' frames at `now`
+            msg = Image(**{k: v for k, v in rgb_to_image_fields(rgb).items() if k != "data"})
+            msg.data, msg.header.stamp = rgb.tobytes(), stamp(now)
+            camera.callback(msg)
+        node._tick()
+        assert submitted == []  # no joint state within the tolerance yet
+        joints = JointState(name=JOINTS, position=[0.0] * 7)
+        joints.header.stamp = stamp(now)
+        node._inputs._on_joints(joints)
+        assert len(submitted) == 1 and submitted[0][1].stamp_ns == now
+        node._inputs._on_joints(joints)
+        assert len(submitted) == 1  # served once
+    finally:
+        node.destroy_node()
+
+
 def published_and_expected(context, policy_source, cameras, chunk, stream_hz, count,
                            timeout_s, **overrides):
     """Serve ``policy_source`` on a node, stream until ``count`` trajectories arrive; return

@@ -80,12 +80,21 @@ class Assembled:
     obs: Observation
 
 
+def _silent(*_) -> None:
+    pass
+
+
 class InputHub:
     """Subscribes to one InputSettings' topics and assembles paired observations."""
 
-    def __init__(self, node, settings: InputSettings, report: Report) -> None:
-        """Create the subscriptions on ``node`` (any rclpy Node)."""
+    def __init__(self, node, settings: InputSettings, report: Report,
+                 on_input: Callable[[], None] | None = None) -> None:
+        """Create the subscriptions on ``node`` (any rclpy Node).
+
+        ``on_input`` is called after each frame or joint state is stored (executor thread).
+        """
         self.node, self.settings, self._report = node, settings, report
+        self._on_input = on_input
         self._tol = int(settings.sync_tolerance_s * 1e9)
         self.frames = {c.slot: TimedBuffer(_FRAMES_KEPT) for c in settings.cameras}
         self.joints = TimedBuffer(_JOINTS_KEPT)
@@ -144,6 +153,8 @@ class InputHub:
                 else:
                     check_image_header(msg)
                 self.frames[slot].add(self._stamp(msg), msg)
+                if self._on_input is not None:
+                    self._on_input()
             except ImageError as exc:
                 self._report(f"camera_{slot}", ERROR, f"camera {slot} ({topic}): {exc}", "bad")
             except Exception as exc:  # never let a callback raise into the executor
@@ -155,6 +166,8 @@ class InputHub:
         try:
             positions = joint_positions(msg, self.settings.joint_names)
             self.joints.add(self._stamp(msg), positions)
+            if self._on_input is not None:
+                self._on_input()
         except JointStateError as exc:
             self._report("joint_states", ERROR,
                          f"joint states ({self.settings.joint_state_topic}): {exc}", "bad")
@@ -234,13 +247,20 @@ class InputHub:
                      "default_instruction is empty", "stale")
         return None
 
-    def assemble(self, now_ns: int | None = None) -> Assembled | None:
+    def assemble(self, now_ns: int | None = None, quiet: bool = False) -> Assembled | None:
         """Pair the newest unused anchor frame with the other inputs, or report why not.
 
         Returns None when nothing new arrived, or when the observation is stale, unpaired or
-        invalid (reported). A frame is retried on the next call if only its partners were
-        missing: a joint state may still be in flight.
+        invalid (reported unless ``quiet``: a retry does not count a problem twice). A frame
+        is retried on the next call if only its partners were missing: a joint state may
+        still be in flight.
         """
+        if quiet:
+            report, self._report = self._report, _silent
+            try:
+                return self.assemble(now_ns)
+            finally:
+                self._report = report
         now_ns = self._now_ns() if now_ns is None else now_ns
         s = self.settings
         anchor = s.cameras[0]
