@@ -224,3 +224,21 @@ def test_median_and_pooled_costs_come_from_one_measurement(tiny, tmp_path):
     ctx.options = {"costs": cache, "cost": "mean"}
     with pytest.raises(ValueError, match="cost is pooled or median"):
         METHOD.plan(ctx)
+
+
+def test_first_order_rows_come_from_the_family_hook(micro):
+    """pi offers `grad_chunk`; a family without one says so, and QVLA gets no row errors."""
+    from quantvla_ros.quant.sensitivity import supports_row_errors
+    from quantvla_ros.runtime.families import FAMILIES
+
+    _, ctx = micro
+    assert ctx.grad_chunk is not None and supports_row_errors(ctx)
+    assert FAMILIES["pi"].supports_grad_chunk
+    for name in ("groot", "smolvla"):
+        family = FAMILIES[name]()
+        assert not family.supports_grad_chunk
+        with pytest.raises(NotImplementedError, match="no first-order row errors"):
+            family.grad_chunk(None, {})
+    without = copy.copy(ctx)
+    without.grad_chunk = None
+    assert not supports_row_errors(without)

@@ -104,7 +104,9 @@ class MethodContext:
     batches: calibration model inputs with fixed noise (prepare_batches), no actions;
     sample(model, batches) -> actions [N, H, A] in model space (no grad);
     action_dims: how many leading action dims are the robot's (the rest is padding);
-    options: method options by name (--method-option K=V), as strings.
+    options: method options by name (--method-option K=V), as strings;
+    grad_chunk(model, batch) -> actions [B, H, A] differentiable in the activations (the
+        family's `grad_chunk`), or None where the family offers none (no first-order rows).
     """
 
     model: nn.Module
@@ -119,3 +121,4 @@ class MethodContext:
     action_dims: int
     options: dict[str, str] = field(default_factory=dict)
     log: Callable[..., None] = print
+    grad_chunk: Callable[[nn.Module, dict], torch.Tensor] | None = None

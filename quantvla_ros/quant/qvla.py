@@ -101,7 +101,7 @@ class Qvla:
             raise ValueError(f"qvla: cost is {' or '.join(COSTS)}, got {reduction!r}")
         units = units_of(list(ctx.schemes))
         schemes = option_schemes(ctx)
-        rows_ok = (opts.get("row_blocks", "1") != "0" and supports_row_errors(ctx.model)
+        rows_ok = (opts.get("row_blocks", "1") != "0" and supports_row_errors(ctx)
                    and not any(s.clip_search or s.act_clip is not None
                                for s in ctx.schemes.values()))
         pairs = [u for u in units if len(u) == 2] if rows_ok else []

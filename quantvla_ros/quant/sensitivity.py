@@ -14,9 +14,9 @@ action is read: the context's batches are observations turned into model inputs)
   <v, A> through the whole sampler; each call of a hooked linear adds sum_tokens G * dY per
   row, dY = Q_b(x) - x W^T the output error the real quantized layer makes on that call; the
   square of the sum over calls estimates ||dA||^2 for quantizing that row alone
-  (E_v[(v^T J dY)^2] = ||J dY||^2). The sampler runs uncached for this (the KV cache is
-  written in place, which autograd refuses); pi's `embed_prefix` / `denoise_uncached` are
-  called by name, so only models that have them (pi0 / pi0.5) get row errors.
+  (E_v[(v^T J dY)^2] = ||J dY||^2). The family's `grad_chunk` runs the differentiable
+  sampler (ctx.grad_chunk; pi0 / pi0.5: the uncached path); a family without one gets no
+  row errors (runtime/family.py's default says so).
 """
 
 from __future__ import annotations
@@ -105,22 +105,9 @@ def unit_frame_errors(ctx: MethodContext, units: list[tuple[str, ...]],
     return reference, out
 
 
-def supports_row_errors(model: nn.Module) -> bool:
-    """Whether the model exposes the uncached sampler pieces `row_errors` differentiates."""
-    return all(hasattr(model, a) for a in ("embed_prefix", "denoise_uncached", "flow_times"))
-
-
-def _chunk_with_grad(model: nn.Module, b: dict) -> torch.Tensor:
-    """Run pi's Euler sampler on the uncached path (differentiable): actions [B, H, A]."""
-    embs, valid = model.embed_prefix(b["images"], b["image_masks"], b["tokens"],
-                                     b["token_masks"])
-    embs = embs.detach().requires_grad_(True)  # weights are frozen: track from here
-    n = model.cfg.num_steps
-    x = b["noise"].float()
-    for t in model.flow_times(n):
-        tt = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
-        x = x + (-1.0 / n) * model.denoise_uncached(embs, valid, x, tt, b["state"])
-    return x
+def supports_row_errors(ctx: MethodContext) -> bool:
+    """Whether the model's family offers the differentiable sampler `row_errors` needs."""
+    return ctx.grad_chunk is not None
 
 
 class _RowProbe:
@@ -187,7 +174,7 @@ def row_errors(ctx: MethodContext, names: list[str],
     try:
         for b in (progress(ctx.batches) if progress else ctx.batches):
             with torch.enable_grad():
-                actions = _chunk_with_grad(model, b)
+                actions = ctx.grad_chunk(model, b)
                 valid = actions[..., :ctx.action_dims]
                 count += valid.numel()
                 for r in range(probes):

@@ -88,6 +88,7 @@ class PolicyFamily(ABC):
 
     name: str = ""
     supports_cuda_graphs: bool = False  # whether the Policy may capture its chunk
+    supports_grad_chunk: bool = False  # whether `grad_chunk` exists (QVLA's row errors)
     options: tuple[OptionSpec, ...] = ()  # the per-deployment choices this family takes
     balance_towers: tuple[str, ...] = ()  # every stack ATM / OHB can balance (BalanceConfig)
     # the family's input processor (Observation parts -> model inputs), built by `configure`;
@@ -174,6 +175,16 @@ class PolicyFamily(ABC):
 
         Each batch holds its own noise; `observer` (quant.observe.LinearInputs) sees the runs.
         """
+
+    def grad_chunk(self, model, batch: dict) -> torch.Tensor:
+        """Return one batch's actions [B, H, A], differentiable in the model's activations.
+
+        QVLA's first-order row errors (quant/sensitivity.py) backpropagate random probes
+        through it with the weights frozen. Only where `supports_grad_chunk`; the default:
+        this family offers no differentiable sampler, hence no first-order rows.
+        """
+        raise NotImplementedError(f"{self.name}: no differentiable sampler, so no first-order "
+                                  "row errors (QVLA allocates whole layers)")
 
     # ---- ATM / OHB: the family gives its sites and its probe; the driver is shared ----------
     @abstractmethod

@@ -73,12 +73,14 @@ def method_context(teacher, student: nn.Module, qcfg: QuantConfig, budget: float
     else:
         budget_bytes = int(budget * base)
     dims = robot_affine(teacher.normalizer, teacher.cfg.action_dim)[1].shape[0]
+    family = teacher.family
     return MethodContext(model=teacher.model, layout=qcfg.layout, scheme=qcfg.scheme,
                          schemes=schemes, budget=budget, budget_bytes=budget_bytes,
                          bf16_bytes=base, batches=batches,
                          sample=lambda m, b: teacher.family.sample(m, b),
                          action_dims=int(dims),
-                         options=dict(options or {}), log=log)
+                         options=dict(options or {}), log=log,
+                         grad_chunk=family.grad_chunk if family.supports_grad_chunk else None)
 
 
 def plan_method(name: str, ctx: MethodContext) -> Plan:

@@ -32,6 +32,7 @@ class PiFamily(PolicyFamily):
 
     name = "pi"
     supports_cuda_graphs = True
+    supports_grad_chunk = True
     balance_towers = ("backbone", "expert")
     options = (OptionSpec("state_prompt", (
         "pi0.5: how the robot state enters the prompt: unpadded (its own values; lerobot >= "
@@ -151,6 +152,23 @@ class PiFamily(PolicyFamily):
     def sample(self, model, batches, observer=None):
         """`PiModel.sample_actions` per batch; `observer` (a LinearInputs) learns the padding."""
         return run_batches(model, batches, None if observer is None else PaddingRows(observer))
+
+    def grad_chunk(self, model, batch):
+        """Run the Euler sampler on the uncached path, tracked from the prefix embeddings on.
+
+        Uncached: the KV cache is written in place, which autograd refuses. Tracking starts
+        at the embeddings, so the weights may be frozen.
+        """
+        b = batch
+        embs, valid = model.embed_prefix(b["images"], b["image_masks"], b["tokens"],
+                                         b["token_masks"])
+        embs = embs.detach().requires_grad_(True)
+        n = model.cfg.num_steps
+        x = b["noise"].float()
+        for t in model.flow_times(n):
+            tt = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+            x = x + (-1.0 / n) * model.denoise_uncached(embs, valid, x, tt, b["state"])
+        return x
 
     def attention_sites(self, model, towers):
         """Each Gemma layer's self-attention in the balanced towers, one stage per layer."""
