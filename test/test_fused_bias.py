@@ -69,10 +69,12 @@ def test_fused_biased_qkv_equals_unfused(biased):
     w = biased.cfg.backbone.width
     h, delta = torch.randn(2, 7, w), torch.randn(2, 7, w)
     for i in range(biased.cfg.backbone.depth - 1):
+        assert isinstance(fused.backbone.layers[i].attention_input, NormQKV)
         want = biased.backbone.layers[i].attention_input.project(h, (delta, None), None)
         got = fused.backbone.layers[i].attention_input.project(h, (delta, None), None)
         for a, b in zip(got[1:4], want[1:4], strict=True):
             torch.testing.assert_close(a, b, **TOL)
+    assert isinstance(fused.backbone.layers[-1].attention_input, NormKV)
     want = biased.backbone.layers[-1].attention_input.project_kv(h, (delta, None), None)
     got = fused.backbone.layers[-1].attention_input.project_kv(h, (delta, None), None)
     for a, b in zip(got, want, strict=True):
@@ -82,7 +84,7 @@ def test_fused_biased_qkv_equals_unfused(biased):
 @torch.no_grad()
 def test_fused_biased_chunk_equals_unfused(biased):
     fused = copy.deepcopy(biased)
-    fuse_projections(fused)
+    assert fuse_projections(fused)["norm_kv"] == 1
     inputs = make_inputs(biased.cfg)
     torch.testing.assert_close(fused.sample_actions(*inputs, num_steps=3),
                                biased.sample_actions(*inputs, num_steps=3), **TOL)
