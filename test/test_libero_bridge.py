@@ -140,3 +140,36 @@ def test_clock_refuses_rates_that_drift():
         proto.Clock(30.0, 5).check()
     with pytest.raises(ValueError, match="pace"):
         proto.Clock(20.0, 5, "fast").check()
+
+
+def test_a_ten_point_trajectory_replaced_every_five_steps_runs_its_first_five():
+    """Lock-step with the whole horizon published: each new trajectory arrives at its frame
+    and replaces the last before point 6 is due, so points 6-10 never run; late, they do."""
+    f = Follower(7, hold=(6,), initial=(-1.0,))
+    executed = []
+    for k in range(3):
+        f.accept(parse_trajectory(traj(5 * k * STEP, rows(10, base=0.01 * (k + 1))), NAMES, 0))
+        executed += [f.command((5 * k + s) * STEP)[1] for s in range(5)]
+    assert executed == list(range(5)) * 3 and f.skipped == 0 and f.stopped == 0
+    # The next trajectory is 3 steps late: points 5-7 of the last one keep the arm moving.
+    assert [f.command((15 + s) * STEP)[1] for s in range(3)] == [5, 6, 7]
+    assert f.stopped == 0
+
+
+def test_ros_summary_separates_episodes_that_started_the_processes():
+    from quantvla_ros.workflows.libero_eval import EpisodeResult
+    from quantvla_ros.workflows.libero_ros_summary import ros_summary, ros_table
+
+    def res(label, init, wall, steps=100, started=None):
+        ros = None if started is None else {"session_started": started, "executed_points": 9}
+        return EpisodeResult(label, 0, init, init, True, steps=steps, wall_s=wall, ros=ros)
+
+    results = [res("d", i, 10.0) for i in range(3)] + [
+        res("d@ros-lockstep", 0, 40.0, started=True), res("d@ros-lockstep", 1, 12.0,
+                                                          started=False),
+        res("d@ros-lockstep", 2, 13.0, steps=90, started=False)]
+    entry = ros_summary(results, ["d@ros-lockstep"], direct="d")["d@ros-lockstep"]
+    assert entry["sessions_started"] == 1 and entry["overhead_s_reused_node"] == 2.5
+    assert entry["overhead_s_per_episode"] == pytest.approx(35 / 3)
+    assert entry["same_outcome_and_steps"] == 2 and entry["paired_with_direct"] == 3
+    assert "| 11.7 | 2.5 | 2/3 |" in ros_table({"d@ros-lockstep": entry})

@@ -2,8 +2,9 @@
 
 Lock-step: every frame's trajectory is executed point by point at its time; a NaN point or
 wrong joint names end the episode as refused before anything of it is executed; a node that
-stops publishing ends it as stalled. Neither is ever scored. The driver side: a crashed node
-process is reported with its exit code, retried once and never counted.
+stops publishing ends it as stalled. Neither is ever scored. The driver side, with stand-in
+processes: one bridge and one node serve all of a worker's episodes; a crashed node process
+is reported with its exit code, retried once on a fresh pair and never counted.
 """
 
 import json
@@ -145,27 +146,54 @@ def test_a_node_that_stops_publishing_is_reported_as_stalled():
     assert len(actions) == 5
 
 
-def test_a_crashed_node_process_is_reported_retried_once_and_not_counted(tmp_path):
-    crash = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
-    wait = [sys.executable, "-c", "import time; time.sleep(60)"]
-    with pytest.raises(ros_eval.RosEpisodeError, match="quantvla_node exited with code 3"):
-        ros_eval.run_processes(crash, wait, {}, tmp_path, tmp_path / "r.jsonl", 120)
+# Stand-ins for the two processes of a session: each notes its start in $FAKE_LOG. The bridge
+# answers each episode asked on its stdin with a report line after ``delay`` seconds.
+FAKE_BRIDGE = """
+import json, os, sys, time, yaml
+params = yaml.safe_load(open(sys.argv[sys.argv.index("--params-file") + 1]))
+report = params["/**"]["ros__parameters"]["report_path"]
+open(os.environ["FAKE_LOG"], "a").write("bridge\\n")
+for line in sys.stdin:
+    ask = json.loads(line)
+    time.sleep({delay})
+    with open(report, "a") as f:
+        f.write(json.dumps(dict(task=ask["task"], init=ask["init"], instruction="x",
+                                success=True, error=None, steps=3, chunks=1)) + "\\n")
+"""
+FAKE_NODE = """
+import os, sys, time
+open(os.environ["FAKE_LOG"], "a").write("node\\n")
+time.sleep({life})
+sys.exit(3)
+"""
 
-    calls = []
 
-    def crashing_episode(*args, **kwargs):
-        calls.append(args[3])
-        raise ros_eval.RosEpisodeError("quantvla_node exited with code 3 during the episode")
+def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay):
+    log = tmp_path / "starts.txt"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    results = ros_eval.evaluate_through_ros(
+        {"p": ("p", "fp32")}, episodes, Protocol(), {"agentview": "base_0_rgb"}, ["lockstep"],
+        out=tmp_path, timeout_s=60.0,
+        node_cmd=[sys.executable, "-c", FAKE_NODE.format(life=node_life)],
+        bridge_cmd=[sys.executable, "-c", FAKE_BRIDGE.format(delay=delay)])
+    return sorted(results, key=lambda r: r.init), log.read_text().split()
 
-    original = ros_eval.run_episode_through_ros
-    ros_eval.run_episode_through_ros = crashing_episode
-    try:
-        [result] = ros_eval.evaluate_through_ros(
-            {"p": ("p", "fp32")}, [Episode(0, 0, 0)], Protocol(), {"agentview": "base_0_rgb"},
-            ["lockstep"], out=tmp_path)
-    finally:
-        ros_eval.run_episode_through_ros = original
-    assert len(calls) == 2
-    assert result.success is None and result.attempts == 2 and "code 3" in result.error
+
+def test_one_session_serves_every_episode_of_a_worker(tmp_path, monkeypatch):
+    episodes = [Episode(0, i, 10 + i) for i in range(3)]
+    results, starts = run_fake_session(tmp_path, monkeypatch, episodes, node_life=600, delay=0)
+    assert sorted(starts) == ["bridge", "node"]  # started once, not once per episode
+    assert [r.success for r in results] == [True] * 3 and all(r.attempts == 1 for r in results)
+    assert [r.ros["session_started"] for r in results] == [True, False, False]
+
+
+def test_a_crashed_node_process_is_reported_retried_once_and_not_counted(tmp_path,
+                                                                         monkeypatch):
+    results, starts = run_fake_session(tmp_path, monkeypatch, [Episode(0, 0, 0)],
+                                       node_life=0.5, delay=5)
+    [result] = results
+    assert starts.count("node") == 2 and starts.count("bridge") == 2  # a fresh session
+    assert result.success is None and result.attempts == 2
+    assert result.error.count("quantvla_node exited with code 3") == 2
     line = json.loads((tmp_path / "episodes.jsonl").read_text())
     assert line["success"] is None and line["policy"] == "p@ros-lockstep"

@@ -70,6 +70,10 @@ def register(sub) -> None:
                    help="through ROS: lockstep, realtime, or both comma-separated")
     q.add_argument("--compare-direct", action="store_true",
                    help="through ROS: also run the policies directly, first in the table")
+    q.add_argument("--trajectory-points", type=int, default=0,
+                   help="through ROS: points per trajectory (default: the policies' action "
+                        "horizon; the node still replans every --actions-per-chunk steps, "
+                        "the extra points keep a real-time robot moving meanwhile)")
     q.add_argument("--stall-timeout", type=float, default=60.0,
                    help="through ROS: seconds without a trajectory that end an episode as "
                         "stalled (retried once, never counted)")
@@ -135,16 +139,20 @@ def through_ros_plan(args, policies: dict, protocol: Protocol) -> dict:
     paces = [p.strip() for p in args.pace.split(",") if p.strip()]
     if not paces or any(p not in PACES for p in paces):
         raise ValueError(f"--pace {args.pace!r}: give {' or '.join(PACES)} (comma-separated)")
-    if args.noise_scale is not None or protocol.render_every_step:
-        # The node serves the noise scale its policy declares; no override reaches it yet.
-        raise ValueError("--through-ros runs the node's noise and LIBERO's camera schedule: "
-                         "--noise-scale and --render-every-step are not supported there")
+    if protocol.render_every_step:
+        raise ValueError("--through-ros runs LIBERO's camera schedule: --render-every-step "
+                         "is not supported there")
+    horizon = min(p.cfg.action_horizon for p in policies.values())
+    points = args.trajectory_points or horizon
+    if not protocol.actions_per_chunk <= points <= horizon:
+        raise ValueError(f"--trajectory-points {points}: between --actions-per-chunk "
+                         f"({protocol.actions_per_chunk}) and the action horizon ({horizon})")
     sources = {}
     for label, spec in zip(policies, args.policy, strict=True):
         src, precision = parse_policy(spec)
         sources[label] = (str(Path(src).resolve()) if Path(src).exists() else src, precision)
     labels = [ros_label(label, pace) for label in policies for pace in paces]
-    return {"paces": paces, "sources": sources,
+    return {"paces": paces, "sources": sources, "points": points,
             "labels": ([*policies] if args.compare_direct else []) + labels}
 
 
@@ -194,7 +202,8 @@ def run(args) -> int:
     if ros is not None:
         results += evaluate_through_ros(
             ros["sources"], episodes, protocol, cameras, ros["paces"], args.workers, out, keep,
-            on_result=bar, threads=args.threads, stall_timeout_s=args.stall_timeout)
+            on_result=bar, threads=args.threads, stall_timeout_s=args.stall_timeout,
+            noise_scale=args.noise_scale, trajectory_points=ros["points"])
     summary = summarize(results, labels)
     summary["protocol"] = {**vars(protocol), "step_limit": protocol.step_limit,
                            "episodes": len(episodes), "seed": args.seed}
@@ -204,7 +213,8 @@ def run(args) -> int:
     if ros is not None:
         direct = next(iter(policies)) if args.compare_direct else None
         summary["ros"] = ros_summary(results, labels, direct)
-        summary["protocol"]["through_ros"] = {"paces": ros["paces"], "noise": "sequence"}
+        summary["protocol"]["through_ros"] = {"paces": ros["paces"], "noise": "sequence",
+                                              "trajectory_points": ros["points"]}
         table += ros_table(summary["ros"])
     if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

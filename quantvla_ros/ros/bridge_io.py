@@ -11,6 +11,8 @@ import time
 import numpy as np
 from builtin_interfaces.msg import Time
 from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 
@@ -37,8 +39,14 @@ BRIDGE_PARAMS = (
     Param("instruction_topic", "str", proto.INSTRUCTION_TOPIC, "Task instruction."),
     Param("trajectory_topic", "str", proto.TRAJECTORY_TOPIC, "JointTrajectory to execute."),
     Param("managed_node", "str", "quantvla_node",
-          "Lifecycle node the bridge configures and activates (and shuts down at the end); "
-          "empty: none (the trajectories come from elsewhere)."),
+          "Lifecycle node the bridge configures once, activates for each episode and "
+          "deactivates after it, and shuts down at the end; empty: none (the trajectories "
+          "come from elsewhere)."),
+    Param("serve", "bool", False,
+          "Run the episodes given on standard input, one JSON object a line "
+          '({"task": T, "init": N, "seed": S}), until it closes (task and inits are '
+          "then unused): one simulator and one configured node serve them all; each episode "
+          "sets the node's seed through its parameter service and activates it."),
     Param("autostarted", "bool", False,
           "The managed node is configured and activated by someone else (a launch file): "
           "only wait until it is active, and leave it running at the end."),
@@ -51,7 +59,8 @@ BRIDGE_PARAMS = (
           "the node read it (the tick must not overtake the frame)."),
     Param("report_path", "str", "", "Append one JSON line per episode here (empty: log only)."),
     Param("frames_path", "str", "",
-          "Save each episode's scene frames as <frames_path>_init<N>.npy (empty: none)."),
+          "Save each episode's scene frames as <frames_path>_task<T>_init<N>.npy (empty: "
+          "none)."),
 )
 
 
@@ -117,12 +126,23 @@ class Lifecycle:
         target = target if target.startswith("/") else "/" + target
         self._change = node.create_client(ChangeState, f"{target}/change_state")
         self._get = node.create_client(GetState, f"{target}/get_state")
+        self._set = node.create_client(SetParameters, f"{target}/set_parameters")
 
     def change(self, label: str, timeout: float) -> bool:
         """Request a transition by label; return the node's success flag."""
         request = ChangeState.Request()
         request.transition.label = label
         return bool(self._call(self._change, request, timeout).success)
+
+    def set_parameters(self, values: dict, timeout: float) -> None:
+        """Set the node's parameters through its parameter service; raise if one is refused."""
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        results = self._call(self._set, request, timeout).results
+        refused = [f"{k}: {r.reason}" for k, r in zip(values, results, strict=True)
+                   if not r.successful]
+        if refused:
+            raise RuntimeError(f"parameters refused: {'; '.join(refused)}")
 
     def state(self, timeout: float) -> str:
         """Return the node's state label."""

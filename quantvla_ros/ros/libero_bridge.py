@@ -12,7 +12,12 @@ pipe), and is the robot a deployment would talk to:
   stops (gripper held) when no trajectory is current; a malformed trajectory is refused and
   never executed (``trajectory_follower``);
 - reports each episode (success, steps, timing, latency from observation to trajectory
-  receipt, skipped points, the node's stale and dropped inputs) as one JSON line.
+  receipt, skipped points, the node's stale and dropped inputs) as one JSON line;
+- runs the episodes of its parameters (one task, several inits), or with ``serve`` those
+  asked on standard input (one process and one node for many episodes). The node is
+  configured once; each episode sets its seed (parameter service), activates it and
+  deactivates it at the end: activate is where the node starts an episode's state (noise
+  sequence, inputs), deactivate guarantees nothing of it is published afterwards.
 
 Pacing: ``lockstep`` holds simulated time at each camera frame until the trajectory for it
 has arrived (the direct evaluation's protocol); ``realtime`` advances one control step per
@@ -132,7 +137,7 @@ class LiberoBridge(Node):
 
     # ---- the node's lifecycle --------------------------------------------------------------
     def bring_up_node(self) -> None:
-        """Configure and activate the managed node at the activation clock, or wait for it."""
+        """Configure the managed node at the activation clock, or wait until it is active."""
         timeout = self.v["node_timeout_s"]
         deadline = time.monotonic() + timeout
         while self._clock_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -148,20 +153,38 @@ class LiberoBridge(Node):
             return
         if not self.lifecycle.change("configure", timeout):
             raise RuntimeError(f"{self.v['managed_node']} failed to configure (see its log)")
-        self.publish_clock(self.clock.activation_clock_ns)
-        time.sleep(0.2)  # the node must hold the activation clock when its timer is made
-        if not self.lifecycle.change("activate", 60.0):
-            raise RuntimeError(f"{self.v['managed_node']} failed to activate")
 
-    def shut_down_node(self) -> None:
-        """Deactivate and shut down the managed node (its process then exits)."""
+    def start_node(self, seed: int | None) -> None:
+        """Episode start: set the node's seed (if given) and activate it on a tick-grid clock.
+
+        The node reads seed / noise / noise_scale and restarts its noise sequence at activate,
+        and its timer counts from the clock it holds then: a grid point, so the ticks stay
+        where ``Clock`` expects them.
+        """
         if self.lifecycle is None or self.v["autostarted"]:
             return
-        for label in ("deactivate", "shutdown"):
-            try:
-                self.lifecycle.change(label, 30.0)
-            except TimeoutError as exc:
-                self.get_logger().warning(f"{label}: {exc}")
+        if seed is not None:
+            self.lifecycle.set_parameters({"seed": int(seed)}, 30.0)
+        self.publish_clock(self.clock.first_tick_after(self.clock_ns, 1))
+        time.sleep(0.2)  # the node must hold that clock when its timer is made
+        if not self.lifecycle.change("activate", 60.0):
+            raise RuntimeError(f"{self.v['managed_node']} failed to activate (see its log)")
+
+    def stop_node(self) -> None:
+        """Episode end: deactivate the node (it drops its inputs and any chunk in hand)."""
+        if self.lifecycle is None or self.v["autostarted"]:
+            return
+        if not self.lifecycle.change("deactivate", 60.0):
+            raise RuntimeError(f"{self.v['managed_node']} failed to deactivate")
+
+    def shut_down_node(self) -> None:
+        """Shut the managed node down (its process then exits)."""
+        if self.lifecycle is None or self.v["autostarted"]:
+            return
+        try:
+            self.lifecycle.change("shutdown", 30.0)
+        except TimeoutError as exc:
+            self.get_logger().warning(f"shutdown: {exc}")
 
     # ---- plans -------------------------------------------------------------------------------
     def _take(self, episode) -> None:
@@ -193,14 +216,14 @@ class LiberoBridge(Node):
             self.publish_clock(stamp_ns)  # the tick again, in case a best-effort copy was lost
 
     # ---- one episode -------------------------------------------------------------------------
-    def run_episode(self, sim, init: int) -> dict:
-        """Run one episode from fixed init state ``init``; return its report."""
+    def run_episode(self, sim, init: int, task: int | None = None) -> EpisodeRecord:
+        """Run one episode of ``task`` (default: the parameter) from init state ``init``."""
         v, clock = self.v, self.clock
+        task = v["task"] if task is None else task
         limit = proto.step_limit(v["suite"], v["max_steps"])
-        obs = sim.reset(v["suite"], v["task"], init=init, resolution=v["resolution"],
+        obs = sim.reset(v["suite"], task, init=init, resolution=v["resolution"],
                         settle=v["settle_steps"])
-        rec = EpisodeRecord(v["task"], init, str(obs["instruction"]), self.counters,
-                            clock.step_ns)
+        rec = EpisodeRecord(task, init, str(obs["instruction"]), self.counters, clock.step_ns)
         with self._lock:
             self._inbox, self._refusals = [], []
         follower = Follower(len(proto.ACTION_NAMES), hold=(proto.GRIPPER_INDEX,),
@@ -234,7 +257,7 @@ class LiberoBridge(Node):
             rec.realtime_lag_s = (time.perf_counter() - wall0) - (t - first_frame) / 1e9
         except EpisodeAborted as exc:
             rec.error = str(exc)
-            self.get_logger().error(f"task {v['task']} init {init}: {exc}")
+            self.get_logger().error(f"task {task} init {init}: {exc}")
         rec.finish(self.counters)
         return rec
 
@@ -247,6 +270,20 @@ class LiberoBridge(Node):
             time.sleep(self.v["frame_delay_s"])
         self.publish_clock(t)
 
+    def episodes(self):
+        """Yield (task, init, seed, keep frames): from stdin when serving, else the parameters."""
+        keep = bool(self.v["frames_path"])
+        if not self.v["serve"]:
+            for init in parse_inits(self.v["inits"]):
+                yield self.v["task"], init, None, keep
+            return
+        for line in sys.stdin:
+            if line.strip():
+                cmd = json.loads(line)  # a malformed request ends the bridge (exit code 1)
+                seed = cmd.get("seed")
+                yield (int(cmd["task"]), int(cmd["init"]), None if seed is None else int(seed),
+                       keep and bool(cmd.get("frames")))
+
     def run(self) -> list[dict]:
         """Bring the node up, run every episode, write the reports; return them."""
         v = self.v
@@ -254,16 +291,25 @@ class LiberoBridge(Node):
         sim = self._sim_factory()
         try:
             self.bring_up_node()
-            for init in parse_inits(v["inits"]):
-                rec = self.run_episode(sim, init)
+            for task, init, seed, keep in self.episodes():
+                t0 = time.perf_counter()
+                self.start_node(seed)
+                started = time.perf_counter()
+                try:
+                    rec = self.run_episode(sim, init, task)
+                finally:
+                    ended = time.perf_counter()
+                    self.stop_node()
+                if keep and rec.frames:  # before the report: a reader waits for that
+                    np.save(Path(f"{v['frames_path']}_task{task}_init{init}.npy"),
+                            np.stack(rec.frames))
                 report = rec.report()
+                report["node_cycle_s"] = round(started - t0 + time.perf_counter() - ended, 3)
                 reports.append(report)
                 self.get_logger().info(json.dumps(report))
                 if v["report_path"]:
                     with open(v["report_path"], "a", encoding="utf-8") as f:
                         f.write(json.dumps(report) + "\n")
-                if v["frames_path"] and rec.frames:
-                    np.save(Path(f"{v['frames_path']}_init{init}.npy"), np.stack(rec.frames))
         finally:
             self.shut_down_node()
             sim.close()

@@ -1,12 +1,21 @@
 """Closed-loop LIBERO through ROS 2 (``quantvla eval libero --through-ros``).
 
-Each episode runs ``libero_bridge`` and ``quantvla_node`` as two processes on their own ROS
-domain. This module starts processes and reads the bridge's JSON report (no ROS import). The
-node gets the episode's seed with ``noise: sequence``, so its k-th chunk uses the same start noise
-as the direct evaluation's k-th chunk: in lock-step the two runs see the same observations
-and, up to floating point, act alike. An episode whose node crashes or stalls, or whose
-trajectory the bridge refuses, is retried once and otherwise reported with its error, never
-counted as a success or a failure.
+Each evaluation worker keeps one :class:`RosSession` per (policy, pace): ``libero_bridge``
+(``serve``: episodes asked one JSON line at a time on its standard input) and
+``quantvla_node`` as two processes on the worker's own ROS domain, started once and reused
+for every episode (process start-up and model loading are most of an episode's cost
+otherwise). This module starts processes and reads the bridge's JSON reports (no ROS import).
+Per episode the bridge sets the node's ``seed`` to the episode's seed and activates it; with
+``noise: sequence`` the node's k-th chunk then takes the same start noise as the direct
+evaluation's k-th chunk: in lock-step the two runs see the same observations and, up to
+floating point, act alike. The node publishes its whole action horizon and is asked for a
+new chunk every ``actions_per_chunk`` steps (the direct protocol's replanning): in lock-step
+the next chunk always arrives before the extra points would run; in real time they keep the
+robot moving while the next chunk is computed.
+
+An episode whose node or bridge crashes or stalls, or whose trajectory the bridge refuses, ends
+its session (both processes stopped); it is retried once on a fresh session and otherwise
+reported with its error, never counted as a success or a failure.
 """
 
 from __future__ import annotations
@@ -45,8 +54,12 @@ def ros_label(label: str, pace: str) -> str:
 
 
 def node_params(source: str, precision: str, cameras: dict[str, str], seed: int,
-                protocol: Protocol) -> dict:
-    """Return quantvla_node's parameters for one episode (``cameras``: view -> slot)."""
+                protocol: Protocol, noise_scale: float | None = None,
+                trajectory_points: int = 0) -> dict:
+    """Return quantvla_node's parameters (``cameras``: view -> slot).
+
+    ``noise_scale`` None: the policy's declared one; ``trajectory_points`` 0: actions_per_chunk.
+    """
     return {
         "use_sim_time": True, "policy": source, "precision": precision, "device": "cpu",
         "camera_topics": [proto.CAMERA_TOPICS[view] for view in cameras],
@@ -57,19 +70,22 @@ def node_params(source: str, precision: str, cameras: dict[str, str], seed: int,
         "actions_per_chunk": protocol.actions_per_chunk, "warmup_runs": 1,
         "sync_tolerance_s": 0.025, "max_observation_age_s": 0.5,
         "seed": int(seed), "noise": "sequence",
+        "noise_scale": -1.0 if noise_scale is None else float(noise_scale),
+        "trajectory_points": int(trajectory_points),
     }
 
 
-def bridge_params(episode: Episode, protocol: Protocol, pace: str, report: Path,
-                  frames: Path | None, stall_timeout_s: float) -> dict:
-    """Return libero_bridge's parameters for one episode."""
+def bridge_params(protocol: Protocol, pace: str, stall_timeout_s: float) -> dict:
+    """Return libero_bridge's parameters for a session (episodes come on its stdin).
+
+    The session adds ``report_path`` and ``frames_path`` (its own folder).
+    """
     return {
-        "suite": protocol.suite, "task": episode.task, "inits": str(episode.init),
+        "suite": protocol.suite, "serve": True,
         "resolution": protocol.resolution, "settle_steps": protocol.settle_steps,
         "max_steps": protocol.max_steps or 0, "pace": pace, "control_rate_hz": 20.0,
         "actions_per_chunk": protocol.actions_per_chunk, "managed_node": "quantvla_node",
-        "stall_timeout_s": float(stall_timeout_s), "report_path": str(report),
-        "frames_path": "" if frames is None else str(frames),
+        "stall_timeout_s": float(stall_timeout_s),
     }
 
 
@@ -110,70 +126,140 @@ class RosEpisodeError(RuntimeError):
     """The episode could not be scored (crash, stall, refused trajectory, timeout)."""
 
 
-def run_processes(node_cmd: Sequence[str], bridge_cmd: Sequence[str], env: dict, work: Path,
-                  report: Path, timeout_s: float) -> dict:
-    """Run node and bridge until the bridge ends; return its report or raise RosEpisodeError."""
-    node_log, bridge_log = work / "node.log", work / "bridge.log"
-    with node_log.open("wb") as nlog, bridge_log.open("wb") as blog:
-        node = subprocess.Popen(list(node_cmd), env=env, stdout=nlog, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT))
-        bridge = subprocess.Popen(list(bridge_cmd), env=env, stdout=blog,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  cwd=str(REPO_ROOT))
-        deadline, error = time.monotonic() + timeout_s, None
+class RosSession:
+    """One bridge and one node process serving episodes in turn (one evaluation worker's).
+
+    ``node_cmd`` / ``bridge_cmd``: the commands (``--ros-args --params-file F`` is appended).
+    Any failure stops both processes and raises RosEpisodeError; the next episode starts a
+    fresh pair.
+    """
+
+    def __init__(self, node_values: dict, bridge_values: dict, domain: int, threads: int,
+                 node_cmd: Sequence[str] | None = None,
+                 bridge_cmd: Sequence[str] | None = None) -> None:
+        """Keep the settings; nothing starts until the first episode."""
+        self.node_values, self.bridge_values = node_values, bridge_values
+        self.domain, self.threads = domain, threads
+        self.node_cmd = list(node_cmd or [sys.executable, "-m", NODE_MODULE])
+        self.bridge_cmd = list(bridge_cmd or [sys.executable, "-m", BRIDGE_MODULE])
+        self.node: subprocess.Popen | None = None
+        self.bridge: subprocess.Popen | None = None
+        self.starts = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._logs: list = []
+        self._reports = 0
+
+    @property
+    def work(self) -> Path:
+        """The session's folder (parameters, logs, reports, frames)."""
+        return Path(self._tmp.name)
+
+    def alive(self) -> bool:
+        """Return True while both processes run."""
+        return all(p is not None and p.poll() is None for p in (self.node, self.bridge))
+
+    def start(self) -> None:
+        """Start both processes (the bridge configures the node, then waits for episodes)."""
+        self._tmp = tempfile.TemporaryDirectory(prefix="quantvla-ros-")
+        work = self.work
+        bridge_values = {**self.bridge_values, "report_path": str(work / "report.jsonl"),
+                         "frames_path": str(work / "frames")}
+        nparams = _params_file(work / "node.yaml", self.node_values)
+        bparams = _params_file(work / "bridge.yaml", bridge_values)
+        env = _environment(self.domain, work / "log", self.threads)
+        self._logs = [(work / "node.log").open("wb"), (work / "bridge.log").open("wb")]
+        self.node = subprocess.Popen(
+            self.node_cmd + ["--ros-args", "--params-file", str(nparams)], env=env,
+            stdout=self._logs[0], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(REPO_ROOT))
+        self.bridge = subprocess.Popen(
+            self.bridge_cmd + ["--ros-args", "--params-file", str(bparams)], env=env,
+            stdout=self._logs[1], stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+            cwd=str(REPO_ROOT))
+        self._reports, self.starts = 0, self.starts + 1
+
+    def _reports_so_far(self) -> list[str]:
+        """Return the complete report lines so far (a line being written is left out)."""
+        path = self.work / "report.jsonl"
+        return path.read_text().split("\n")[:-1] if path.is_file() else []
+
+    def _failure(self) -> str:
+        node_log, bridge_log = self.work / "node.log", self.work / "bridge.log"
+        if self.node.poll() is not None:
+            return (f"quantvla_node exited with code {self.node.returncode} during the "
+                    f"episode: {_tail(node_log)}")
+        return (f"libero_bridge exited with code {self.bridge.returncode} during the episode: "
+                f"{_tail(bridge_log)}")
+
+    def run(self, episode: Episode, timeout_s: float,
+            keep_frames: bool = False) -> tuple[dict, Path | None]:
+        """Run one episode; return (the bridge's report, its frames file or None)."""
+        if not self.alive():  # first episode, or a process died since the last one
+            self.close()
+            self.start()
+        error = None
         try:
-            while bridge.poll() is None:
-                if node.poll() is not None:  # the bridge shuts the node down last: wait
-                    try:
-                        bridge.wait(15)
-                    except subprocess.TimeoutExpired:
-                        error = (f"quantvla_node exited with code {node.returncode} during "
-                                 f"the episode: {_tail(node_log)}")
+            ask = {"task": episode.task, "init": episode.init, "seed": episode.seed,
+                   "frames": keep_frames}
+            self.bridge.stdin.write((json.dumps(ask) + "\n").encode())
+            self.bridge.stdin.flush()
+        except OSError as exc:
+            error = f"libero_bridge does not take episodes: {exc!r}"
+        deadline = time.monotonic() + timeout_s
+        while error is None:
+            lines = self._reports_so_far()
+            if len(lines) > self._reports:
+                self._reports = len(lines)
+                result = json.loads(lines[-1])
+                if result.get("error"):
+                    error = result["error"]  # stalled node / refused trajectory: start afresh
                     break
-                if time.monotonic() > deadline:
-                    error = f"episode took over {timeout_s:.0f} s"
-                    break
+                frames = self.work / f"frames_task{episode.task}_init{episode.init}.npy"
+                return result, frames if frames.is_file() else None
+            if not self.alive():
+                time.sleep(1.0)  # a report written just before the exit still counts
+                if len(self._reports_so_far()) > self._reports:
+                    continue
+                error = self._failure()
+            elif time.monotonic() > deadline:
+                error = f"episode took over {timeout_s:.0f} s"
+            else:
                 time.sleep(0.2)
-        finally:
-            _stop(bridge)
-            _stop(node)
-    lines = report.read_text().splitlines() if report.is_file() else []
-    if error is None and lines:
-        result = json.loads(lines[-1])
-        if result.get("error"):
-            raise RosEpisodeError(result["error"])
-        return result
-    if error is None:
-        code = bridge.returncode
-        error = f"libero_bridge ended with code {code} and no report: {_tail(bridge_log)}"
-        if node.returncode not in (0, None, -signal.SIGINT):
-            error += f" (quantvla_node code {node.returncode}: {_tail(node_log)})"
-    raise RosEpisodeError(error)
+        self.close()
+        raise RosEpisodeError(error)
+
+    def close(self) -> None:
+        """End the session: the bridge shuts the node down when its input closes."""
+        if self.bridge is not None and self.bridge.poll() is None:
+            try:
+                self.bridge.stdin.close()
+                self.bridge.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        for proc in (self.bridge, self.node):
+            if proc is not None:
+                _stop(proc)
+        for f in self._logs:
+            f.close()
+        self._logs, self.node, self.bridge = [], None, None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
-def run_episode_through_ros(source: str, precision: str, label: str, episode: Episode,
-                            protocol: Protocol, pace: str, cameras: dict[str, str],
-                            domain: int, keep_frames: bool = False, threads: int = 1,
-                            stall_timeout_s: float = 60.0, timeout_s: float = 3600.0,
-                            node_cmd: Sequence[str] | None = None) -> EpisodeResult:
-    """Run one episode through ROS; raise RosEpisodeError when it cannot be scored."""
+def run_episode_through_ros(session: RosSession, label: str, episode: Episode,
+                            timeout_s: float = 3600.0, keep_frames: bool = False
+                            ) -> EpisodeResult:
+    """Run one episode on ``session``; raise RosEpisodeError when it cannot be scored."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="quantvla-ros-") as tmp:
-        work = Path(tmp)
-        report, frames = work / "report.jsonl", (work / "frames" if keep_frames else None)
-        nparams = _params_file(work / "node.yaml", node_params(
-            source, precision, cameras, episode.seed, protocol))
-        bparams = _params_file(work / "bridge.yaml", bridge_params(
-            episode, protocol, pace, report, frames, stall_timeout_s))
-        node_cmd = list(node_cmd or [sys.executable, "-m", NODE_MODULE])
-        env = _environment(domain, work / "log", threads)
-        r = run_processes(node_cmd + ["--ros-args", "--params-file", str(nparams)],
-                          [sys.executable, "-m", BRIDGE_MODULE, "--ros-args",
-                           "--params-file", str(bparams)], env, work, report, timeout_s)
-        shots = Path(f"{frames}_init{episode.init}.npy") if frames else None
-        kept = list(np.load(shots)) if shots is not None and shots.is_file() else []
+    starts = session.starts
+    r, shots = session.run(episode, timeout_s, keep_frames)
+    kept = list(np.load(shots)) if shots is not None else []
+    if shots is not None:
+        shots.unlink()
     ros = {k: r[k] for k in r if k not in ("task", "init", "instruction", "success", "error",
                                           "steps", "chunks")}
+    ros["session_started"] = session.starts > starts  # this episode paid the process start
     return EpisodeResult(label, episode.task, episode.init, episode.seed, bool(r["success"]),
                          steps=r["steps"], chunks=r["chunks"],
                          wall_s=time.perf_counter() - start, instruction=r["instruction"],
@@ -185,30 +271,41 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
                          workers: int = 1, out: Path | None = None, video_episodes: int = 0,
                          on_result: Callable[[EpisodeResult], None] | None = None,
                          threads: int = 1, domain_base: int | None = None,
-                         **episode_options) -> list[EpisodeResult]:
+                         stall_timeout_s: float = 60.0, timeout_s: float = 3600.0,
+                         noise_scale: float | None = None, trajectory_points: int = 0,
+                         node_cmd: Sequence[str] | None = None,
+                         bridge_cmd: Sequence[str] | None = None) -> list[EpisodeResult]:
     """Run every (policy, pace) on every episode through ROS; finished ones are kept.
 
-    ``sources``: label -> (source, precision). Each worker has its own ROS domain.
+    ``sources``: label -> (source, precision). Each worker has its own ROS domain and one
+    session per (policy, pace), reused across its episodes.
     """
     labels = {ros_label(label, pace): (src, prec, pace)
               for label, (src, prec) in sources.items() for pace in paces}
     results, jobs = pending_jobs(labels, episodes, out, video_episodes)
     base = 120 + os.getpid() % 80 if domain_base is None else domain_base
-    local, lock, counter = threading.local(), threading.Lock(), [0]
+    local, lock, counter, sessions = threading.local(), threading.Lock(), [0], []
 
-    def domain() -> int:
-        if not hasattr(local, "domain"):
+    def session(label: str) -> RosSession:
+        if not hasattr(local, "sessions"):
             with lock:
                 local.domain, counter[0] = (base + counter[0]) % 230, counter[0] + 1
-        return local.domain
+            local.sessions = {}
+        if label not in local.sessions:
+            src, prec, pace = labels[label]
+            node = node_params(src, prec, cameras, 0, protocol, noise_scale, trajectory_points)
+            bridge = bridge_params(protocol, pace, stall_timeout_s)
+            local.sessions[label] = RosSession(node, bridge, local.domain, threads, node_cmd,
+                                               bridge_cmd)
+            with lock:
+                sessions.append(local.sessions[label])
+        return local.sessions[label]
 
     def job(label: str, ep: Episode, keep: bool) -> EpisodeResult:
-        src, prec, pace = labels[label]
         errors = []
         for attempt in (1, 2):
             try:
-                result = run_episode_through_ros(src, prec, label, ep, protocol, pace, cameras,
-                                                 domain(), keep, threads, **episode_options)
+                result = run_episode_through_ros(session(label), label, ep, timeout_s, keep)
                 result.attempts = attempt
                 return result
             except Exception as exc:  # noqa: BLE001 - reported, never counted
@@ -216,4 +313,8 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
         return EpisodeResult(label, ep.task, ep.init, ep.seed, None, attempts=2,
                              error=" | ".join(errors))
 
-    return run_jobs(jobs, job, workers, out, results, on_result)
+    try:
+        return run_jobs(jobs, job, workers, out, results, on_result)
+    finally:
+        for s in sessions:
+            s.close()
