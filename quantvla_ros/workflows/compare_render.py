@@ -82,7 +82,8 @@ def plot(results: dict, path: Path) -> None:
         xs = [100 * r["fraction_of_bf16"] for r in rows]
         ys = [float("nan") if r["rel_l2_vs_displacement"] is None
               else r["rel_l2_vs_displacement"] for r in rows]
-        ax.plot(xs, ys, "o-" if method != "quantvla" else "s--", label=method)
+        # quantvla is two separate layouts (W4A8, W8A8), not a curve: points only
+        ax.plot(xs, ys, "o-" if method != "quantvla" else "s", label=method)
         if method == "quantvla":
             for x, y, r in zip(xs, ys, rows, strict=True):
                 ax.annotate(r["bits"].upper(), (x, y), textcoords="offset points",
