@@ -54,3 +54,22 @@ def test_grouped_w4a8_never_holds_all_group_partials():
     # stacked partials were 32 x [M, N] int64, 8x the bound.
     bound = max(out_int64, unpacked, 128 * x.shape[0] * 8)
     assert probe.largest <= bound, (probe.largest, bound)
+
+
+def test_embedding_rows_quantize_a_slice_at_a_time(monkeypatch):
+    """pi0.5's 257152 x 2048 table: whole-table float32 temporaries were ~8 GiB."""
+    from torch import nn
+
+    from quantvla_ros.quant import qembedding
+    from quantvla_ros.quant.qembedding import QuantEmbedding, pack_rows, quantize_rows
+
+    emb = nn.Embedding(1000, 64).to(torch.bfloat16)
+    monkeypatch.setattr(qembedding, "FROM_FLOAT_SLICE_BYTES", 96 * 64 * 4, raising=False)
+    for bits in (8, 4):
+        q, scale = quantize_rows(emb.weight, bits)  # the whole table at once
+        with LargestOutput() as probe:
+            m = QuantEmbedding.from_float(emb, bits)
+        assert torch.equal(m.weight_q, pack_rows(q) if bits == 4 else q)
+        assert torch.equal(m.weight_scale, scale)
+        # the stored int8 rows are the largest tensor; float32 temporaries stay one slice
+        assert probe.largest <= max(m.weight_q.numel(), 96 * 64 * 4), probe.largest

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 QMAX = {8: 127, 4: 7}
+FROM_FLOAT_SLICE_BYTES = 64 << 20  # float32 bytes of the rows quantized per pass
 
 
 def quantize_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +68,14 @@ class QuantEmbedding(nn.Module):
     def from_float(cls, embedding: nn.Embedding, bits: int) -> QuantEmbedding:
         """Quantize a float table row by row; the result returns the table's dtype."""
         w = embedding.weight
-        q, scale = quantize_rows(w, bits)
         m = cls(w.shape[0], w.shape[1], bits, device=w.device, out_dtype=w.dtype)
-        m.weight_q.copy_(pack_rows(q) if bits == 4 else q)
-        m.weight_scale.copy_(scale)
+        # A slice of rows at a time (rows are independent, so the result is the same): the
+        # whole table's float32 temporaries were ~4x its fp32 bytes, 8 GiB for pi0.5's.
+        step = max(1, FROM_FLOAT_SLICE_BYTES // (4 * w.shape[1]))
+        for r0 in range(0, w.shape[0], step):
+            q, scale = quantize_rows(w[r0:r0 + step], bits)
+            m.weight_q[r0:r0 + step] = pack_rows(q) if bits == 4 else q
+            m.weight_scale[r0:r0 + step] = scale
         return m
 
     def int_rows(self, ids: torch.Tensor | None = None) -> torch.Tensor:
