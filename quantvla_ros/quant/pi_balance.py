@@ -203,18 +203,22 @@ class PiBalanceProbe:
 
     def __init__(self, teacher, student, batches, towers, cache: bool = True,
                  per_sample: bool = False):
-        """Cache what the calibration passes may reuse (see `calibration_prefixes`).
+        """Keep what the calibration passes may reuse (see `calibration_prefixes`).
 
+        The prefixes are computed on the first `measure`, before any fold (as the GR00T and
+        SmolVLA probes do): a probe nothing measures (ATM and OHB off) runs no prefix pass.
         `per_sample` also measures the mean of per-sample logit stds (the authors' statistic).
         """
         self.batches, self.towers, self.per_sample = batches, tuple(towers), per_sample
+        self._models = (teacher, student) if cache else None
         self.prefixes = {}
-        if cache:
-            t_pre, s_pre = calibration_prefixes(teacher, student, batches, self.towers)
-            self.prefixes = {id(teacher): t_pre, id(student): s_pre}
 
     def measure(self, model, keys=None, logits=True, out=True):
         """Return (actions, statistics) of the towers' layers in ``keys`` (all if None)."""
+        if self._models is not None:
+            teacher, student = self._models
+            t_pre, s_pre = calibration_prefixes(teacher, student, self.batches, self.towers)
+            self.prefixes, self._models = {id(teacher): t_pre, id(student): s_pre}, None
         layers = None if keys is None else sorted({int(k.split(".")[1]) for k in keys})
         c = StatsCollector(self.towers, layers, logits=logits, o_proj=out,
                            per_sample=self.per_sample)

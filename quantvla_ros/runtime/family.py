@@ -198,8 +198,6 @@ class PolicyFamily(ABC):
     def calibrate_balance(self, teacher, student, batches: list[dict], cfg,
                           progress=None) -> dict:
         """Fold ATM / OHB into `student` in place; "alpha", "beta", "ratios" as recorded."""
-        if not (cfg.atm or cfg.ohb):  # the probe would run (and hold) both models' prefixes
-            return balance.calibrate(None, teacher, student, [], cfg, progress)
         probe = self.balance_probe(teacher, student, batches, cfg.towers)
         if cfg.logit_std == "per_sample" and hasattr(probe, "per_sample"):
             probe.per_sample = True  # a probe measuring it only on request (pi)
