@@ -5,7 +5,8 @@ import torch
 from quantvla_ros.quant.apply import QuantConfig
 from quantvla_ros.quant.artifact import load_artifact
 from quantvla_ros.quant.balance import BalanceConfig
-from quantvla_ros.quant.daptq import METHOD, stored_layout_bytes
+from quantvla_ros.quant.budget import stored_layout_bytes
+from quantvla_ros.quant.daptq import METHOD
 from quantvla_ros.quant.daptq_compensation import interface_names
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.qlinear import QuantLinear

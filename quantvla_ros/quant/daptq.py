@@ -34,10 +34,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from quantvla_ros.quant.budget import (
-    option_bytes,
-    stored_layout_bytes,  # noqa: F401  (callers import it from here)
-)
+from quantvla_ros.quant.budget import option_bytes
 from quantvla_ros.quant.daptq_allocate import (
     Option,
     allocate,

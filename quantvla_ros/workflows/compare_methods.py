@@ -26,8 +26,7 @@ import numpy as np
 
 from quantvla_ros.quant.apply import QuantConfig, student_of
 from quantvla_ros.quant.artifact import load_artifact
-from quantvla_ros.quant.budget import layout_bf16_bytes, plan_bytes
-from quantvla_ros.quant.daptq import stored_layout_bytes
+from quantvla_ros.quant.budget import layout_bf16_bytes, plan_bytes, stored_layout_bytes
 from quantvla_ros.quant.layouts import get_layout
 from quantvla_ros.quant.manifest import ArtifactManifest
 from quantvla_ros.quant.plan import Plan
