@@ -130,20 +130,40 @@ def test_bad_input_gives_no_trajectory_and_a_diagnostic(driver, case):
     if instruction is not None:
         driver.publish_instruction(instruction)
     driver.faults = faults
+    # Bad frames are bad from the start, past the 0.3 s that frames in flight get. A bad
+    # instruction only counts from when the node has taken it, which under load can be later
+    # than any fixed delay: the window then starts once the node has said it rejected it (a
+    # frame sent after that reached the node after the rejection).
+    t_from = t_bad + int(0.3 * NS)
+    if instruction is not None:
+        assert driver.wait_for(lambda: _warned(driver, t_bad, expected), 20.0), (
+            f"{case}: no WARN/ERROR mentioning {expected!r}")
+        t_from = driver.now_ns()
     time.sleep(BAD_WINDOW_S)
     t_end = driver.now_ns()
     driver.faults = {}
     if instruction is not None:
+        # The node pairs a frame with the instruction current when it assembles it, which can
+        # be after the good instruction below: the stream pauses until every frame sent in
+        # the window is older than max_observation_age_s, so none can pair with it.
+        driver.stop_stream()
+        time.sleep(OVERRIDES["max_observation_age_s"] + 0.5)
         driver.publish_instruction("pick up the red block")
+        driver.start_stream(10.0)
     # Recovery: good data flows again and the node answers.
     assert driver.wait_trajectory_after(driver.now_ns(), 20.0), f"{case}: no recovery"
     assert driver.lifecycle.get_state() == "active"
-    # Frames sent in the bad window (after 0.3 s for data in flight) gave no trajectory.
-    bad = driver.stamps_published_between(t_bad + int(0.3 * NS), t_end)
+    # Frames sent in the bad window gave no trajectory.
+    bad = driver.stamps_published_between(t_from, t_end)
     assert bad and not bad & set(driver.trajectory_stamps()), case
     statuses = [s for s in driver.statuses_since(t_bad) if s.level[0] >= 1]
-    assert any(expected in s.message for s in statuses), (
+    assert _warned(driver, t_bad, expected), (
         f"{case}: no WARN/ERROR mentioning {expected!r}; got {[s.message for s in statuses]}")
+
+
+def _warned(driver, t_ns: int, expected: str) -> bool:
+    """Whether a WARN/ERROR status received after ``t_ns`` mentions ``expected``."""
+    return any(s.level[0] >= 1 and expected in s.message for s in driver.statuses_since(t_ns))
 
 
 def test_deactivate_stops_output_and_activate_resumes(driver):
