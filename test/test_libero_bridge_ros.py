@@ -8,6 +8,7 @@ is reported with its exit code, retried once on a fresh pair and never counted.
 """
 
 import json
+import os
 import sys
 import threading
 
@@ -23,7 +24,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from quantvla_ros.ros.libero_bridge import LiberoBridge  # noqa: E402
+from quantvla_ros.ros.libero_bridge import LiberoBridge, ParentGone  # noqa: E402
 from quantvla_ros.workflows import libero_ros_eval as ros_eval  # noqa: E402
 from quantvla_ros.workflows import libero_ros_protocol as proto  # noqa: E402
 from quantvla_ros.workflows.libero_eval import Episode, Protocol  # noqa: E402
@@ -90,27 +91,27 @@ class ScriptedPolicy:
         self.pub.publish(out)
 
 
-def run_bridge(fault=lambda k: None, max_steps=12, success_after=None, stall=3.0):
+def run_bridge(fault=lambda k: None, max_steps=12, success_after=None, stall=3.0, sim=None):
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(np.random.default_rng().integers(150, 230)))
-    sim = FakeSim(success_after)
+    sim = sim or FakeSim(success_after)
     overrides = [Parameter("managed_node", value=""), Parameter("max_steps", value=max_steps),
                  Parameter("stall_timeout_s", value=stall), Parameter("node_timeout_s", value=1.0),
                  Parameter("frame_delay_s", value=0.0)]
+    executor = SingleThreadedExecutor(context=context)
     try:
         bridge = LiberoBridge(sim_factory=lambda: sim, context=context,
                               parameter_overrides=overrides)
         policy = ScriptedPolicy(context, fault)
-        executor = SingleThreadedExecutor(context=context)
         executor.add_node(bridge)
         executor.add_node(policy.node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         [report] = bridge.run()
-        executor.shutdown()
         assert policy.instructions == ["pick it up"]
         return report, sim.actions
     finally:
+        executor.shutdown()
         context.try_shutdown()
 
 
@@ -177,6 +178,19 @@ def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay):
         node_cmd=[sys.executable, "-c", FAKE_NODE.format(life=node_life)],
         bridge_cmd=[sys.executable, "-c", FAKE_BRIDGE.format(delay=delay)])
     return sorted(results, key=lambda r: r.init), log.read_text().split()
+
+
+def test_the_bridge_stops_when_the_process_that_started_it_is_gone(monkeypatch):
+    class OrphanedAfterTenSteps(FakeSim):
+        def step(self, action, render=True):
+            if len(self.actions) == 10:  # the evaluation is killed: init adopts the bridge
+                monkeypatch.setattr(os, "getppid", lambda: 1)
+            return super().step(action, render)
+
+    sim = OrphanedAfterTenSteps()
+    with pytest.raises(ParentGone, match="is gone"):
+        run_bridge(max_steps=200, sim=sim)
+    assert len(sim.actions) == 11  # stopped at the next step, not after the 200
 
 
 def test_one_session_serves_every_episode_of_a_worker(tmp_path, monkeypatch):

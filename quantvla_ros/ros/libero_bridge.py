@@ -17,7 +17,9 @@ pipe), and is the robot a deployment would talk to:
   asked on standard input (one process and one node for many episodes). The node is
   configured once; each episode sets its seed (parameter service), activates it and
   deactivates it at the end: activate is where the node starts an episode's state (noise
-  sequence, inputs), deactivate guarantees nothing of it is published afterwards.
+  sequence, inputs), deactivate guarantees nothing of it is published afterwards. If the
+  process that started the bridge dies, the bridge abandons the episode at its next step and
+  shuts the node down (neither outlives a killed evaluation).
 
 Pacing: ``lockstep`` holds simulated time at each camera frame until the trajectory for it
 has arrived (the direct evaluation's protocol); ``realtime`` advances one control step per
@@ -30,6 +32,7 @@ The clock arithmetic is in ``workflows.libero_ros_protocol``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -63,6 +66,10 @@ NODE_NAME = "libero_bridge"
 CLOCK_REPEAT_S = 0.5  # lock-step: the clock is re-sent while waiting (it is best effort)
 
 
+class ParentGone(RuntimeError):
+    """The process that started the bridge is gone: stop everything, report to no one."""
+
+
 class LiberoBridge(Node):
     """The simulated robot (see the module docstring); episodes run on the caller's thread."""
 
@@ -89,6 +96,7 @@ class LiberoBridge(Node):
         self.counters: dict[str, int] | None = None
         self.clock_ns = 0
         self.lifecycle = Lifecycle(self, v["managed_node"]) if v["managed_node"] else None
+        self._parent = os.getppid()  # the evaluation (or launch) that started this process
 
     # ---- callbacks (executor thread) -------------------------------------------------------
     def _on_trajectory(self, msg) -> None:
@@ -205,6 +213,7 @@ class LiberoBridge(Node):
             self._take(episode)
             if episode.has_plan_for(stamp_ns):
                 return
+            self._check_parent()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise EpisodeAborted(
@@ -214,6 +223,16 @@ class LiberoBridge(Node):
                 if not self._inbox and not self._refusals:
                     self._arrived.wait(min(left, CLOCK_REPEAT_S))
             self.publish_clock(stamp_ns)  # the tick again, in case a best-effort copy was lost
+
+    def _check_parent(self) -> None:
+        """Abandon the episode once the process that started the bridge is gone.
+
+        However it died (even killed), its children are re-parented: the bridge then stops
+        and, on its way out, shuts its node down instead of leaving both serving no one.
+        """
+        if os.getppid() != self._parent:
+            raise ParentGone(f"the process that started the bridge (pid {self._parent}) is "
+                             "gone: episode abandoned, node shut down")
 
     # ---- one episode -------------------------------------------------------------------------
     def run_episode(self, sim, init: int, task: int | None = None) -> EpisodeRecord:
@@ -238,6 +257,7 @@ class LiberoBridge(Node):
             self._frame(obs, t, rec, lockstep)
             wall0, done = time.perf_counter(), bool(obs["done"])
             while rec.steps < limit and not done:
+                self._check_parent()
                 if lockstep and t in rec.frame_walls:
                     self._wait_for_plan(rec, t)
                 elif not lockstep:
@@ -329,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         node.run()
     except (KeyboardInterrupt, ExternalShutdownException):
         code = 130
+    except ParentGone as exc:
+        node.get_logger().warning(str(exc))
+        code = 1
     except Exception as exc:  # reported, and the exit code tells the caller
         node.get_logger().error(f"bridge failed: {exc!r}")
         code = 1
