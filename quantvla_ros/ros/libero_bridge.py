@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -85,7 +86,11 @@ class LiberoBridge(Node):
         self._pubs = {view: self.create_publisher(Image, v[f"{view}_topic"], 10)
                       for view in proto.VIEWS}
         self._joint_pub = self.create_publisher(JointState, v["joint_state_topic"], 10)
-        self._instruction_pub = self.create_publisher(String, v["instruction_topic"], 10)
+        # Default QoS, as `ros2 topic pub`: the node's transient-local subscription cannot
+        # match it by design (its volatile one reads it), which is not worth a warning.
+        self._instruction_pub = self.create_publisher(
+            String, v["instruction_topic"], 10,
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=lambda _event: None))
         self._clock_pub = self.create_publisher(Clock, "/clock", 10)
         self.create_subscription(JointTrajectory, v["trajectory_topic"], self._on_trajectory, 10)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
