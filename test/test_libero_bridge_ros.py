@@ -154,6 +154,7 @@ import json, os, sys, time, yaml
 params = yaml.safe_load(open(sys.argv[sys.argv.index("--params-file") + 1]))
 report = params["/**"]["ros__parameters"]["report_path"]
 open(os.environ["FAKE_LOG"], "a").write("bridge\\n")
+open(os.environ["FAKE_LOG"] + ".domains", "a").write(os.environ["ROS_DOMAIN_ID"] + "\\n")
 for line in sys.stdin:
     ask = json.loads(line)
     time.sleep({delay})
@@ -169,11 +170,12 @@ sys.exit(3)
 """
 
 
-def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay):
+def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay, policies=("p",)):
     log = tmp_path / "starts.txt"
     monkeypatch.setenv("FAKE_LOG", str(log))
     results = ros_eval.evaluate_through_ros(
-        {"p": ("p", "fp32")}, episodes, Protocol(), {"agentview": "base_0_rgb"}, ["lockstep"],
+        {p: (p, "fp32") for p in policies}, episodes, Protocol(), {"agentview": "base_0_rgb"},
+        ["lockstep"],
         out=tmp_path, timeout_s=60.0,
         node_cmd=[sys.executable, "-c", FAKE_NODE.format(life=node_life)],
         bridge_cmd=[sys.executable, "-c", FAKE_BRIDGE.format(delay=delay)])
@@ -199,6 +201,18 @@ def test_one_session_serves_every_episode_of_a_worker(tmp_path, monkeypatch):
     assert sorted(starts) == ["bridge", "node"]  # started once, not once per episode
     assert [r.success for r in results] == [True] * 3 and all(r.attempts == 1 for r in results)
     assert [r.ros["session_started"] for r in results] == [True, False, False]
+
+
+def test_each_policy_session_of_a_worker_has_its_own_ros_domain(tmp_path, monkeypatch):
+    # Two quantvla_node processes on one domain both answer one bridge's lifecycle calls
+    # and both publish trajectories to it: one worker's two sessions must not share one.
+    episodes = [Episode(0, i, 10 + i) for i in range(2)]
+    results, starts = run_fake_session(tmp_path, monkeypatch, episodes, node_life=600,
+                                       delay=0, policies=("p", "q"))
+    assert sorted(starts) == ["bridge", "bridge", "node", "node"]
+    assert len(results) == 4 and all(r.success for r in results)
+    domains = (tmp_path / "starts.txt.domains").read_text().split()
+    assert len(domains) == 2 and domains[0] != domains[1]
 
 
 def test_a_crashed_node_process_is_reported_retried_once_and_not_counted(tmp_path,

@@ -2,7 +2,7 @@
 
 Each evaluation worker keeps one :class:`RosSession` per (policy, pace): ``libero_bridge``
 (``serve``: episodes asked one JSON line at a time on its standard input) and
-``quantvla_node`` as two processes on the worker's own ROS domain, started once and reused
+``quantvla_node`` as two processes on the session's own ROS domain, started once and reused
 for every episode (process start-up and model loading are most of an episode's cost
 otherwise). This module starts processes and reads the bridge's JSON reports (no ROS import).
 Per episode the bridge sets the node's ``seed`` to the episode's seed and activates it; with
@@ -277,8 +277,10 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
                          bridge_cmd: Sequence[str] | None = None) -> list[EpisodeResult]:
     """Run every (policy, pace) on every episode through ROS; finished ones are kept.
 
-    ``sources``: label -> (source, precision). Each worker has its own ROS domain and one
-    session per (policy, pace), reused across its episodes.
+    ``sources``: label -> (source, precision). Each worker has one session per (policy,
+    pace), reused across its episodes, each session on its own ROS domain: two nodes named
+    ``quantvla_node`` on one domain would both answer one bridge's lifecycle calls and both
+    publish trajectories to it.
     """
     labels = {ros_label(label, pace): (src, prec, pace)
               for label, (src, prec) in sources.items() for pace in paces}
@@ -288,16 +290,15 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
 
     def session(label: str) -> RosSession:
         if not hasattr(local, "sessions"):
-            with lock:
-                local.domain, counter[0] = (base + counter[0]) % 230, counter[0] + 1
             local.sessions = {}
         if label not in local.sessions:
             src, prec, pace = labels[label]
             node = node_params(src, prec, cameras, 0, protocol, noise_scale, trajectory_points)
             bridge = bridge_params(protocol, pace, stall_timeout_s)
-            local.sessions[label] = RosSession(node, bridge, local.domain, threads, node_cmd,
-                                               bridge_cmd)
             with lock:
+                domain, counter[0] = (base + counter[0]) % 230, counter[0] + 1
+                local.sessions[label] = RosSession(node, bridge, domain, threads, node_cmd,
+                                                   bridge_cmd)
                 sessions.append(local.sessions[label])
         return local.sessions[label]
 
