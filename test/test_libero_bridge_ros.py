@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,12 +25,19 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS  # noqa: E402
 from quantvla_ros.ros.libero_bridge import LiberoBridge, ParentGone  # noqa: E402
 from quantvla_ros.workflows import libero_ros_eval as ros_eval  # noqa: E402
 from quantvla_ros.workflows import libero_ros_protocol as proto  # noqa: E402
 from quantvla_ros.workflows.libero_eval import Episode, Protocol  # noqa: E402
 
 STEP = 50_000_000
+
+
+def fresh_domain() -> int:
+    """A fresh ROS domain in 10..99 (an evaluation running beside the tests uses 120 and up;
+    above 101 DDS ports can clash with ephemeral ones)."""
+    return 10 + int(np.random.default_rng().integers(0, 90))
 
 
 class FakeSim:
@@ -93,7 +101,7 @@ class ScriptedPolicy:
 
 def run_bridge(fault=lambda k: None, max_steps=12, success_after=None, stall=3.0, sim=None):
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=int(np.random.default_rng().integers(150, 230)))
+    rclpy.init(context=context, domain_id=fresh_domain())
     sim = sim or FakeSim(success_after)
     overrides = [Parameter("managed_node", value=""), Parameter("max_steps", value=max_steps),
                  Parameter("stall_timeout_s", value=stall), Parameter("node_timeout_s", value=1.0),
@@ -180,6 +188,44 @@ def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay, policies
         node_cmd=[sys.executable, "-c", FAKE_NODE.format(life=node_life)],
         bridge_cmd=[sys.executable, "-c", FAKE_BRIDGE.format(delay=delay)])
     return sorted(results, key=lambda r: r.init), log.read_text().split()
+
+
+def test_the_first_frame_waits_until_the_node_follows_the_instruction():
+    # The node says which instruction it follows on ~/instruction_in_use; here it takes 1 s
+    # (a slow message under load): before, the first frame left after a fixed 0.2 s and the
+    # node answered it with the previous episode's instruction.
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=fresh_domain())
+    executor = SingleThreadedExecutor(context=context)
+    sim = FakeSim()
+    overrides = [Parameter("managed_node", value="quantvla_node"),
+                 Parameter("max_steps", value=5), Parameter("frame_delay_s", value=0.0)]
+    try:
+        bridge = LiberoBridge(sim_factory=lambda: sim, context=context,
+                              parameter_overrides=overrides)
+        policy = ScriptedPolicy(context)
+        ack = policy.node.create_publisher(String, "/quantvla_node/instruction_in_use",
+                                           LATCHED_INSTRUCTION_QOS)
+        acked, first_frame = [], []
+
+        def later(msg):
+            def send():
+                acked.append(time.monotonic())
+                ack.publish(String(data=msg.data))
+            threading.Timer(1.0, send).start()
+        policy.node.create_subscription(String, proto.INSTRUCTION_TOPIC, later, 10)
+        policy.node.create_subscription(
+            Image, proto.CAMERA_TOPICS["agentview"],
+            lambda _m: first_frame.append(time.monotonic()), 10)
+        for node in (bridge, policy.node):
+            executor.add_node(node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        rec = bridge.run_episode(sim, 0)
+        assert rec.error is None and rec.steps == 5
+        assert acked and first_frame and first_frame[0] >= acked[0]
+    finally:
+        executor.shutdown()
+        context.try_shutdown()
 
 
 def test_the_bridge_stops_when_the_process_that_started_it_is_gone(monkeypatch):

@@ -22,7 +22,7 @@ from std_msgs.msg import String  # noqa: E402
 
 from quantvla_ros.data.buffer import RecordedBuffer  # noqa: E402
 from quantvla_ros.demo.node_process import NodeProcess, pick_domain_id  # noqa: E402
-from quantvla_ros.ros.inputs import InputHub  # noqa: E402
+from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS, InputHub  # noqa: E402
 from quantvla_ros.ros.settings import Camera, InputSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,8 +238,13 @@ def test_node_gets_default_qos_instructions(inference):
     t_seen = driver.now_ns()
     time.sleep(BAD_WINDOW_S)  # frames keep coming: none may give a trajectory
     t_good = driver.now_ns()
+    # The node pairs a frame with the instruction it holds when it assembles it: pause until
+    # the window's frames are too old to pair with the valid instruction below.
+    driver.stop_stream()
+    time.sleep(OVERRIDES["max_observation_age_s"] + 0.5)
     # ... and a valid one from it brings the trajectories back: nothing else can.
     driver.publish_instruction("put the cube in the box", latched=False)
+    driver.start_stream(10.0)
     assert driver.wait_trajectory_after(driver.now_ns(), 20.0), "no trajectory after it"
     stopped = driver.stamps_published_between(t_seen, t_good)
     assert stopped and not stopped & set(driver.trajectory_stamps())
@@ -254,3 +259,17 @@ def test_node_takes_the_newest_of_a_latched_and_a_volatile_instruction(inference
     assert driver.wait_for(lambda: sum(s > t0 for s in driver.trajectory_stamps()) >= 5, 20.0)
     # Still flowing afterwards: no stale copy of the empty one got the last word.
     assert driver.wait_trajectory_after(driver.now_ns(), 10.0)
+
+
+def test_node_says_which_instruction_it_follows(inference):
+    driver, _ = inference
+    seen = []
+    sub = driver.node.create_subscription(String, "/quantvla_node/instruction_in_use",
+                                          lambda msg: seen.append(msg.data),
+                                          LATCHED_INSTRUCTION_QOS)
+    try:
+        for text in ("wipe the table", "", "stack the plates"):  # "": none valid
+            driver.publish_instruction(text, latched=False)
+            assert driver.wait_for(lambda t=text: seen and seen[-1] == t, 10.0), (text, seen)
+    finally:
+        driver.node.destroy_subscription(sub)

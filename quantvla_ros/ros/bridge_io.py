@@ -15,8 +15,10 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 
 from quantvla_ros.ros.convert import ns_to_sec_nsec, rgb_to_image_fields
+from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS
 from quantvla_ros.ros.settings import Param
 from quantvla_ros.workflows import libero_ros_protocol as proto
 
@@ -160,3 +162,33 @@ class Lifecycle:
             client.remove_pending_request(future)
             raise TimeoutError(f"{client.srv_name} did not answer within {timeout:.0f} s")
         return future.result()
+
+
+class NodeInstruction:
+    """The instruction the managed node says it follows (its latched ``~/instruction_in_use``)."""
+
+    def __init__(self, node, managed_node: str) -> None:
+        """Subscribe on ``node`` to ``managed_node``'s instruction in use."""
+        self.text: str | None = None
+        self._changed = threading.Condition()
+        node.create_subscription(String, f"/{managed_node.strip('/')}/instruction_in_use",
+                                 self._on_text, LATCHED_INSTRUCTION_QOS)
+
+    def _on_text(self, msg) -> None:
+        with self._changed:
+            self.text = msg.data
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float, check=lambda: None) -> bool:
+        """Wait until the node follows ``text``; False after ``timeout_s``.
+
+        ``check`` runs at least every 0.5 s while waiting (it may raise to give up).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            check()
+            with self._changed:
+                left = deadline - time.monotonic()
+                if self.text == text or left <= 0:
+                    return self.text == text
+                self._changed.wait(min(left, 0.5))

@@ -36,12 +36,13 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from quantvla_ros.data.observation import ObservationError
 from quantvla_ros.ros import diagnostics as diag
 from quantvla_ros.ros import params
-from quantvla_ros.ros.inputs import Assembled, InputHub
+from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS, Assembled, InputHub
 from quantvla_ros.ros.node_output import diagnostics, trajectory
 from quantvla_ros.ros.node_policy import (  # noqa: F401 - re-exported
     ConfigureError,
@@ -83,7 +84,7 @@ class QuantVLANode(LifecycleNode):
         self._active = False
         self._inputs: InputHub | None = None
         self._worker: LatestWorker | None = None
-        self._traj_pub = self._diag_pub = None
+        self._traj_pub = self._diag_pub = self._instruction_pub = None
         self._timers = []
         self._loggers = {}
         self._noise_gen: torch.Generator | None = None
@@ -129,7 +130,13 @@ class QuantVLANode(LifecycleNode):
             self._traj_pub = self.create_lifecycle_publisher(
                 JointTrajectory, settings.output_topic, 10)
             self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
-            self._inputs = InputHub(self, settings.inputs, self.report, self._owed_tick)
+            # The instruction the policy follows now, latched: a robot UI shows it, and the
+            # LIBERO bridge waits for it before an episode's first frame.
+            self._instruction_pub = self.create_publisher(
+                String, "~/instruction_in_use", LATCHED_INSTRUCTION_QOS)
+            self._inputs = InputHub(self, settings.inputs, self.report, self._owed_tick,
+                                    self._publish_instruction_in_use)
+            self._publish_instruction_in_use(self._inputs.instruction_in_use())
             self._worker = LatestWorker(self._infer_and_publish, self._on_worker_error)
         except (SettingsError, ConfigureError, ObservationError) as exc:
             return self._fail_configure(str(exc))
@@ -226,7 +233,9 @@ class QuantVLANode(LifecycleNode):
         for pub in (self._traj_pub, self._diag_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        self._traj_pub = self._diag_pub = None
+        if self._instruction_pub is not None:
+            self.destroy_publisher(self._instruction_pub)
+        self._traj_pub = self._diag_pub = self._instruction_pub = None
         device = self.settings.device if self.settings else "cpu"
         self.policy = None
         self.settings = None
@@ -249,6 +258,10 @@ class QuantVLANode(LifecycleNode):
         self._owed = assembled is None
         if assembled is not None:
             self._worker.submit((self._epoch, assembled))
+
+    def _publish_instruction_in_use(self, text: str) -> None:
+        if self._instruction_pub is not None:
+            self._instruction_pub.publish(String(data=text))
 
     def _owed_tick(self) -> None:
         """Serve, as an input arrives, a tick that found its observation incomplete.

@@ -88,13 +88,15 @@ class InputHub:
     """Subscribes to one InputSettings' topics and assembles paired observations."""
 
     def __init__(self, node, settings: InputSettings, report: Report,
-                 on_input: Callable[[], None] | None = None) -> None:
+                 on_input: Callable[[], None] | None = None,
+                 on_instruction: Callable[[str], None] | None = None) -> None:
         """Create the subscriptions on ``node`` (any rclpy Node).
 
-        ``on_input`` is called after each frame or joint state is stored (executor thread).
+        ``on_input`` is called after each frame or joint state is stored (executor thread);
+        ``on_instruction`` with :meth:`instruction_in_use` after each instruction message.
         """
         self.node, self.settings, self._report = node, settings, report
-        self._on_input = on_input
+        self._on_input, self._on_instruction_taken = on_input, on_instruction
         self._tol = int(settings.sync_tolerance_s * 1e9)
         self.frames = {c.slot: TimedBuffer(_FRAMES_KEPT) for c in settings.cameras}
         self.joints = TimedBuffer(_JOINTS_KEPT)
@@ -221,6 +223,15 @@ class InputHub:
         except Exception as exc:
             self.instruction, self._instruction_problem = None, repr(exc)
             self._report("instruction", ERROR, f"instruction: unexpected error {exc!r}", "bad")
+        if self._on_instruction_taken is not None:
+            self._on_instruction_taken(self.instruction_in_use())
+
+    def instruction_in_use(self) -> str:
+        """Return the instruction the next observation gets, or "" while there is none."""
+        if self.instruction is not None:
+            return self.instruction
+        default = self.settings.default_instruction
+        return default if self._instruction_problem is None and default.strip() else ""
 
     # ---- assembly (executor thread, from a timer) -------------------------------------------
     def camera_ages(self, now_ns: int | None = None) -> dict[str, float | None]:

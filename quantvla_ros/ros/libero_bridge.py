@@ -54,6 +54,7 @@ from quantvla_ros.ros.bridge_episode import EpisodeAborted, EpisodeRecord
 from quantvla_ros.ros.bridge_io import (
     BRIDGE_PARAMS,
     Lifecycle,
+    NodeInstruction,
     clock_msg,
     image_msg,
     input_counters,
@@ -101,6 +102,8 @@ class LiberoBridge(Node):
         self.counters: dict[str, int] | None = None
         self.clock_ns = 0
         self.lifecycle = Lifecycle(self, v["managed_node"]) if v["managed_node"] else None
+        self.node_instruction = (NodeInstruction(self, v["managed_node"])
+                                 if self.lifecycle is not None else None)
         self._parent = os.getppid()  # the evaluation (or launch) that started this process
 
     # ---- callbacks (executor thread) -------------------------------------------------------
@@ -229,6 +232,21 @@ class LiberoBridge(Node):
                     self._arrived.wait(min(left, CLOCK_REPEAT_S))
             self.publish_clock(stamp_ns)  # the tick again, in case a best-effort copy was lost
 
+    def _wait_for_instruction(self, text: str) -> None:
+        """Hold the first frame until the node says it follows ``text``.
+
+        Else, when the message is slow, the previous episode's instruction serves the first
+        chunk. Without a managed node a fixed 0.2 s has to do.
+        """
+        if self.node_instruction is None:
+            time.sleep(0.2)
+            return
+        if not self.node_instruction.wait_for(text, self.v["stall_timeout_s"],
+                                              self._check_parent):
+            raise EpisodeAborted(
+                f"{self.v['managed_node']} did not take the instruction {text!r} within "
+                f"{self.v['stall_timeout_s']:g} s (it follows {self.node_instruction.text!r})")
+
     def _check_parent(self) -> None:
         """Abandon the episode once the process that started the bridge is gone.
 
@@ -254,11 +272,11 @@ class LiberoBridge(Node):
                             initial=(proto.INITIAL_GRIPPER,), limit=proto.ACTION_LIMIT)
         rec.follower = follower
         self.publish_instruction(rec.instruction)
-        time.sleep(0.2)  # reliable, but the node must have taken it before its first tick
         t = clock.first_tick_after(self.clock_ns) - clock.frame_lead_ns
         first_frame, frame_every = t, clock.actions_per_chunk * clock.step_ns
         lockstep = clock.pace == "lockstep"
         try:
+            self._wait_for_instruction(rec.instruction)
             self._frame(obs, t, rec, lockstep)
             wall0, done = time.perf_counter(), bool(obs["done"])
             while rec.steps < limit and not done:
