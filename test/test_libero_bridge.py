@@ -168,8 +168,29 @@ def test_ros_summary_separates_episodes_that_started_the_processes():
         res("d@ros-lockstep", 0, 40.0, started=True), res("d@ros-lockstep", 1, 12.0,
                                                           started=False),
         res("d@ros-lockstep", 2, 13.0, steps=90, started=False)]
-    entry = ros_summary(results, ["d@ros-lockstep"], direct="d")["d@ros-lockstep"]
+    entry = ros_summary(results, ["d@ros-lockstep"])["d@ros-lockstep"]
     assert entry["sessions_started"] == 1 and entry["overhead_s_reused_node"] == 2.5
     assert entry["overhead_s_per_episode"] == pytest.approx(35 / 3)
     assert entry["same_outcome_and_steps"] == 2 and entry["paired_with_direct"] == 3
-    assert "| 11.7 | 2.5 | 2/3 |" in ros_table({"d@ros-lockstep": entry})
+    assert entry["direct"] == "d" and entry["vs_direct"]["difference"] == 0
+    assert "| 11.7 | 2.5 | 2/3 | +0.0 pts" in ros_table({"d@ros-lockstep": entry})
+
+
+def test_each_ros_run_is_paired_with_its_own_policy_run_directly():
+    from quantvla_ros.workflows.libero_eval import EpisodeResult
+    from quantvla_ros.workflows.libero_ros_summary import ros_summary
+
+    def res(label, init, success, steps):
+        ros = {"session_started": False} if "@ros" in label else None
+        return EpisodeResult(label, 0, init, init, success, steps=steps, wall_s=1.0, ros=ros)
+
+    # float fails init 0 directly; q (first in a table, say) succeeds everywhere.
+    results = ([res("float", i, i > 0, 100) for i in range(4)]
+               + [res("q", i, True, 90) for i in range(4)]
+               + [res("q@ros-lockstep", i, True, 90) for i in range(4)]
+               + [res("float@ros-lockstep", i, i > 0, 100) for i in range(4)])
+    ros = ros_summary(results, ["q@ros-lockstep", "float@ros-lockstep"])
+    for label, direct in (("q@ros-lockstep", "q"), ("float@ros-lockstep", "float")):
+        assert ros[label]["direct"] == direct
+        assert ros[label]["same_outcome_and_steps"] == 4  # not 0-1 against the other policy
+        assert ros[label]["vs_direct"]["difference"] == 0

@@ -211,8 +211,7 @@ def run(args) -> int:
     summary["noise_scales"] = {label: p.noise_scale for label, p in policies.items()}
     table = markdown_table(summary)
     if ros is not None:
-        direct = next(iter(policies)) if args.compare_direct else None
-        summary["ros"] = ros_summary(results, labels, direct)
+        summary["ros"] = ros_summary(results, labels)
         summary["protocol"]["through_ros"] = {"paces": ros["paces"], "noise": "sequence",
                                               "trajectory_points": ros["points"]}
         table += ros_table(summary["ros"])

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from quantvla_ros.workflows.libero_summary import summarize
+
 
 def _median(values) -> float | None:
     values = [v for v in values if v is not None]
@@ -23,15 +25,24 @@ def _total(values) -> int | None:
     return int(sum(values)) if values else None
 
 
-def ros_summary(results, labels: Sequence[str], direct: str | None = None) -> dict:
+def direct_label(label: str) -> str:
+    """Return the direct run's label of a through-ROS label ("w4a8@ros-lockstep" -> "w4a8")."""
+    return label.rsplit("@ros-", 1)[0]
+
+
+def ros_summary(results, labels: Sequence[str]) -> dict:
     """Return latency and input counters per ROS label over its scored episodes.
 
-    If ``direct`` names a direct run in ``results``: the paired mean wall-time overhead per
-    episode, and how many episodes ended alike (outcome and steps).
+    Where ``results`` hold the same policy's direct run (``direct_label``): the paired mean
+    wall-time overhead per episode, how many episodes ended alike (outcome and steps) and
+    the paired success difference (exact McNemar) against it.
     """
     by_key = {(r.policy, r.task, r.init, r.seed): r for r in results}
+    have = {r.policy for r in results}
     out = {}
     for label in labels:
+        direct = direct_label(label)
+        direct = direct if direct != label and direct in have else None
         mine = [r for r in results if r.policy == label and r.ros and r.success is not None]
         if not mine:
             continue
@@ -63,6 +74,8 @@ def ros_summary(results, labels: Sequence[str], direct: str | None = None) -> di
                     by_key[(direct, r.task, r.init, r.seed)].success == r.success
                     and by_key[(direct, r.task, r.init, r.seed)].steps == r.steps for r in same)
                 entry["paired_with_direct"] = len(same)
+                entry["direct"] = direct
+                entry["vs_direct"] = summarize(results, [direct, label])["paired"][label]
         out[label] = entry
     return out
 
@@ -73,8 +86,9 @@ def ros_table(ros: dict) -> str:
         return ""
     lines = ["", "| through ROS | episodes | latency p50 (ms) | max (ms) | skipped points / ep "
              "| stopped steps / ep | dropped | stale | wall s / ep | overhead s / ep "
-             "| on a started node | same outcome + steps as direct |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| on a started node | same outcome + steps as direct | success vs direct "
+             "(95%; McNemar p) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec=".1f"):
         return "-" if v is None else format(v, spec)
@@ -82,11 +96,15 @@ def ros_table(ros: dict) -> str:
     for label, e in ros.items():
         same = (f"{e['same_outcome_and_steps']}/{e['paired_with_direct']}"
                 if "paired_with_direct" in e else "-")
+        vs = e.get("vs_direct")
+        vs = "-" if vs is None else (
+            f"{100 * vs['difference'] + 0.0:+.1f} pts [{100 * vs['difference95'][0]:+.0f}, "
+            f"{100 * vs['difference95'][1]:+.0f}]; p={vs['mcnemar_p']:.2g}")
         lines.append(
             f"| {label} | {e['episodes']} | {fmt(e['latency_ms_p50_median'], '.0f')} "
             f"| {fmt(e['latency_ms_max'], '.0f')} | {e['skipped_points_mean']:.1f} "
             f"| {e['stopped_steps_mean']:.1f} | {fmt(e['dropped_observations'], 'd')} "
             f"| {fmt(e['stale_inputs'], 'd')} | {e['wall_s_mean']:.1f} "
             f"| {fmt(e.get('overhead_s_per_episode'))} "
-            f"| {fmt(e.get('overhead_s_reused_node'))} | {same} |")
+            f"| {fmt(e.get('overhead_s_reused_node'))} | {same} | {vs} |")
     return "\n".join(lines) + "\n"

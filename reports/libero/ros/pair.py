@@ -28,7 +28,7 @@ common = set.intersection(*by_label.values()) if by_label else set()
 results = [r for r in results if (r.task, r.init) in common]
 labels = sorted(by_label, key=lambda label: ("@" in label, label))
 summary = summarize(results, labels)
-summary["ros"] = ros_summary(results, labels, labels[0])
+summary["ros"] = ros_summary(results, labels)
 summary["episodes_paired"] = sorted(common)
 table = markdown_table(summary) + ros_table(summary["ros"])
 (here / "summary.json").write_text(json.dumps(summary, indent=2))
