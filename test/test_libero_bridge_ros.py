@@ -178,14 +178,27 @@ sys.exit(3)
 """
 
 
-def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay, policies=("p",)):
+FAKE_NODE_CRASHING_ONCE = """
+import os, sys, time
+open(os.environ["FAKE_LOG"], "a").write("node\\n")
+marker = os.environ["FAKE_LOG"] + ".crashed"
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    time.sleep(0.5)
+    sys.exit(3)
+time.sleep(600)
+"""
+
+
+def run_fake_session(tmp_path, monkeypatch, episodes, node_life, delay, policies=("p",),
+                     node_script=FAKE_NODE):
     log = tmp_path / "starts.txt"
     monkeypatch.setenv("FAKE_LOG", str(log))
     results = ros_eval.evaluate_through_ros(
         {p: (p, "fp32") for p in policies}, episodes, Protocol(), {"agentview": "base_0_rgb"},
         ["lockstep"],
         out=tmp_path, timeout_s=60.0,
-        node_cmd=[sys.executable, "-c", FAKE_NODE.format(life=node_life)],
+        node_cmd=[sys.executable, "-c", node_script.format(life=node_life)],
         bridge_cmd=[sys.executable, "-c", FAKE_BRIDGE.format(delay=delay)])
     return sorted(results, key=lambda r: r.init), log.read_text().split()
 
@@ -271,3 +284,12 @@ def test_a_crashed_node_process_is_reported_retried_once_and_not_counted(tmp_pat
     assert result.error.count("quantvla_node exited with code 3") == 2
     line = json.loads((tmp_path / "episodes.jsonl").read_text())
     assert line["success"] is None and line["policy"] == "p@ros-lockstep"
+
+
+def test_an_episode_scored_on_its_retry_keeps_the_first_attempts_error(tmp_path, monkeypatch):
+    results, starts = run_fake_session(tmp_path, monkeypatch, [Episode(0, 0, 0)],
+                                       node_life=0, delay=5,
+                                       node_script=FAKE_NODE_CRASHING_ONCE)
+    [result] = results
+    assert starts.count("node") == 2 and result.success and result.attempts == 2
+    assert "quantvla_node exited with code 3" in result.ros["first_attempt_error"]

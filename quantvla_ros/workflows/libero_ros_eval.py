@@ -308,6 +308,8 @@ def evaluate_through_ros(sources: dict[str, tuple[str, str]], episodes: Sequence
             try:
                 result = run_episode_through_ros(session(label), label, ep, timeout_s, keep)
                 result.attempts = attempt
+                if errors:  # scored on the retry: what went wrong first stays on record
+                    result.ros = {**(result.ros or {}), "first_attempt_error": errors[0]}
                 return result
             except Exception as exc:  # noqa: BLE001 - reported, never counted
                 errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
