@@ -173,6 +173,8 @@ def test_ros_summary_separates_episodes_that_started_the_processes():
     assert entry["overhead_s_per_episode"] == pytest.approx(35 / 3)
     assert entry["same_outcome_and_steps"] == 2 and entry["paired_with_direct"] == 3
     assert entry["direct"] == "d" and entry["vs_direct"]["difference"] == 0
+    assert entry["retried"] == 0 and "| d@ros-lockstep | 3 (0) |" in ros_table(
+        {"d@ros-lockstep": entry})
     assert "| 11.7 | 2.5 | 2/3 | +0.0 pts" in ros_table({"d@ros-lockstep": entry})
 
 

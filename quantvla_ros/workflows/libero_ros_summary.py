@@ -60,6 +60,7 @@ def ros_summary(results, labels: Sequence[str]) -> dict:
             "wall_s_mean": float(np.mean([r.wall_s for r in mine])),
             "bridge_episode_s_mean": float(np.mean([x.get("wall_s", 0.0) for x in ros])),
             "sessions_started": sum(bool(x.get("session_started")) for x in ros),
+            "retried": sum(r.attempts > 1 for r in mine),
         }
         if direct is not None:
             pairs = [(r.wall_s, by_key[(direct, r.task, r.init, r.seed)].wall_s,
@@ -84,10 +85,10 @@ def ros_table(ros: dict) -> str:
     """Return a markdown table of :func:`ros_summary`."""
     if not ros:
         return ""
-    lines = ["", "| through ROS | episodes | latency p50 (ms) | max (ms) | skipped points / ep "
-             "| stopped steps / ep | dropped | stale | wall s / ep | overhead s / ep "
-             "| on a started node | same outcome + steps as direct | success vs direct "
-             "(95%; McNemar p) |",
+    lines = ["", "| through ROS | episodes (retried) | latency p50 (ms) | max (ms) "
+             "| skipped points / ep | stopped steps / ep | dropped | stale | wall s / ep "
+             "| overhead s / ep | on a started node | same outcome + steps as direct "
+             "| success vs direct (95%; McNemar p) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec=".1f"):
@@ -101,7 +102,8 @@ def ros_table(ros: dict) -> str:
             f"{100 * vs['difference'] + 0.0:+.1f} pts [{100 * vs['difference95'][0]:+.0f}, "
             f"{100 * vs['difference95'][1]:+.0f}]; p={vs['mcnemar_p']:.2g}")
         lines.append(
-            f"| {label} | {e['episodes']} | {fmt(e['latency_ms_p50_median'], '.0f')} "
+            f"| {label} | {e['episodes']} ({e.get('retried', 0)}) "
+            f"| {fmt(e['latency_ms_p50_median'], '.0f')} "
             f"| {fmt(e['latency_ms_max'], '.0f')} | {e['skipped_points_mean']:.1f} "
             f"| {e['stopped_steps_mean']:.1f} | {fmt(e['dropped_observations'], 'd')} "
             f"| {fmt(e['stale_inputs'], 'd')} | {e['wall_s_mean']:.1f} "
