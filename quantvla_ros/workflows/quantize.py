@@ -123,10 +123,13 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
                        layers)
     buffer = open_buffer_for(teacher, req.calib)
     check_buffer_size(len(buffer), req.calib)
-    calib_idx, held_idx = buffer.split(holdout_count(len(buffer)))
+    calib_idx, _ = buffer.split(holdout_count(len(buffer)))
     if req.max_samples:
         calib_idx = calib_idx[: req.max_samples]
-    log(f"calibrating on {len(calib_idx)} samples ({len(held_idx)} held out for the report)")
+    # `quantvla report` scores every sample after the calibration ones (also those that
+    # --max-samples left out), not only the held-out tail.
+    log(f"calibrating on {len(calib_idx)} samples ({len(buffer) - len(calib_idx)} after them "
+        "left for the report)")
     batches = prepare_batches(teacher, [buffer[i] for i in calib_idx], req.batch_size)
     inputs = None
     student = student_of(teacher.model)  # shares the float tensors: packed bytes only
@@ -158,7 +161,8 @@ def quantize_policy(req: QuantizeRequest, out_dir, progress=None,
         quantized_modules=tuple(names),
         balance=BalanceRecord(config=req.balance.to_dict(), **balance),
         calibration={**buffer.summary(), "spec": req.calib,
-                     "calibration_samples": len(calib_idx), "held_out": len(held_idx),
+                     "calibration_samples": len(calib_idx),
+                     "held_out": len(buffer) - len(calib_idx),
                      "noise_seed": 0},
     )
     save_artifact(student, out_dir, manifest, teacher.normalizer, source.tokenizer)
