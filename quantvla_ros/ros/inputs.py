@@ -245,17 +245,16 @@ class InputHub:
 
     def current_instruction(self) -> str | None:
         """Return the instruction to use now, or None (after reporting why there is none)."""
-        if self.instruction is not None:
-            return self.instruction
-        s = self.settings
+        text = self.instruction_in_use()
+        if text:
+            return text
         if self._instruction_problem is not None:
             self._report("instruction", WARN, "no valid instruction: the last one was rejected "
                          f"({self._instruction_problem}); waiting for a new one", "stale")
-            return None
-        if s.default_instruction.strip():
-            return s.default_instruction
-        self._report("instruction", WARN, f"no instruction yet on {s.instruction_topic} and "
-                     "default_instruction is empty", "stale")
+        else:
+            self._report("instruction", WARN, "no instruction yet on "
+                         f"{self.settings.instruction_topic} and default_instruction is empty",
+                         "stale")
         return None
 
     def assemble(self, now_ns: int | None = None, quiet: bool = False) -> Assembled | None:
