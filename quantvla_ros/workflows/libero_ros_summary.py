@@ -63,20 +63,19 @@ def ros_summary(results, labels: Sequence[str]) -> dict:
             "retried": sum(r.attempts > 1 for r in mine),
         }
         if direct is not None:
-            pairs = [(r.wall_s, by_key[(direct, r.task, r.init, r.seed)].wall_s,
-                      bool(r.ros.get("session_started"))) for r in mine
-                     if (direct, r.task, r.init, r.seed) in by_key]
-            if pairs:
-                entry["overhead_s_per_episode"] = float(np.mean([a - b for a, b, _ in pairs]))
-                reused = [a - b for a, b, started in pairs if not started]
-                entry["overhead_s_reused_node"] = float(np.mean(reused)) if reused else None
-                same = [r for r in mine if (direct, r.task, r.init, r.seed) in by_key]
-                entry["same_outcome_and_steps"] = sum(
-                    by_key[(direct, r.task, r.init, r.seed)].success == r.success
-                    and by_key[(direct, r.task, r.init, r.seed)].steps == r.steps for r in same)
-                entry["paired_with_direct"] = len(same)
-                entry["direct"] = direct
-                entry["vs_direct"] = summarize(results, [direct, label])["paired"][label]
+            paired = [(r, by_key[(direct, r.task, r.init, r.seed)]) for r in mine
+                      if (direct, r.task, r.init, r.seed) in by_key]
+            if paired:
+                reused = [r.wall_s - d.wall_s for r, d in paired
+                          if not r.ros.get("session_started")]
+                entry.update(
+                    overhead_s_per_episode=float(np.mean([r.wall_s - d.wall_s
+                                                          for r, d in paired])),
+                    overhead_s_reused_node=float(np.mean(reused)) if reused else None,
+                    same_outcome_and_steps=sum(d.success == r.success and d.steps == r.steps
+                                               for r, d in paired),
+                    paired_with_direct=len(paired), direct=direct,
+                    vs_direct=summarize(results, [direct, label])["paired"][label])
         out[label] = entry
     return out
 
