@@ -25,6 +25,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
+from quantvla_ros.demo.node_process import pick_domain_id  # noqa: E402
 from quantvla_ros.ros.inputs import LATCHED_INSTRUCTION_QOS  # noqa: E402
 from quantvla_ros.ros.libero_bridge import LiberoBridge, ParentGone  # noqa: E402
 from quantvla_ros.workflows import libero_ros_eval as ros_eval  # noqa: E402
@@ -35,9 +36,8 @@ STEP = 50_000_000
 
 
 def fresh_domain() -> int:
-    """A fresh ROS domain in 10..99 (an evaluation running beside the tests uses 120 and up;
-    above 101 DDS ports can clash with ephemeral ones)."""
-    return 10 + int(np.random.default_rng().integers(0, 90))
+    """A fresh ROS domain in 10..99, apart from an evaluation's (120 and up)."""
+    return pick_domain_id(salt=int(np.random.default_rng().integers(0, 90)))
 
 
 class FakeSim:
